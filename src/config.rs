@@ -1,0 +1,301 @@
+//! Settings: environment variables (`CLM_*`, see API.md) over an optional
+//! `clm.toml` over defaults. Secrets are held in [`Secret`] so that printing
+//! the configuration (`{:?}`) never shows a PIN, password or database URL.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("setting {key} is not valid: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error(
+        "no PKCS#11 PIN: set CLM_PKCS11_PIN or CLM_PKCS11_PIN_FILE, or run softhsm/init-token.sh for a development token"
+    )]
+    NoPin,
+}
+
+/// The resolved configuration of one clm process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub core_database_url: Secret,
+    pub secure_database_url: Secret,
+    pub pkcs11_module: PathBuf,
+    pub pkcs11_token_label: String,
+    pub pkcs11_pin: Option<Secret>,
+    pub hsm_pool_size: usize,
+    pub listen: String,
+    pub tls_enabled: bool,
+    pub http_listen: String,
+    pub public_url: String,
+    pub bootstrap_admin_email: String,
+    pub bootstrap_admin_password: Option<Secret>,
+    /// Absolute lifetime of a login session.
+    pub session_ttl_minutes: i64,
+    /// `json` (default) or `text`.
+    pub log_format: String,
+}
+
+/// Keys a `clm.toml` may set: the environment variable names without the
+/// `CLM_` prefix, in lower case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<String>,
+    core_database_url: Option<Secret>,
+    secure_database_url: Option<Secret>,
+    pkcs11_module: Option<String>,
+    pkcs11_token_label: Option<String>,
+    pkcs11_pin: Option<Secret>,
+    pkcs11_pin_file: Option<String>,
+    hsm_pool_size: Option<usize>,
+    listen: Option<String>,
+    tls_enabled: Option<bool>,
+    http_listen: Option<String>,
+    public_url: Option<String>,
+    bootstrap_admin_email: Option<String>,
+    bootstrap_admin_password: Option<Secret>,
+    session_ttl_minutes: Option<i64>,
+    log_format: Option<String>,
+}
+
+impl Config {
+    /// Reads the process environment and the config file named by
+    /// `CLM_CONFIG` (or `./clm.toml` when it exists).
+    pub fn load() -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("CLM_")).collect();
+        let path = env
+            .get("CLM_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("clm.toml")).filter(|p| p.exists()));
+        let file_text = match &path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Self::from_sources(&env, file_text.as_deref(), path.as_deref())
+    }
+
+    /// Pure resolution from an environment map and an optional file body.
+    pub fn from_sources(
+        env: &HashMap<String, String>,
+        file_text: Option<&str>,
+        file_path: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = match file_text {
+            Some(text) => toml::from_str(text).map_err(|e| ConfigError::File {
+                path: file_path.map(Path::to_path_buf).unwrap_or_default(),
+                message: e.message().to_string(),
+            })?,
+            None => FileConfig::default(),
+        };
+        let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+
+        let data_dir = PathBuf::from(var("CLM_DATA_DIR").or(file.data_dir).unwrap_or_else(|| "./data".into()));
+        let sqlite_url = |name: &str| Secret::new(format!("sqlite://{}?mode=rwc", data_dir.join(name).display()));
+        let core_database_url = var("CLM_CORE_DATABASE_URL")
+            .map(Secret::new)
+            .or(file.core_database_url)
+            .unwrap_or_else(|| sqlite_url("clm_core.db"));
+        let secure_database_url = var("CLM_SECURE_DATABASE_URL")
+            .map(Secret::new)
+            .or(file.secure_database_url)
+            .unwrap_or_else(|| sqlite_url("clm_secure.db"));
+
+        let pin_file = var("CLM_PKCS11_PIN_FILE").or(file.pkcs11_pin_file).map(PathBuf::from);
+        let pkcs11_pin = match (var("CLM_PKCS11_PIN").map(Secret::new).or(file.pkcs11_pin), pin_file) {
+            (Some(pin), _) => Some(pin),
+            (None, Some(path)) => Some(read_pin(&path)?),
+            // Development default: the PIN softhsm/init-token.sh generated.
+            (None, None) => {
+                let dev = data_dir.join("softhsm").join("user.pin");
+                if dev.exists() { Some(read_pin(&dev)?) } else { None }
+            }
+        };
+
+        let tls_enabled = match var("CLM_TLS_ENABLED") {
+            Some(v) => parse_bool("CLM_TLS_ENABLED", &v)?,
+            None => file.tls_enabled.unwrap_or(true),
+        };
+        let hsm_pool_size = match var("CLM_HSM_POOL_SIZE") {
+            Some(v) => parse_num("CLM_HSM_POOL_SIZE", &v)?,
+            None => file.hsm_pool_size.unwrap_or(8),
+        };
+        let session_ttl_minutes = match var("CLM_SESSION_TTL_MINUTES") {
+            Some(v) => parse_num("CLM_SESSION_TTL_MINUTES", &v)?,
+            None => file.session_ttl_minutes.unwrap_or(8 * 60),
+        };
+        if session_ttl_minutes <= 0 {
+            return Err(ConfigError::Invalid {
+                key: "CLM_SESSION_TTL_MINUTES",
+                message: "must be positive".into(),
+            });
+        }
+        if hsm_pool_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "CLM_HSM_POOL_SIZE",
+                message: "must be at least 1".into(),
+            });
+        }
+        let public_url = var("CLM_PUBLIC_URL")
+            .or(file.public_url)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_string();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "CLM_PUBLIC_URL",
+                message: "must be an http:// or https:// URL".into(),
+            });
+        }
+        let log_format = var("CLM_LOG_FORMAT").or(file.log_format).unwrap_or_else(|| "json".into());
+        if log_format != "json" && log_format != "text" {
+            return Err(ConfigError::Invalid {
+                key: "CLM_LOG_FORMAT",
+                message: "must be `json` or `text`".into(),
+            });
+        }
+
+        Ok(Config {
+            core_database_url,
+            secure_database_url,
+            pkcs11_module: PathBuf::from(
+                var("CLM_PKCS11_MODULE")
+                    .or(file.pkcs11_module)
+                    .unwrap_or_else(|| "/usr/lib/softhsm/libsofthsm2.so".into()),
+            ),
+            pkcs11_token_label: var("CLM_PKCS11_TOKEN_LABEL").or(file.pkcs11_token_label).unwrap_or_else(|| "clm".into()),
+            pkcs11_pin,
+            hsm_pool_size,
+            listen: var("CLM_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8443".into()),
+            tls_enabled,
+            http_listen: var("CLM_HTTP_LISTEN").or(file.http_listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            public_url,
+            bootstrap_admin_email: var("CLM_BOOTSTRAP_ADMIN_EMAIL")
+                .or(file.bootstrap_admin_email)
+                .unwrap_or_else(|| "admin@localhost".into()),
+            bootstrap_admin_password: var("CLM_BOOTSTRAP_ADMIN_PASSWORD")
+                .map(Secret::new)
+                .or(file.bootstrap_admin_password),
+            session_ttl_minutes,
+            log_format,
+            data_dir,
+        })
+    }
+
+    /// The PIN, or the error that says how to provide one.
+    pub fn pin(&self) -> Result<&Secret, ConfigError> {
+        self.pkcs11_pin.as_ref().ok_or(ConfigError::NoPin)
+    }
+
+    /// Where generated TLS material lives.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}
+
+fn read_pin(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Secret::new(text.trim()))
+}
+
+fn parse_bool(key: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            key,
+            message: "expected true or false".into(),
+        }),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(key: &'static str, v: &str) -> Result<T, ConfigError> {
+    v.parse().map_err(|_| ConfigError::Invalid {
+        key,
+        message: "expected a number".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_data_dir() {
+        let c = Config::from_sources(&env(&[("CLM_DATA_DIR", "/tmp/x")]), None, None).unwrap();
+        assert_eq!(c.core_database_url.expose(), "sqlite:///tmp/x/clm_core.db?mode=rwc");
+        assert_eq!(c.secure_database_url.expose(), "sqlite:///tmp/x/clm_secure.db?mode=rwc");
+        assert_eq!(c.listen, "127.0.0.1:8443");
+        assert!(c.tls_enabled);
+        assert_eq!(c.pkcs11_token_label, "clm");
+        assert!(c.pkcs11_pin.is_none());
+        assert!(matches!(c.pin(), Err(ConfigError::NoPin)));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let file = "listen = \"0.0.0.0:9\"\ntls_enabled = true\npkcs11_pin = \"from-file\"\n";
+        let c = Config::from_sources(&env(&[("CLM_TLS_ENABLED", "false")]), Some(file), None).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9");
+        assert!(!c.tls_enabled);
+        assert_eq!(c.pin().unwrap().expose(), "from-file");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = Config::from_sources(
+            &env(&[
+                ("CLM_PKCS11_PIN", "pin-4711"),
+                ("CLM_BOOTSTRAP_ADMIN_PASSWORD", "hunter2hunter2"),
+                ("CLM_CORE_DATABASE_URL", "postgres://clm:dbpass@db/clm_core"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        let printed = format!("{c:?}");
+        for secret in ["pin-4711", "hunter2hunter2", "dbpass"] {
+            assert!(!printed.contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_sources(&env(&[("CLM_TLS_ENABLED", "maybe")]), None, None).unwrap_err();
+        assert!(err.to_string().contains("CLM_TLS_ENABLED"));
+        let err = Config::from_sources(&env(&[]), Some("no_such_key = 1"), None).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }));
+    }
+
+    #[test]
+    fn pin_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "123456\n").unwrap();
+        let c = Config::from_sources(&env(&[("CLM_PKCS11_PIN_FILE", p.to_str().unwrap())]), None, None)
+            .unwrap();
+        assert_eq!(c.pin().unwrap().expose(), "123456");
+    }
+}

@@ -1,0 +1,97 @@
+//! Newtype ids: a `CaId` can never be passed where a `CertificateId` is
+//! expected, even though both are UUIDs in the databases.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($($(#[$meta:meta])* $name:ident),* $(,)?) => {$(
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh random (v4) id.
+            pub fn new() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+
+        impl From<$name> for Uuid {
+            fn from(id: $name) -> Uuid {
+                id.0
+            }
+        }
+    )*};
+}
+
+id_type!(
+    /// A tenant (clm_core `organizations`).
+    OrganizationId,
+    /// A person or service account (clm_core `users`).
+    UserId,
+    /// A login session (clm_core `sessions`).
+    SessionId,
+    /// An API key (clm_core `api_keys`).
+    ApiKeyId,
+    /// A certificate authority (clm_secure `certificate_authorities`).
+    CaId,
+    /// An issued certificate (clm_secure `certificates`).
+    CertificateId,
+    /// A certificate request (clm_secure `certificate_requests`).
+    RequestId,
+    /// A certificate profile (clm_core `policies`).
+    ProfileId,
+    /// An entry of the key registry (clm_secure `encryption_keys`).
+    KeyId,
+    /// An entry of either audit log.
+    AuditEntryId,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_strings_and_json() {
+        let id = CaId::new();
+        let parsed: CaId = id.to_string().parse().unwrap();
+        assert_eq!(id, parsed);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert!("not-a-uuid".parse::<CaId>().is_err());
+    }
+}

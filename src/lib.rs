@@ -1,0 +1,19 @@
+//! clm — an HSM-backed certificate lifecycle manager.
+//!
+//! The crate is organised in rooms with one-way doors:
+//!
+//! ```text
+//! http  ─►  service  ─►  { store, hsm, pki }  ─►  domain
+//! ```
+//!
+//! Only `store` imports sea_orm, only `hsm` imports cryptoki, only `http`
+//! (and `main.rs`) import actix. `config` reads settings and is used by the
+//! binary to wire the rooms together.
+
+pub mod config;
+pub mod domain;
+pub mod hsm;
+pub mod http;
+pub mod pki;
+pub mod service;
+pub mod store;
