@@ -72,13 +72,12 @@ struct FileConfig {
 }
 
 impl Config {
-    /// Reads the process environment and the config file named by
-    /// `CLM_CONFIG` (or `./clm.toml` when it exists).
-    pub fn load() -> Result<Config, ConfigError> {
+    /// Reads the process environment and the config file at `path` (or
+    /// `./clm.toml` when it exists).
+    pub fn load_from(path: Option<&Path>) -> Result<Config, ConfigError> {
         let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("CLM_")).collect();
-        let path = env
-            .get("CLM_CONFIG")
-            .map(PathBuf::from)
+        let path = path
+            .map(Path::to_path_buf)
             .or_else(|| Some(PathBuf::from("clm.toml")).filter(|p| p.exists()));
         let file_text = match &path {
             Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {

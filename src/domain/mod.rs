@@ -5,6 +5,7 @@
 
 pub mod algorithm;
 pub mod ids;
+pub mod model;
 pub mod profile;
 pub mod role;
 pub mod secret;

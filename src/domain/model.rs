@@ -1,0 +1,222 @@
+//! The records the service works with, independent of how `store` keeps
+//! them. Cross-database references are plain ids.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::algorithm::KeyAlgorithm;
+use super::ids::*;
+use super::profile::{ProfileRules, San};
+use super::role::Role;
+use super::status::{CaKind, CertificateStatus, KeyPurpose, KeyStatus, RequestStatus};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Organization {
+    pub id: OrganizationId,
+    pub name: String,
+    pub slug: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user as the service sees it. The password hash is only read by the
+/// login path and never serialised.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: UserId,
+    pub organization_id: OrganizationId,
+    pub email: String,
+    pub display_name: Option<String>,
+    pub status: String,
+    pub roles: Vec<Role>,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+/// A login session; the token itself is never stored, only its digest.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub token_digest: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A token object registered in `encryption_keys`: a reference, never bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyReference {
+    pub id: KeyId,
+    pub label: String,
+    pub ckaid_hex: String,
+    pub pkcs11_uri: String,
+    pub purpose: KeyPurpose,
+    pub algorithm: String,
+    pub status: KeyStatus,
+    pub version: i32,
+    pub public_key_der: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CertificateAuthority {
+    pub id: CaId,
+    pub name: String,
+    pub kind: CaKind,
+    pub parent_id: Option<CaId>,
+    pub organization_id: Option<OrganizationId>,
+    pub key: KeyReference,
+    pub key_algorithm: KeyAlgorithm,
+    pub subject: String,
+    pub status: String,
+    pub certificate_id: Option<CertificateId>,
+    pub certificate_der: Option<Vec<u8>>,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub id: ProfileId,
+    pub organization_id: Option<OrganizationId>,
+    pub name: String,
+    pub ca_id: CaId,
+    pub rules: ProfileRules,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CertificateRequest {
+    pub id: RequestId,
+    pub organization_id: OrganizationId,
+    pub profile_id: ProfileId,
+    pub requester_id: UserId,
+    pub ca_id: CaId,
+    pub status: RequestStatus,
+    pub csr_der: Option<Vec<u8>>,
+    pub subject: String,
+    pub sans: Vec<San>,
+    pub key_algorithm: KeyAlgorithm,
+    pub validity_days: u32,
+    pub reserved_serial_hex: Option<String>,
+    pub certificate_id: Option<CertificateId>,
+    pub failure_reason: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub id: CertificateId,
+    pub organization_id: Option<OrganizationId>,
+    pub ca_id: CaId,
+    pub request_id: Option<RequestId>,
+    pub profile_id: Option<ProfileId>,
+    pub owner_id: Option<UserId>,
+    pub serial_hex: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub key_algorithm: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub status: CertificateStatus,
+    pub is_ca: bool,
+    pub certificate_der: Vec<u8>,
+    pub fingerprint_sha256: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revocation_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Who did something, for the audit logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub id: Option<UserId>,
+    /// `user`, `api_key`, `system` or `anonymous`.
+    pub kind: &'static str,
+}
+
+impl Actor {
+    pub const SYSTEM: Actor = Actor { id: None, kind: "system" };
+    pub const ANONYMOUS: Actor = Actor { id: None, kind: "anonymous" };
+}
+
+/// Where a request came from; carried into audit entries.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    pub request_id: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// One entry for either audit log. `details` must never hold secrets.
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    pub actor: Actor,
+    pub organization_id: Option<OrganizationId>,
+    pub action: &'static str,
+    pub target_type: Option<&'static str>,
+    pub target_id: Option<String>,
+    pub outcome: Outcome,
+    pub context: RequestContext,
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    pub fn new(actor: Actor, action: &'static str, context: &RequestContext) -> Self {
+        Self {
+            actor,
+            organization_id: None,
+            action,
+            target_type: None,
+            target_id: None,
+            outcome: Outcome::Success,
+            context: context.clone(),
+            details: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    pub fn org(mut self, org: Option<OrganizationId>) -> Self {
+        self.organization_id = org;
+        self
+    }
+
+    pub fn target(mut self, kind: &'static str, id: impl ToString) -> Self {
+        self.target_type = Some(kind);
+        self.target_id = Some(id.to_string());
+        self
+    }
+
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}

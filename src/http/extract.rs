@@ -1,0 +1,115 @@
+//! Extractors: the authenticated principal and the request context, plus the
+//! error handlers that turn actix's own extractor failures (bad JSON, bad
+//! path ids, oversized bodies) into problem documents.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use uuid::Uuid;
+
+use super::problem::ApiError;
+use crate::domain::model::RequestContext;
+use crate::service::{Clm, Principal};
+
+/// Largest JSON body accepted anywhere in the API.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The caller, resolved from `Authorization: Bearer <token>`.
+pub struct Auth(pub Principal);
+
+impl FromRequest for Auth {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let clm = req.app_data::<web::Data<Clm>>().cloned();
+        let token = bearer_token(req);
+        Box::pin(async move {
+            let (Some(clm), Some(token)) = (clm, token) else {
+                return Err(ApiError::unauthenticated());
+            };
+            clm.authenticate(&token).await.map(Auth).map_err(ApiError::from)
+        })
+    }
+}
+
+fn bearer_token(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+/// Request id, source address and user agent for audit entries.
+pub struct Ctx(pub RequestContext);
+
+/// Set by the request-id middleware so that logs and audit entries agree.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+impl FromRequest for Ctx {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let user_agent = req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect());
+        std::future::ready(Ok(Ctx(RequestContext {
+            request_id,
+            source_ip: req.peer_addr().map(|a| a.ip().to_string()),
+            user_agent,
+        })))
+    }
+}
+
+/// A path id that must be a UUID; anything else is a 400, not a 404.
+pub fn parse_id<T: From<Uuid>>(raw: &str) -> Result<T, ApiError> {
+    Uuid::parse_str(raw)
+        .map(T::from)
+        .map_err(|_| ApiError::bad_request("invalid_id", "the id in the path is not a UUID"))
+}
+
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_BODY)
+        .error_handler(|err, _req| {
+            let api = match &err {
+                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("the request body exceeds {MAX_BODY} bytes"),
+                    )
+                }
+                JsonPayloadError::ContentType => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "the request body must be application/json",
+                ),
+                JsonPayloadError::Deserialize(e) => {
+                    ApiError::bad_request("invalid_body", format!("the JSON body is not valid: {e}"))
+                }
+                _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
+            };
+            api.into()
+        })
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err: PathError, _req| {
+        ApiError::bad_request("invalid_path", format!("invalid path parameter: {err}")).into()
+    })
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
+        ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
+    })
+}

@@ -1,0 +1,165 @@
+//! Handlers: parse, call one service method, shape the response. No SQL, no
+//! PKCS#11, no authorisation decisions here.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, CacheControl, CacheDirective};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{Auth, Ctx, parse_id};
+use super::problem::ApiError;
+use crate::domain::{RequestStatus, Secret};
+use crate::service::{CertificateQuery, Clm, NewProfile, SubmitRequest, page_of};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    email: String,
+    password: Secret,
+}
+
+#[derive(Serialize)]
+struct LoginResponse {
+    token: String,
+    expires_at: String,
+    user: serde_json::Value,
+}
+
+pub async fn login(clm: web::Data<Clm>, Ctx(ctx): Ctx, body: web::Json<LoginBody>) -> Result<HttpResponse> {
+    let body = body.into_inner();
+    let out = clm.login(&body.email, &body.password, &ctx).await?;
+    Ok(HttpResponse::Ok().json(LoginResponse {
+        token: out.token.expose().to_string(),
+        expires_at: crate::service::rfc3339(out.expires_at),
+        user: crate::service::user_json(&out.user),
+    }))
+}
+
+pub async fn logout(clm: web::Data<Clm>, Auth(p): Auth, Ctx(ctx): Ctx) -> Result<HttpResponse> {
+    clm.logout(&p, &ctx).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn me(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.me(&p).await?))
+}
+
+pub async fn list_cas(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_cas(&p).await?))
+}
+
+pub async fn get_ca(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.get_ca(&p, parse_id(&id)?).await?))
+}
+
+pub async fn list_profiles(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_profiles(&p).await?))
+}
+
+pub async fn create_profile(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<NewProfile>,
+) -> Result<HttpResponse> {
+    let profile = clm.create_profile(&p, body.into_inner(), &ctx).await?;
+    Ok(HttpResponse::Created().json(profile))
+}
+
+pub async fn submit_request(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    req: HttpRequest,
+    body: web::Json<SubmitRequest>,
+) -> Result<HttpResponse> {
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= 128)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 128 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (view, created) = clm.submit_request(&p, body.into_inner(), idempotency_key, &ctx).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(HttpResponse::build(status).json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestQuery {
+    status: Option<RequestStatus>,
+    page: Option<u64>,
+    per_page: Option<u64>,
+}
+
+pub async fn list_requests(clm: web::Data<Clm>, Auth(p): Auth, q: web::Query<RequestQuery>) -> Result<HttpResponse> {
+    let page = page_of(q.page, q.per_page)?;
+    Ok(HttpResponse::Ok().json(clm.list_requests(&p, q.status, page).await?))
+}
+
+pub async fn list_certificates(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    q: web::Query<CertificateQuery>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_certificates(&p, q.into_inner()).await?))
+}
+
+pub async fn get_request(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.get_request(&p, parse_id(&id)?).await?))
+}
+
+pub async fn get_certificate(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.get_certificate(&p, parse_id(&id)?).await?))
+}
+
+/// AIA caIssuers target: the CA certificate, DER, for anyone.
+pub async fn ca_certificate_der(clm: web::Data<Clm>, file: web::Path<String>) -> Result<HttpResponse> {
+    let id = file
+        .strip_suffix(".der")
+        .ok_or_else(|| ApiError::not_found("CA certificate not found"))?;
+    let der = clm.ca_certificate_der(parse_id(id)?).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/pkix-cert"))
+        .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(3600)]))
+        .body(der))
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn readyz(clm: web::Data<Clm>) -> HttpResponse {
+    let checks = clm.readiness().await;
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => serde_json::json!({ "status": "ok" }),
+                Err(e) => {
+                    tracing::warn!(check = name, error = %e, "readiness check failed");
+                    serde_json::json!({ "status": "unavailable" })
+                }
+            };
+            (name.to_string(), v)
+        })
+        .collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status).json(serde_json::json!({ "ready": ready, "checks": body }))
+}
+
+pub async fn not_found() -> Result<HttpResponse> {
+    Err(ApiError::not_found("no such endpoint"))
+}

@@ -1,0 +1,179 @@
+//! Certificate authorities as the API shows them, and the cache of CA keys
+//! that proved at start-up that they match their certificates.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::error::{ServiceError, ServiceResult};
+use super::{Clm, Principal, rfc3339};
+use crate::domain::model::CertificateAuthority;
+use crate::domain::{CaId, CaKind, OrganizationId};
+use crate::hsm::HsmKey;
+use crate::pki;
+
+#[derive(Debug, Serialize)]
+pub struct CaView {
+    pub id: CaId,
+    pub name: String,
+    pub kind: CaKind,
+    pub subject: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub key_algorithm: String,
+    pub certificate_pem: String,
+    /// Issuer certificates above this CA up to and including the root;
+    /// empty for a root.
+    pub chain_pem: String,
+    pub parent_id: Option<CaId>,
+    pub organization_id: Option<OrganizationId>,
+    pub status: String,
+    pub crl_url: String,
+    pub ocsp_url: String,
+}
+
+/// Longest issuer chain followed; guards against a corrupt parent loop.
+const MAX_CHAIN: usize = 8;
+
+impl Clm {
+    pub async fn list_cas(&self, p: &Principal) -> ServiceResult<Vec<CaView>> {
+        let mut out = Vec::new();
+        for ca in self.secure.list_cas().await? {
+            if p.can_see(ca.organization_id) {
+                out.push(self.ca_view(&ca).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn get_ca(&self, p: &Principal, id: CaId) -> ServiceResult<CaView> {
+        let ca = self
+            .secure
+            .find_ca(id)
+            .await?
+            .filter(|ca| p.can_see(ca.organization_id))
+            .ok_or(ServiceError::NotFound("CA"))?;
+        self.ca_view(&ca).await
+    }
+
+    /// A CA's certificate for relying parties (AIA caIssuers); public.
+    pub async fn ca_certificate_der(&self, id: CaId) -> ServiceResult<Vec<u8>> {
+        self.secure
+            .find_ca(id)
+            .await?
+            .and_then(|ca| ca.certificate_der)
+            .ok_or(ServiceError::NotFound("CA certificate"))
+    }
+
+    async fn ca_view(&self, ca: &CertificateAuthority) -> ServiceResult<CaView> {
+        let chain_pem = match ca.parent_id {
+            Some(parent) if ca.kind == CaKind::Intermediate => self.chain_pem(parent).await?,
+            _ => String::new(),
+        };
+        Ok(CaView {
+            id: ca.id,
+            name: ca.name.clone(),
+            kind: ca.kind,
+            subject: ca.subject.clone(),
+            not_before: rfc3339(ca.not_before),
+            not_after: rfc3339(ca.not_after),
+            key_algorithm: ca.key_algorithm.as_str().to_string(),
+            certificate_pem: ca
+                .certificate_der
+                .as_deref()
+                .map(|d| pki::to_pem("CERTIFICATE", d))
+                .unwrap_or_default(),
+            chain_pem,
+            parent_id: ca.parent_id,
+            organization_id: ca.organization_id,
+            status: ca.status.clone(),
+            crl_url: format!("{}/crl/{}.crl", self.settings.public_url, ca.id),
+            ocsp_url: format!("{}/ocsp", self.settings.public_url),
+        })
+    }
+
+    /// PEM of `ca` and every CA above it, nearest first.
+    pub(super) async fn chain_pem(&self, ca: CaId) -> ServiceResult<String> {
+        let mut pem = String::new();
+        let mut next = Some(ca);
+        for _ in 0..MAX_CHAIN {
+            let Some(id) = next else { break };
+            let ca = self
+                .secure
+                .find_ca(id)
+                .await?
+                .ok_or_else(|| ServiceError::internal(format!("chain names missing CA {id}")))?;
+            if let Some(der) = &ca.certificate_der {
+                pem.push_str(&pki::to_pem("CERTIFICATE", der));
+            }
+            next = if ca.kind == CaKind::Root { None } else { ca.parent_id };
+        }
+        Ok(pem)
+    }
+
+    /// A CA that exists and may sign now.
+    pub(super) async fn usable_ca(&self, id: CaId) -> ServiceResult<CertificateAuthority> {
+        let ca = self
+            .secure
+            .find_ca(id)
+            .await?
+            .ok_or_else(|| ServiceError::internal(format!("profile names missing CA {id}")))?;
+        if ca.status != "active" {
+            return Err(ServiceError::conflict("ca_inactive", "the profile's CA is not active"));
+        }
+        Ok(ca)
+    }
+
+    /// The CA's key, if it proved itself at start-up. A CA whose key is
+    /// missing from the token or does not match its certificate cannot sign:
+    /// 503, while everything else keeps working.
+    pub(super) async fn signing_key(&self, id: CaId) -> ServiceResult<Arc<HsmKey>> {
+        self.ca_keys.read().await.get(&id).cloned().ok_or(ServiceError::Unavailable {
+            message: "the CA's signing key is not available in the HSM",
+            log: format!("no verified HSM key loaded for CA {id}"),
+        })
+    }
+
+    /// Loads every CA key from the token and makes it prove, by signing a
+    /// fresh challenge, that it belongs to the CA certificate (as Boulder
+    /// does at start-up). Returns the CAs that failed, with the reason.
+    pub async fn load_ca_keys(&self) -> ServiceResult<Vec<(CaId, String)>> {
+        let mut failed = Vec::new();
+        let mut loaded = std::collections::HashMap::new();
+        for ca in self.secure.list_cas().await? {
+            let Some(cert_der) = ca.certificate_der.clone() else {
+                failed.push((ca.id, "no certificate stored".to_string()));
+                continue;
+            };
+            let ckaid = match hex::decode(&ca.key.ckaid_hex) {
+                Ok(b) => b,
+                Err(_) => {
+                    failed.push((ca.id, "registered CKA_ID is not hex".to_string()));
+                    continue;
+                }
+            };
+            let key = match self.hsm.find_key_pair(ca.key_algorithm, &ckaid).await {
+                Ok(k) => Arc::new(k),
+                Err(e) => {
+                    failed.push((ca.id, format!("key not usable in the token: {e}")));
+                    continue;
+                }
+            };
+            let k = key.clone();
+            let proof = tokio::task::spawn_blocking(move || pki::prove_key_matches(k.as_ref(), &cert_der))
+                .await
+                .map_err(ServiceError::internal)?;
+            match proof {
+                Ok(()) => {
+                    loaded.insert(ca.id, key);
+                }
+                Err(e) => failed.push((ca.id, format!("HSM key does not match the certificate: {e}"))),
+            }
+        }
+        for (id, why) in &failed {
+            tracing::error!(ca = %id, reason = %why, "CA cannot sign");
+        }
+        *self.ca_keys.write().await = loaded;
+        Ok(failed)
+    }
+}

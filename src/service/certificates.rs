@@ -1,0 +1,136 @@
+//! Reading certificates: one with its chain, or a filtered page of them.
+
+use chrono::{Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ServiceError, ServiceResult};
+use super::{Clm, Listing, Principal, rfc3339};
+use crate::domain::{CaId, CertificateId, CertificateStatus, ProfileId, RequestId};
+use crate::domain::model::Certificate;
+use crate::pki;
+use crate::store::{CertificateFilter, Page};
+
+#[derive(Debug, Serialize)]
+pub struct CertificateView {
+    pub id: CertificateId,
+    pub serial: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub status: CertificateStatus,
+    pub revocation_reason: Option<String>,
+    pub revoked_at: Option<String>,
+    pub ca_id: CaId,
+    pub profile_id: Option<ProfileId>,
+    pub request_id: Option<RequestId>,
+    pub fingerprint_sha256: String,
+    pub certificate_pem: String,
+    /// Issuer certificates from the issuing CA up to and including the root.
+    pub chain_pem: String,
+}
+
+/// One row of the certificate list (no PEM: lists stay light).
+#[derive(Debug, Serialize)]
+pub struct CertificateSummary {
+    pub id: CertificateId,
+    pub serial: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub status: CertificateStatus,
+    pub ca_id: CaId,
+    pub profile_id: Option<ProfileId>,
+}
+
+impl From<&Certificate> for CertificateSummary {
+    fn from(c: &Certificate) -> Self {
+        Self {
+            id: c.id,
+            serial: c.serial_hex.clone(),
+            subject: c.subject.clone(),
+            sans: c.sans.clone(),
+            not_before: rfc3339(c.not_before),
+            not_after: rfc3339(c.not_after),
+            status: c.status,
+            ca_id: c.ca_id,
+            profile_id: c.profile_id,
+        }
+    }
+}
+
+/// Query of `GET /api/v1/certificates`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateQuery {
+    pub status: Option<CertificateStatus>,
+    pub q: Option<String>,
+    pub expiring_within_days: Option<u32>,
+    pub ca_id: Option<uuid::Uuid>,
+    pub page: Option<u64>,
+    pub per_page: Option<u64>,
+}
+
+impl Clm {
+    pub async fn list_certificates(&self, p: &Principal, q: CertificateQuery) -> ServiceResult<Listing<CertificateSummary>> {
+        let page = page_of(q.page, q.per_page)?;
+        if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
+            return Err(ServiceError::invalid("invalid_query", "q must be at most 200 characters"));
+        }
+        if q.expiring_within_days.is_some_and(|d| d > 36_500) {
+            return Err(ServiceError::invalid("invalid_query", "expiring_within_days is too large"));
+        }
+        let filter = CertificateFilter {
+            status: q.status,
+            ca_id: q.ca_id.map(CaId),
+            not_after_before: q.expiring_within_days.map(|d| Utc::now() + Duration::days(i64::from(d))),
+            text: q.q.filter(|t| !t.is_empty()),
+        };
+        let (rows, total) = self.secure.list_certificates(p.scope(), &filter, page).await?;
+        Ok(Listing::new(rows.iter().map(CertificateSummary::from).collect(), page, total))
+    }
+
+    pub async fn get_certificate(&self, p: &Principal, id: CertificateId) -> ServiceResult<CertificateView> {
+        let cert = self
+            .secure
+            .find_certificate(id)
+            .await?
+            .filter(|c| p.can_see(c.organization_id))
+            .ok_or(ServiceError::NotFound("certificate"))?;
+        let chain_pem = self.chain_pem(cert.ca_id).await?;
+        Ok(CertificateView {
+            id: cert.id,
+            serial: cert.serial_hex,
+            subject: cert.subject,
+            sans: cert.sans,
+            not_before: rfc3339(cert.not_before),
+            not_after: rfc3339(cert.not_after),
+            status: cert.status,
+            revocation_reason: cert.revocation_reason,
+            revoked_at: cert.revoked_at.map(rfc3339),
+            ca_id: cert.ca_id,
+            profile_id: cert.profile_id,
+            request_id: cert.request_id,
+            fingerprint_sha256: cert.fingerprint_sha256,
+            certificate_pem: pki::to_pem("CERTIFICATE", &cert.certificate_der),
+            chain_pem,
+        })
+    }
+}
+
+/// Most rows one page may hold.
+pub const MAX_PER_PAGE: u64 = 1000;
+
+/// Validates paging parameters (defaults: page 1, 50 per page).
+pub fn page_of(page: Option<u64>, per_page: Option<u64>) -> ServiceResult<Page> {
+    let page = page.unwrap_or(1);
+    let per_page = per_page.unwrap_or(50);
+    if page == 0 || page > 1_000_000 {
+        return Err(ServiceError::invalid("invalid_query", "page must be between 1 and 1000000"));
+    }
+    if per_page == 0 || per_page > MAX_PER_PAGE {
+        return Err(ServiceError::invalid("invalid_query", format!("per_page must be between 1 and {MAX_PER_PAGE}")));
+    }
+    Ok(Page { page, per_page })
+}

@@ -1,0 +1,309 @@
+//! Certificate requests and issuance, in the order of DESIGN.md decision 3:
+//! record the intent with a reserved serial in clm_secure → sign in the HSM
+//! → store certificate and audit entry in one clm_secure transaction →
+//! mirror metadata into clm_core. A crash between steps leaves a request in
+//! `approved` with its serial reserved, which reconciliation can account for;
+//! never a certificate that clm_secure does not know.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::{ServiceError, ServiceResult};
+use super::{Clm, Listing, Principal, rfc3339};
+use crate::domain::model::{Actor, AuditEvent, Certificate, CertificateAuthority, CertificateRequest, Outcome, RequestContext};
+use crate::domain::{
+    ApprovedCertificate, CaId, CertificateId, CertificateStatus, Permission, ProfileId, RequestId, RequestStatus,
+    RequestedCertificate, San,
+};
+use crate::hsm::HsmKey;
+use crate::pki;
+use crate::store::{Page, StoreError};
+
+/// Body of `POST /api/v1/certificate-requests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub profile_id: Uuid,
+    pub csr_pem: Option<String>,
+    pub validity_days: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestView {
+    pub id: RequestId,
+    pub status: RequestStatus,
+    pub certificate_id: Option<CertificateId>,
+    pub approvals_required: u8,
+    pub approvals: Vec<serde_json::Value>,
+    pub profile_id: ProfileId,
+    pub ca_id: CaId,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub key_algorithm: String,
+    pub validity_days: u32,
+    pub failure_reason: Option<String>,
+    pub created_at: String,
+}
+
+/// Draws of a fresh serial before giving up: a collision of 127 random bits
+/// means something is wrong with the random source, not bad luck.
+const SERIAL_ATTEMPTS: usize = 3;
+
+impl Clm {
+    /// Submits a CSR against a profile. Returns the request and whether it
+    /// was created now (`false`: an earlier request with the same
+    /// `Idempotency-Key` is returned instead).
+    pub async fn submit_request(
+        &self,
+        p: &Principal,
+        body: SubmitRequest,
+        idempotency_key: Option<String>,
+        ctx: &RequestContext,
+    ) -> ServiceResult<(RequestView, bool)> {
+        p.require(Permission::RequestCertificates)?;
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self.secure.find_request_by_idempotency_key(p.user_id, key).await?
+        {
+            let profile = self.core.find_profile(existing.profile_id).await?;
+            let required = profile.map(|p| p.rules.required_approvals).unwrap_or(0);
+            return Ok((request_view(&existing, required), false));
+        }
+
+        let profile = self
+            .core
+            .find_profile(ProfileId(body.profile_id))
+            .await?
+            .filter(|pr| p.can_see(pr.organization_id))
+            .ok_or(ServiceError::NotFound("profile"))?;
+        let csr_pem = body.csr_pem.ok_or_else(|| {
+            ServiceError::invalid("csr_required", "csr_pem is required: give a PEM certificate signing request")
+        })?;
+        let csr = pki::parse_csr(&csr_pem)?;
+        let approved = profile
+            .rules
+            .check(&RequestedCertificate {
+                common_name: csr.common_name.clone(),
+                sans: csr.sans.clone(),
+                key_algorithm: csr.key_algorithm,
+                validity_days: body.validity_days,
+            })
+            .map_err(|v| ServiceError::invalid("profile_violation", v.to_string()))?;
+        let ca = self.usable_ca(profile.ca_id).await?;
+
+        let mut request = CertificateRequest {
+            id: RequestId::new(),
+            organization_id: p.organization_id,
+            profile_id: profile.id,
+            requester_id: p.user_id,
+            ca_id: ca.id,
+            status: RequestStatus::PendingApproval,
+            csr_der: Some(csr.der.clone()),
+            subject: approved.common_name.clone().unwrap_or_default(),
+            sans: approved.sans.clone(),
+            key_algorithm: approved.key_algorithm,
+            validity_days: approved.validity_days,
+            reserved_serial_hex: None,
+            certificate_id: None,
+            failure_reason: None,
+            idempotency_key,
+            created_at: Utc::now(),
+        };
+        let required = profile.rules.required_approvals;
+        if required > 0 {
+            let event = AuditEvent::new(p.actor(), "request.submitted", ctx)
+                .org(Some(p.organization_id))
+                .target("certificate_request", request.id)
+                .details(serde_json::json!({ "profile_id": profile.id, "approvals_required": required }));
+            self.insert_pending_request(&request, &event).await?;
+            return Ok((request_view(&request, required), true));
+        }
+
+        request.status = RequestStatus::Approved;
+        let key = self.signing_key(ca.id).await?;
+        let cert = self.issue(&mut request, &approved, &csr.spki_der, &ca, key, p.actor(), ctx).await?;
+        Ok((
+            RequestView {
+                certificate_id: Some(cert.id),
+                ..request_view(&request, required)
+            },
+            true,
+        ))
+    }
+
+    async fn insert_pending_request(&self, request: &CertificateRequest, event: &AuditEvent) -> ServiceResult<()> {
+        match self.secure.insert_request(request, event).await {
+            // The only unique key a pending request can hit is its
+            // idempotency key: a concurrent retry of the same submission.
+            Err(StoreError::Conflict(_)) => Err(ServiceError::conflict(
+                "duplicate_request",
+                "a request with this Idempotency-Key is being processed",
+            )),
+            other => Ok(other?),
+        }
+    }
+
+    /// Reserves a serial, signs through the HSM and stores the result.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn issue(
+        &self,
+        request: &mut CertificateRequest,
+        approved: &ApprovedCertificate,
+        spki_der: &[u8],
+        ca: &CertificateAuthority,
+        key: Arc<HsmKey>,
+        actor: Actor,
+        ctx: &RequestContext,
+    ) -> ServiceResult<Certificate> {
+        // Step 1: the intent, with a serial nobody else can take.
+        let mut serial = pki::random_serial();
+        for attempt in 1..=SERIAL_ATTEMPTS {
+            request.reserved_serial_hex = Some(pki::serial_hex(&serial));
+            let event = AuditEvent::new(actor.clone(), "certificate.issuance_intent", ctx)
+                .org(Some(request.organization_id))
+                .target("certificate_request", request.id)
+                .details(serde_json::json!({
+                    "ca_id": ca.id,
+                    "serial": request.reserved_serial_hex,
+                    "profile_id": request.profile_id,
+                }));
+            match self.secure.insert_request(request, &event).await {
+                Ok(()) => break,
+                Err(StoreError::Conflict(_)) if attempt < SERIAL_ATTEMPTS => serial = pki::random_serial(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // Step 2: sign. rcgen's signing callback is synchronous and the HSM
+        // call blocks, so the whole build runs on the blocking pool.
+        let issuer_der = ca
+            .certificate_der
+            .clone()
+            .ok_or_else(|| ServiceError::internal(format!("CA {} has no certificate", ca.id)))?;
+        let urls = pki::PublicUrls::new(&self.settings.public_url, ca.id);
+        let approved_c = approved.clone();
+        let spki = spki_der.to_vec();
+        let serial_c = serial.clone();
+        let now = Utc::now();
+        let built = tokio::task::spawn_blocking(move || {
+            let issuer = pki::Issuer::new(key.as_ref(), &issuer_der)?;
+            pki::build_leaf(&approved_c, &spki, &issuer, &serial_c, now, &urls)
+        })
+        .await
+        .map_err(ServiceError::internal)?;
+        let der = match built {
+            Ok(der) => der,
+            Err(e) => {
+                let reason = "signing failed";
+                let event = AuditEvent::new(actor.clone(), "certificate.issuance_failed", ctx)
+                    .org(Some(request.organization_id))
+                    .target("certificate_request", request.id)
+                    .outcome(Outcome::Failure)
+                    .details(serde_json::json!({ "ca_id": ca.id, "reason": reason }));
+                if let Err(store_err) = self.secure.fail_request(request.id, reason, &event).await {
+                    tracing::error!(request = %request.id, error = %store_err, "could not mark request failed");
+                }
+                request.status = RequestStatus::Failed;
+                return Err(match ServiceError::from(e) {
+                    ServiceError::Invalid { .. } => ServiceError::internal("signing failed"),
+                    other => other,
+                });
+            }
+        };
+
+        // Step 3: the certificate and its audit entry, one transaction.
+        let info = pki::CertInfo::from_der(&der)?;
+        let cert = Certificate {
+            id: CertificateId::new(),
+            organization_id: Some(request.organization_id),
+            ca_id: ca.id,
+            request_id: Some(request.id),
+            profile_id: Some(request.profile_id),
+            owner_id: Some(request.requester_id),
+            serial_hex: pki::serial_hex(&serial),
+            subject: info.subject,
+            sans: approved.sans.iter().map(San::to_string).collect(),
+            key_algorithm: approved.key_algorithm.as_str().to_string(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            status: CertificateStatus::Valid,
+            is_ca: false,
+            certificate_der: der,
+            fingerprint_sha256: info.fingerprint_sha256,
+            revoked_at: None,
+            revocation_reason: None,
+            created_at: Utc::now(),
+        };
+        let event = AuditEvent::new(actor.clone(), "certificate.issued", ctx)
+            .org(Some(request.organization_id))
+            .target("certificate", cert.id)
+            .details(serde_json::json!({
+                "request_id": request.id,
+                "ca_id": ca.id,
+                "serial": cert.serial_hex,
+                "subject": cert.subject,
+                "not_after": rfc3339(cert.not_after),
+            }));
+        self.secure.complete_issuance(request.id, &cert, &event).await?;
+        request.status = RequestStatus::Issued;
+        request.certificate_id = Some(cert.id);
+
+        // Step 4: clm_core follows. If this fails the certificate exists all
+        // the same; reconciliation copies it over later.
+        if let Err(e) = self.core.record_certificate(&cert, &event).await {
+            tracing::warn!(certificate = %cert.id, error = %e, "certificate metadata not yet mirrored to clm_core");
+        }
+        Ok(cert)
+    }
+
+    pub async fn list_requests(
+        &self,
+        p: &Principal,
+        status: Option<RequestStatus>,
+        page: Page,
+    ) -> ServiceResult<Listing<RequestView>> {
+        let (rows, total) = self.secure.list_requests(p.scope(), status, page).await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let required = self.core.find_profile(r.profile_id).await?.map(|pr| pr.rules.required_approvals).unwrap_or(0);
+            items.push(request_view(r, required));
+        }
+        Ok(Listing::new(items, page, total))
+    }
+
+    pub async fn get_request(&self, p: &Principal, id: RequestId) -> ServiceResult<RequestView> {
+        let request = self
+            .secure
+            .find_request(id)
+            .await?
+            .filter(|r| p.can_see(Some(r.organization_id)))
+            .ok_or(ServiceError::NotFound("certificate request"))?;
+        let required = self
+            .core
+            .find_profile(request.profile_id)
+            .await?
+            .map(|pr| pr.rules.required_approvals)
+            .unwrap_or(0);
+        Ok(request_view(&request, required))
+    }
+}
+
+fn request_view(r: &CertificateRequest, approvals_required: u8) -> RequestView {
+    RequestView {
+        id: r.id,
+        status: r.status,
+        certificate_id: r.certificate_id,
+        approvals_required,
+        approvals: Vec::new(),
+        profile_id: r.profile_id,
+        ca_id: r.ca_id,
+        subject: r.subject.clone(),
+        sans: r.sans.iter().map(San::to_string).collect(),
+        key_algorithm: r.key_algorithm.as_str().to_string(),
+        validity_days: r.validity_days,
+        failure_reason: r.failure_reason.clone(),
+        created_at: rfc3339(r.created_at),
+    }
+}

@@ -1,0 +1,143 @@
+//! Use cases: identity, CA bootstrap, profiles and issuance. This room owns
+//! authorisation decisions (through [`Principal`]) and the order of writes
+//! across the two databases (DESIGN.md decision 3). It sees the HSM only
+//! through `hsm::Hsm` and `domain::Signer`, and SQL only through `store`.
+
+pub mod auth;
+mod bootstrap;
+mod cas;
+mod certificates;
+pub mod error;
+mod hsm_check;
+mod issuance;
+mod principal;
+mod profiles;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::RwLock;
+
+pub use bootstrap::{InitReport, migrate};
+pub use error::{ServiceError, ServiceResult};
+pub use certificates::{CertificateQuery, page_of};
+pub use issuance::{RequestView, SubmitRequest};
+pub use principal::Principal;
+pub use profiles::NewProfile;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::config::Config;
+use crate::domain::model::User;
+use crate::domain::{CaId, Secret};
+use crate::hsm::{Hsm, HsmKey};
+use crate::store::{CoreDb, SecureDb};
+
+/// Settings the use cases need (a subset of [`Config`]).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub public_url: String,
+    pub session_ttl_minutes: i64,
+    pub token_label: String,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Self {
+            public_url: c.public_url.clone(),
+            session_ttl_minutes: c.session_ttl_minutes,
+            token_label: c.pkcs11_token_label.clone(),
+        }
+    }
+}
+
+/// The application: both databases, the token and the loaded CA keys.
+#[derive(Clone)]
+pub struct Clm {
+    core: CoreDb,
+    secure: SecureDb,
+    hsm: Hsm,
+    settings: Settings,
+    /// CA signing keys proven against their certificates at start-up.
+    ca_keys: Arc<RwLock<HashMap<CaId, Arc<HsmKey>>>>,
+    /// Verified for unknown e-mails so that they cost as much as wrong
+    /// passwords.
+    dummy_hash: String,
+}
+
+impl Clm {
+    pub async fn new(core: CoreDb, secure: SecureDb, hsm: Hsm, settings: Settings) -> ServiceResult<Self> {
+        let dummy_hash = tokio::task::spawn_blocking(|| auth::hash_password(&Secret::new("clm-timing-equaliser")))
+            .await
+            .map_err(ServiceError::internal)??;
+        Ok(Self {
+            core,
+            secure,
+            hsm,
+            settings,
+            ca_keys: Arc::default(),
+            dummy_hash,
+        })
+    }
+
+    pub fn hsm(&self) -> &Hsm {
+        &self.hsm
+    }
+
+    /// Readiness: both databases answer and the token is logged in.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let core = self.core.ping().await.map_err(|e| e.to_string());
+        let secure = self.secure.ping().await.map_err(|e| e.to_string());
+        let hsm = self.hsm.health_check().await.map_err(|e| e.to_string());
+        vec![("clm_core", core), ("clm_secure", secure), ("hsm", hsm)]
+    }
+}
+
+/// A page of a list as the API returns it.
+#[derive(Debug, serde::Serialize)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub page: u64,
+    pub per_page: u64,
+    pub total: u64,
+}
+
+impl<T> Listing<T> {
+    pub fn new(items: Vec<T>, page: crate::store::Page, total: u64) -> Self {
+        Self {
+            items,
+            page: page.page,
+            per_page: page.per_page,
+            total,
+        }
+    }
+}
+
+/// Timestamps in the API: RFC 3339, UTC, whole seconds.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A user as the API shows it (never the password hash).
+pub fn user_json(u: &User) -> serde_json::Value {
+    serde_json::json!({
+        "id": u.id,
+        "email": u.email,
+        "display_name": u.display_name,
+        "organization_id": u.organization_id,
+        "roles": u.roles,
+        "status": u.status,
+        "created_at": rfc3339(u.created_at),
+    })
+}
+
+impl Clm {
+    /// `GET /api/v1/me`: the principal, its roles and organisation.
+    pub async fn me(&self, p: &Principal) -> ServiceResult<serde_json::Value> {
+        let user = self.core.find_user(p.user_id).await?.ok_or(ServiceError::Unauthenticated)?;
+        let org = self.core.find_organization(p.organization_id).await?;
+        let mut v = user_json(&user);
+        v["organization"] = serde_json::json!(org);
+        Ok(v)
+    }
+}

@@ -1,0 +1,422 @@
+//! clm_core: tenants, users and roles, sessions, certificate profiles,
+//! certificate metadata and the application audit log.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use uuid::Uuid;
+
+use super::entity::core::{
+    certificate_metadata, organizations, policies, roles, sessions, user_organizations,
+    user_roles, users,
+};
+use super::{StoreError, StoreResult, audit, json_strings, parse_all, parse_one};
+use crate::domain::model::{AuditEvent, Certificate, Organization, Profile, Session, User};
+use crate::domain::{
+    CaId, OrganizationId, ProfileId, ProfileRules, Role, Secret, SessionId, UserId,
+};
+
+/// Handle on clm_core.
+#[derive(Clone, Debug)]
+pub struct CoreDb {
+    db: DatabaseConnection,
+}
+
+/// What is needed to create a user; the hash is computed by the service.
+pub struct NewUser<'a> {
+    pub organization_id: OrganizationId,
+    pub email: &'a str,
+    pub display_name: Option<&'a str>,
+    pub password_hash: &'a str,
+    pub roles: &'a [Role],
+    pub granted_by: Option<UserId>,
+}
+
+impl CoreDb {
+    pub async fn connect(url: &Secret) -> StoreResult<Self> {
+        Ok(Self {
+            db: super::connect(url).await?,
+        })
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        migrations_core::Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        super::ping(&self.db).await
+    }
+
+    pub async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        audit::insert_core(&self.db, event).await
+    }
+
+    // ---- organisations -------------------------------------------------
+
+    pub async fn find_organization_by_slug(&self, slug: &str) -> StoreResult<Option<Organization>> {
+        let row = organizations::Entity::find()
+            .filter(organizations::Column::Slug.eq(slug))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(organization_from))
+    }
+
+    pub async fn find_organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
+        let row = organizations::Entity::find_by_id(id.0).one(&self.db).await?;
+        Ok(row.map(organization_from))
+    }
+
+    pub async fn insert_organization(
+        &self,
+        name: &str,
+        slug: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<Organization> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        let row = organizations::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            name: Set(name.to_string()),
+            slug: Set(slug.to_string()),
+            status: Set("active".into()),
+            settings: Set(serde_json::json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        let mut event = event.clone().target("organization", row.id);
+        event.organization_id = Some(OrganizationId(row.id));
+        audit::insert_core(&txn, &event).await?;
+        txn.commit().await?;
+        Ok(organization_from(row))
+    }
+
+    // ---- users -----------------------------------------------------------
+
+    pub async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let row = users::Entity::find()
+            .filter(users::Column::Email.eq(email.to_lowercase()))
+            .filter(users::Column::DeletedAt.is_null())
+            .one(&self.db)
+            .await?;
+        match row {
+            Some(u) => Ok(Some(self.user_with_roles(u).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn find_user(&self, id: UserId) -> StoreResult<Option<User>> {
+        let row = users::Entity::find_by_id(id.0)
+            .filter(users::Column::DeletedAt.is_null())
+            .one(&self.db)
+            .await?;
+        match row {
+            Some(u) => Ok(Some(self.user_with_roles(u).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether any active user holds `role` (e.g. "is there a super admin yet").
+    pub async fn any_user_with_role(&self, role: Role) -> StoreResult<bool> {
+        let Some(role_row) = roles::Entity::find()
+            .filter(roles::Column::Name.eq(role.as_str()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let n = user_roles::Entity::find()
+            .filter(user_roles::Column::RoleId.eq(role_row.id))
+            .count(&self.db)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn user_with_roles(&self, u: users::Model) -> StoreResult<User> {
+        let links = user_roles::Entity::find()
+            .filter(user_roles::Column::UserId.eq(u.id))
+            .find_also_related(roles::Entity)
+            .all(&self.db)
+            .await?;
+        let mut role_list = Vec::with_capacity(links.len());
+        for (_, role) in links {
+            if let Some(role) = role {
+                role_list.push(parse_one::<Role>(&role.name)?);
+            }
+        }
+        role_list.sort();
+        Ok(User {
+            id: UserId(u.id),
+            organization_id: OrganizationId(u.organization_id),
+            email: u.email,
+            display_name: u.display_name,
+            status: u.status,
+            roles: role_list,
+            password_hash: u.password_hash,
+            created_at: u.created_at,
+        })
+    }
+
+    /// Creates a user with its roles and organisation membership, audited,
+    /// in one transaction. A duplicate e-mail is a [`StoreError::Conflict`].
+    pub async fn insert_user(&self, new: NewUser<'_>, event: &AuditEvent) -> StoreResult<User> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        let id = Uuid::new_v4();
+        users::ActiveModel {
+            id: Set(id),
+            organization_id: Set(new.organization_id.0),
+            email: Set(new.email.to_lowercase()),
+            display_name: Set(new.display_name.map(str::to_string)),
+            password_hash: Set(new.password_hash.to_string()),
+            status: Set("active".into()),
+            failed_login_count: Set(0),
+            password_changed_at: Set(Some(now)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        user_organizations::ActiveModel {
+            user_id: Set(id),
+            organization_id: Set(new.organization_id.0),
+            created_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        for role in new.roles {
+            let role_row = roles::Entity::find()
+                .filter(roles::Column::Name.eq(role.as_str()))
+                .one(&txn)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("system role {role} is not seeded")))?;
+            user_roles::ActiveModel {
+                user_id: Set(id),
+                role_id: Set(role_row.id),
+                granted_by: Set(new.granted_by.map(Into::into)),
+                created_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+        }
+        let event = event
+            .clone()
+            .org(Some(new.organization_id))
+            .target("user", id)
+            .details(serde_json::json!({ "email": new.email.to_lowercase(), "roles": new.roles }));
+        audit::insert_core(&txn, &event).await?;
+        txn.commit().await?;
+        self.find_user(UserId(id)).await?.ok_or(StoreError::NotFound)
+    }
+
+    pub async fn record_login(&self, user: UserId, at: DateTime<Utc>) -> StoreResult<()> {
+        users::Entity::update_many()
+            .col_expr(users::Column::LastLoginAt, Expr::value(Some(at)))
+            .col_expr(users::Column::FailedLoginCount, Expr::value(0))
+            .filter(users::Column::Id.eq(user.0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    // ---- sessions --------------------------------------------------------
+
+    pub async fn insert_session(&self, s: &Session, event: &AuditEvent) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        sessions::ActiveModel {
+            id: Set(s.id.0),
+            user_id: Set(s.user_id.0),
+            token_digest: Set(s.token_digest.clone()),
+            expires_at: Set(s.expires_at),
+            idle_expires_at: Set(s.expires_at),
+            last_seen_at: Set(s.created_at),
+            source_ip: Set(event.context.source_ip.clone()),
+            user_agent: Set(event.context.user_agent.clone()),
+            created_at: Set(s.created_at),
+            updated_at: Set(s.created_at),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_core(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The session with this token digest if it is neither revoked nor expired.
+    pub async fn find_live_session(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<Option<Session>> {
+        let row = sessions::Entity::find()
+            .filter(sessions::Column::TokenDigest.eq(digest))
+            .filter(sessions::Column::RevokedAt.is_null())
+            .filter(sessions::Column::ExpiresAt.gt(now))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|r| Session {
+            id: SessionId(r.id),
+            user_id: UserId(r.user_id),
+            token_digest: r.token_digest,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+        }))
+    }
+
+    /// Compare-and-set: only a session that is not yet revoked is revoked.
+    pub async fn revoke_session(&self, id: SessionId, event: &AuditEvent) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let res = sessions::Entity::update_many()
+            .col_expr(sessions::Column::RevokedAt, Expr::value(Some(Utc::now())))
+            .filter(sessions::Column::Id.eq(id.0))
+            .filter(sessions::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict("session already revoked".into()));
+        }
+        audit::insert_core(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    // ---- profiles --------------------------------------------------------
+
+    pub async fn insert_profile(&self, p: &Profile, event: &AuditEvent) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let r = &p.rules;
+        policies::ActiveModel {
+            id: Set(p.id.0),
+            organization_id: Set(p.organization_id.map(Into::into)),
+            name: Set(p.name.clone()),
+            policy_type: Set("certificate_profile".into()),
+            ca_id: Set(p.ca_id.0),
+            key_algorithms: Set(json_strings(r.key_algorithms.iter().map(|a| a.as_str()))),
+            allowed_dns_suffixes: Set(json_strings(&r.allowed_dns_suffixes)),
+            allow_ip_sans: Set(r.allow_ip_sans),
+            max_validity_days: Set(r.max_validity_days as i32),
+            extended_key_usages: Set(json_strings(r.extended_key_usages.iter().map(|e| e.as_str()))),
+            required_approvals: Set(i32::from(r.required_approvals)),
+            approver_roles: Set(json_strings([Role::Approver.as_str()])),
+            allow_server_keygen: Set(r.allow_server_keygen),
+            allow_key_archival: Set(false),
+            status: Set("active".into()),
+            created_at: Set(p.created_at),
+            updated_at: Set(p.created_at),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_core(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Profiles visible to `org`: its own and the system-wide ones.
+    pub async fn list_profiles(&self, org: Option<OrganizationId>) -> StoreResult<Vec<Profile>> {
+        let mut q = policies::Entity::find()
+            .filter(policies::Column::PolicyType.eq("certificate_profile"))
+            .filter(policies::Column::DeletedAt.is_null());
+        q = match org {
+            Some(org) => q.filter(
+                policies::Column::OrganizationId
+                    .eq(org.0)
+                    .or(policies::Column::OrganizationId.is_null()),
+            ),
+            None => q,
+        };
+        q.order_by_asc(policies::Column::CreatedAt)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(profile_from)
+            .collect()
+    }
+
+    pub async fn find_profile(&self, id: ProfileId) -> StoreResult<Option<Profile>> {
+        policies::Entity::find_by_id(id.0)
+            .filter(policies::Column::PolicyType.eq("certificate_profile"))
+            .filter(policies::Column::DeletedAt.is_null())
+            .one(&self.db)
+            .await?
+            .map(profile_from)
+            .transpose()
+    }
+
+    pub async fn find_system_profile_by_name(&self, name: &str) -> StoreResult<Option<Profile>> {
+        policies::Entity::find()
+            .filter(policies::Column::Name.eq(name))
+            .filter(policies::Column::OrganizationId.is_null())
+            .one(&self.db)
+            .await?
+            .map(profile_from)
+            .transpose()
+    }
+
+    // ---- certificate metadata ------------------------------------------
+
+    /// Mirrors an issued certificate into clm_core (step 4 of decision 3).
+    /// Idempotent: reconciliation may call it again for the same id.
+    pub async fn record_certificate(&self, c: &Certificate, event: &AuditEvent) -> StoreResult<()> {
+        if certificate_metadata::Entity::find_by_id(c.id.0).one(&self.db).await?.is_some() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        certificate_metadata::ActiveModel {
+            id: Set(c.id.0),
+            organization_id: Set(c.organization_id.map(Into::into)),
+            ca_id: Set(c.ca_id.0),
+            profile_id: Set(c.profile_id.map(Into::into)),
+            request_id: Set(c.request_id.map(Into::into)),
+            owner_id: Set(c.owner_id.map(Into::into)),
+            common_name: Set(Some(c.subject.clone())),
+            sans: Set(json_strings(&c.sans)),
+            serial_hex: Set(c.serial_hex.clone()),
+            not_before: Set(c.not_before),
+            not_after: Set(c.not_after),
+            status: Set(c.status.as_str().to_string()),
+            created_at: Set(c.created_at),
+            updated_at: Set(c.created_at),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_core(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+fn organization_from(r: organizations::Model) -> Organization {
+    Organization {
+        id: OrganizationId(r.id),
+        name: r.name,
+        slug: r.slug,
+        status: r.status,
+        created_at: r.created_at,
+    }
+}
+
+fn profile_from(r: policies::Model) -> StoreResult<Profile> {
+    Ok(Profile {
+        id: ProfileId(r.id),
+        organization_id: r.organization_id.map(OrganizationId),
+        name: r.name,
+        ca_id: CaId(r.ca_id),
+        rules: ProfileRules {
+            key_algorithms: parse_all(&r.key_algorithms)?,
+            allowed_dns_suffixes: super::strings_from_json(&r.allowed_dns_suffixes)?,
+            allow_ip_sans: r.allow_ip_sans,
+            max_validity_days: u32::try_from(r.max_validity_days).map_err(super::error::corrupt)?,
+            extended_key_usages: parse_all(&r.extended_key_usages)?,
+            required_approvals: u8::try_from(r.required_approvals).map_err(super::error::corrupt)?,
+            allow_server_keygen: r.allow_server_keygen,
+        },
+        created_at: r.created_at,
+    })
+}

@@ -1,0 +1,462 @@
+//! clm_secure: the key registry (references to token objects only), CAs,
+//! certificate requests with their reserved serials, issued certificates and
+//! the security audit log. This database is the source of truth for what was
+//! signed.
+
+use chrono::Utc;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use super::entity::secure::{certificate_authorities, certificate_requests, certificates, encryption_keys};
+use super::{CertificateFilter, Page, StoreError, StoreResult, audit, json_strings, parse_one, strings_from_json};
+use crate::domain::model::{AuditEvent, Certificate, CertificateAuthority, CertificateRequest, KeyReference};
+use crate::domain::{
+    CaId, CertificateId, KeyId, KeyPurpose, KeyStatus, OrganizationId, ProfileId, RequestId,
+    RequestStatus, San, Secret, UserId,
+};
+
+/// Handle on clm_secure.
+#[derive(Clone, Debug)]
+pub struct SecureDb {
+    db: DatabaseConnection,
+}
+
+impl SecureDb {
+    pub async fn connect(url: &Secret) -> StoreResult<Self> {
+        Ok(Self {
+            db: super::connect(url).await?,
+        })
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        migrations_secure::Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        super::ping(&self.db).await
+    }
+
+    pub async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        audit::insert_secure(&self.db, event).await
+    }
+
+    // ---- key registry ----------------------------------------------------
+
+    pub async fn insert_key(
+        &self,
+        k: &KeyReference,
+        org: Option<OrganizationId>,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        encryption_keys::ActiveModel {
+            id: Set(k.id.0),
+            label: Set(k.label.clone()),
+            ckaid_hex: Set(k.ckaid_hex.clone()),
+            pkcs11_uri: Set(k.pkcs11_uri.clone()),
+            purpose: Set(k.purpose.as_str().to_string()),
+            algorithm: Set(k.algorithm.clone()),
+            status: Set(k.status.as_str().to_string()),
+            version: Set(k.version),
+            organization_id: Set(org.map(Into::into)),
+            public_key_der: Set(k.public_key_der.clone()),
+            activated_at: Set((k.status == KeyStatus::Active).then_some(now)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The newest active key registered for `purpose`.
+    pub async fn find_active_key(&self, purpose: KeyPurpose) -> StoreResult<Option<KeyReference>> {
+        encryption_keys::Entity::find()
+            .filter(encryption_keys::Column::Purpose.eq(purpose.as_str()))
+            .filter(encryption_keys::Column::Status.eq(KeyStatus::Active.as_str()))
+            .order_by_desc(encryption_keys::Column::Version)
+            .one(&self.db)
+            .await?
+            .map(key_from)
+            .transpose()
+    }
+
+    pub async fn list_keys(&self) -> StoreResult<Vec<KeyReference>> {
+        encryption_keys::Entity::find()
+            .order_by_asc(encryption_keys::Column::CreatedAt)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(key_from)
+            .collect()
+    }
+
+    // ---- certificate authorities ----------------------------------------
+
+    /// Stores a CA and its certificate together: the CA row first (the
+    /// certificate names it as issuer for a root), then the certificate, then
+    /// the link between them — one transaction.
+    pub async fn insert_ca(
+        &self,
+        ca: &CertificateAuthority,
+        cert: &Certificate,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        certificate_authorities::ActiveModel {
+            id: Set(ca.id.0),
+            name: Set(ca.name.clone()),
+            kind: Set(ca.kind.as_str().to_string()),
+            parent_id: Set(ca.parent_id.map(Into::into)),
+            organization_id: Set(ca.organization_id.map(Into::into)),
+            key_id: Set(ca.key.id.0),
+            certificate_id: Set(None),
+            subject: Set(ca.subject.clone()),
+            key_algorithm: Set(ca.key_algorithm.as_str().to_string()),
+            status: Set(ca.status.clone()),
+            crl_number: Set(0),
+            not_before: Set(ca.not_before),
+            not_after: Set(ca.not_after),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        certificate_active_model(cert).insert(&txn).await?;
+        certificate_authorities::Entity::update_many()
+            .col_expr(certificate_authorities::Column::CertificateId, Expr::value(Some(cert.id.0)))
+            .filter(certificate_authorities::Column::Id.eq(ca.id.0))
+            .exec(&txn)
+            .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_cas(&self) -> StoreResult<Vec<CertificateAuthority>> {
+        let rows = certificate_authorities::Entity::find()
+            .order_by_asc(certificate_authorities::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.ca_from(r).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn find_ca(&self, id: CaId) -> StoreResult<Option<CertificateAuthority>> {
+        match certificate_authorities::Entity::find_by_id(id.0).one(&self.db).await? {
+            Some(r) => Ok(Some(self.ca_from(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn find_ca_by_name(&self, name: &str) -> StoreResult<Option<CertificateAuthority>> {
+        let row = certificate_authorities::Entity::find()
+            .filter(certificate_authorities::Column::Name.eq(name))
+            .one(&self.db)
+            .await?;
+        match row {
+            Some(r) => Ok(Some(self.ca_from(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn ca_from(&self, r: certificate_authorities::Model) -> StoreResult<CertificateAuthority> {
+        let key = encryption_keys::Entity::find_by_id(r.key_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("CA {} names a missing key", r.id)))?;
+        let certificate_der = match r.certificate_id {
+            Some(cid) => certificates::Entity::find_by_id(cid)
+                .one(&self.db)
+                .await?
+                .map(|c| c.certificate_der),
+            None => None,
+        };
+        Ok(CertificateAuthority {
+            id: CaId(r.id),
+            name: r.name,
+            kind: parse_one(&r.kind)?,
+            parent_id: r.parent_id.map(CaId),
+            organization_id: r.organization_id.map(OrganizationId),
+            key: key_from(key)?,
+            key_algorithm: parse_one(&r.key_algorithm)?,
+            subject: r.subject,
+            status: r.status,
+            certificate_id: r.certificate_id.map(CertificateId),
+            certificate_der,
+            not_before: r.not_before,
+            not_after: r.not_after,
+        })
+    }
+
+    // ---- requests and issuance ------------------------------------------
+
+    /// Records the intent to issue (decision 3, step 1): the request with its
+    /// reserved serial. A serial already reserved for this CA is a conflict;
+    /// the caller draws a new one.
+    pub async fn insert_request(&self, r: &CertificateRequest, event: &AuditEvent) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        certificate_requests::ActiveModel {
+            id: Set(r.id.0),
+            organization_id: Set(r.organization_id.0),
+            profile_id: Set(r.profile_id.0),
+            requester_id: Set(r.requester_id.0),
+            ca_id: Set(r.ca_id.0),
+            status: Set(r.status.as_str().to_string()),
+            csr_der: Set(r.csr_der.clone()),
+            subject: Set(r.subject.clone()),
+            sans: Set(json_strings(&r.sans)),
+            key_algorithm: Set(r.key_algorithm.as_str().to_string()),
+            validity_days: Set(r.validity_days as i32),
+            reserved_serial_hex: Set(r.reserved_serial_hex.clone()),
+            certificate_id: Set(None),
+            failure_reason: Set(None),
+            idempotency_key: Set(r.idempotency_key.clone()),
+            created_at: Set(r.created_at),
+            updated_at: Set(r.created_at),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Stores the signed certificate, moves its request `approved → issued`
+    /// (compare-and-set) and audits — one transaction (decision 3, step 3).
+    pub async fn complete_issuance(
+        &self,
+        request: RequestId,
+        cert: &Certificate,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        certificate_active_model(cert).insert(&txn).await?;
+        let res = certificate_requests::Entity::update_many()
+            .col_expr(certificate_requests::Column::Status, Expr::value(RequestStatus::Issued.as_str()))
+            .col_expr(certificate_requests::Column::CertificateId, Expr::value(Some(cert.id.0)))
+            .filter(certificate_requests::Column::Id.eq(request.0))
+            .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict("request is no longer approved".into()));
+        }
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// `approved → failed` with the reason, audited.
+    pub async fn fail_request(&self, request: RequestId, reason: &str, event: &AuditEvent) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let res = certificate_requests::Entity::update_many()
+            .col_expr(certificate_requests::Column::Status, Expr::value(RequestStatus::Failed.as_str()))
+            .col_expr(certificate_requests::Column::FailureReason, Expr::value(Some(reason.to_string())))
+            .filter(certificate_requests::Column::Id.eq(request.0))
+            .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict("request is no longer approved".into()));
+        }
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn find_request(&self, id: RequestId) -> StoreResult<Option<CertificateRequest>> {
+        certificate_requests::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+            .map(request_from)
+            .transpose()
+    }
+
+    pub async fn find_request_by_idempotency_key(
+        &self,
+        requester: UserId,
+        key: &str,
+    ) -> StoreResult<Option<CertificateRequest>> {
+        certificate_requests::Entity::find()
+            .filter(certificate_requests::Column::RequesterId.eq(requester.0))
+            .filter(certificate_requests::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await?
+            .map(request_from)
+            .transpose()
+    }
+
+    /// A page of requests, newest first, with the total matching count.
+    pub async fn list_requests(
+        &self,
+        scope: Option<OrganizationId>,
+        status: Option<RequestStatus>,
+        page: Page,
+    ) -> StoreResult<(Vec<CertificateRequest>, u64)> {
+        let mut q = certificate_requests::Entity::find();
+        if let Some(org) = scope {
+            q = q.filter(certificate_requests::Column::OrganizationId.eq(org.0));
+        }
+        if let Some(status) = status {
+            q = q.filter(certificate_requests::Column::Status.eq(status.as_str()));
+        }
+        let total = q.clone().count(&self.db).await?;
+        let rows = q
+            .order_by_desc(certificate_requests::Column::CreatedAt)
+            .order_by_desc(certificate_requests::Column::Id)
+            .offset(page.offset())
+            .limit(page.per_page)
+            .all(&self.db)
+            .await?;
+        Ok((rows.into_iter().map(request_from).collect::<StoreResult<_>>()?, total))
+    }
+
+    /// A page of end-entity certificates, newest first, with the total.
+    pub async fn list_certificates(
+        &self,
+        scope: Option<OrganizationId>,
+        filter: &CertificateFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<Certificate>, u64)> {
+        let mut q = certificates::Entity::find().filter(certificates::Column::IsCa.eq(false));
+        if let Some(org) = scope {
+            q = q.filter(certificates::Column::OrganizationId.eq(org.0));
+        }
+        if let Some(status) = filter.status {
+            q = q.filter(certificates::Column::Status.eq(status.as_str()));
+        }
+        if let Some(ca) = filter.ca_id {
+            q = q.filter(certificates::Column::CaId.eq(ca.0));
+        }
+        if let Some(before) = filter.not_after_before {
+            q = q.filter(certificates::Column::NotAfter.lte(before));
+        }
+        if let Some(text) = &filter.text {
+            let pattern = format!("%{}%", text.replace('\\', "").replace('%', "").replace('_', ""));
+            q = q.filter(
+                certificates::Column::Subject
+                    .like(pattern.clone())
+                    .or(certificates::Column::SerialHex.like(pattern.to_ascii_lowercase())),
+            );
+        }
+        let total = q.clone().count(&self.db).await?;
+        let rows = q
+            .order_by_desc(certificates::Column::CreatedAt)
+            .order_by_desc(certificates::Column::Id)
+            .offset(page.offset())
+            .limit(page.per_page)
+            .all(&self.db)
+            .await?;
+        Ok((rows.into_iter().map(certificate_from).collect::<StoreResult<_>>()?, total))
+    }
+
+    pub async fn find_certificate(&self, id: CertificateId) -> StoreResult<Option<Certificate>> {
+        certificates::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+            .map(certificate_from)
+            .transpose()
+    }
+}
+
+fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {
+    certificates::ActiveModel {
+        id: Set(c.id.0),
+        organization_id: Set(c.organization_id.map(Into::into)),
+        ca_id: Set(c.ca_id.0),
+        request_id: Set(c.request_id.map(Into::into)),
+        profile_id: Set(c.profile_id.map(Into::into)),
+        owner_id: Set(c.owner_id.map(Into::into)),
+        serial_hex: Set(c.serial_hex.clone()),
+        subject: Set(c.subject.clone()),
+        sans: Set(json_strings(&c.sans)),
+        key_algorithm: Set(c.key_algorithm.clone()),
+        not_before: Set(c.not_before),
+        not_after: Set(c.not_after),
+        status: Set(c.status.as_str().to_string()),
+        is_ca: Set(c.is_ca),
+        certificate_der: Set(c.certificate_der.clone()),
+        fingerprint_sha256: Set(c.fingerprint_sha256.clone()),
+        replaces_certificate_id: Set(None),
+        revoked_at: Set(c.revoked_at),
+        revocation_reason: Set(c.revocation_reason.clone()),
+        created_at: Set(c.created_at),
+        updated_at: Set(c.created_at),
+        ..Default::default()
+    }
+}
+
+fn key_from(r: encryption_keys::Model) -> StoreResult<KeyReference> {
+    Ok(KeyReference {
+        id: KeyId(r.id),
+        label: r.label,
+        ckaid_hex: r.ckaid_hex,
+        pkcs11_uri: r.pkcs11_uri,
+        purpose: parse_one(&r.purpose)?,
+        algorithm: r.algorithm,
+        status: parse_one(&r.status)?,
+        version: r.version,
+        public_key_der: r.public_key_der,
+    })
+}
+
+fn request_from(r: certificate_requests::Model) -> StoreResult<CertificateRequest> {
+    Ok(CertificateRequest {
+        id: RequestId(r.id),
+        organization_id: OrganizationId(r.organization_id),
+        profile_id: ProfileId(r.profile_id),
+        requester_id: UserId(r.requester_id),
+        ca_id: CaId(r.ca_id),
+        status: parse_one(&r.status)?,
+        csr_der: r.csr_der,
+        subject: r.subject,
+        sans: strings_from_json(&r.sans)?.iter().map(|s| San::parse(s)).collect(),
+        key_algorithm: parse_one(&r.key_algorithm)?,
+        validity_days: u32::try_from(r.validity_days).map_err(super::error::corrupt)?,
+        reserved_serial_hex: r.reserved_serial_hex,
+        certificate_id: r.certificate_id.map(CertificateId),
+        failure_reason: r.failure_reason,
+        idempotency_key: r.idempotency_key,
+        created_at: r.created_at,
+    })
+}
+
+fn certificate_from(r: certificates::Model) -> StoreResult<Certificate> {
+    Ok(Certificate {
+        id: CertificateId(r.id),
+        organization_id: r.organization_id.map(OrganizationId),
+        ca_id: CaId(r.ca_id),
+        request_id: r.request_id.map(RequestId),
+        profile_id: r.profile_id.map(ProfileId),
+        owner_id: r.owner_id.map(UserId),
+        serial_hex: r.serial_hex,
+        subject: r.subject,
+        sans: strings_from_json(&r.sans)?,
+        key_algorithm: r.key_algorithm,
+        not_before: r.not_before,
+        not_after: r.not_after,
+        status: parse_one(&r.status)?,
+        is_ca: r.is_ca,
+        certificate_der: r.certificate_der,
+        fingerprint_sha256: r.fingerprint_sha256,
+        revoked_at: r.revoked_at,
+        revocation_reason: r.revocation_reason,
+        created_at: r.created_at,
+    })
+}

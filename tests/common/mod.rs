@@ -1,0 +1,321 @@
+//! `TestApp`: a real `clm serve` process per test, with fresh databases
+//! (two SQLite files, or two PostgreSQL databases created for the test and
+//! dropped afterwards) and its own SoftHSM token directory. Tests talk to it
+//! over HTTPS exactly as a client would.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const ADMIN_EMAIL: &str = "admin@clm.test";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub data_dir: tempfile::TempDir,
+    /// `https://127.0.0.1:PORT` of the API listener.
+    pub api: String,
+    /// `http://127.0.0.1:PORT` of the plain-HTTP listener.
+    pub public: String,
+    pub client: reqwest::Client,
+    pub admin_password: String,
+    pg_databases: Vec<String>,
+    child: Option<Child>,
+}
+
+/// Runs `body` against a fresh app on the given backend, or skips (with a
+/// note) when PostgreSQL is not reachable and not required.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident => $scenario:path;)*) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::common::TestApp::start($crate::common::Backend::Sqlite).await.unwrap();
+                $scenario(&app).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(app) = $crate::common::TestApp::start($crate::common::Backend::Postgres).await else {
+                    return;
+                };
+                $scenario(&app).await;
+            }
+        }
+    )*};
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn postgres_available() -> bool {
+    psql("postgres", "SELECT 1").is_ok()
+}
+
+fn psql(db: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+impl TestApp {
+    /// `None` only for PostgreSQL when it is unreachable and
+    /// `CLM_TEST_REQUIRE_POSTGRES` is not set.
+    pub async fn start(backend: Backend) -> Option<TestApp> {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut pg_databases = Vec::new();
+        let mut env: Vec<(String, String)> = Vec::new();
+        if backend == Backend::Postgres {
+            if !postgres_available() {
+                if std::env::var("CLM_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    panic!("PostgreSQL on 127.0.0.1:5432 is required (CLM_TEST_REQUIRE_POSTGRES=1) but unreachable");
+                }
+                eprintln!("note: PostgreSQL unreachable; skipping the PostgreSQL variant of this test");
+                return None;
+            }
+            let stem = format!("clm_test_{}", uuid::Uuid::new_v4().simple());
+            for which in ["core", "secure"] {
+                let name = format!("{stem}_{which}");
+                psql("postgres", &format!("CREATE DATABASE {name}")).unwrap();
+                env.push((
+                    format!("CLM_{}_DATABASE_URL", which.to_uppercase()),
+                    format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                ));
+                pg_databases.push(name);
+            }
+        }
+
+        let status = Command::new("bash")
+            .arg(repo_root().join("softhsm/init-token.sh"))
+            .arg(data_dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "softhsm/init-token.sh failed");
+
+        let (api_port, public_port) = (free_port(), free_port());
+        let admin_password = format!("Adm1n-{}", uuid::Uuid::new_v4().simple());
+        env.extend([
+            ("CLM_DATA_DIR".into(), data_dir.path().display().to_string()),
+            ("SOFTHSM2_CONF".into(), data_dir.path().join("softhsm/softhsm2.conf").display().to_string()),
+            ("CLM_LISTEN".into(), format!("127.0.0.1:{api_port}")),
+            ("CLM_HTTP_LISTEN".into(), format!("127.0.0.1:{public_port}")),
+            ("CLM_PUBLIC_URL".into(), format!("http://127.0.0.1:{public_port}")),
+            ("CLM_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+            ("CLM_BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password.clone()),
+            ("CLM_LOG_FORMAT".into(), "json".into()),
+            ("CLM_HSM_POOL_SIZE".into(), "4".into()),
+        ]);
+        std::fs::write(
+            data_dir.path().join("test.env"),
+            env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>(),
+        )
+        .unwrap();
+
+        let log = std::fs::File::create(data_dir.path().join("server.log")).unwrap();
+        let out = std::fs::File::create(data_dir.path().join("server.out")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_clm"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+
+        let mut app = TestApp {
+            backend,
+            api: format!("https://127.0.0.1:{api_port}"),
+            public: format!("http://127.0.0.1:{public_port}"),
+            client: reqwest::Client::new(),
+            admin_password,
+            pg_databases,
+            child: Some(child),
+            data_dir,
+        };
+        app.wait_until_serving().await;
+        Some(app)
+    }
+
+    async fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let ca_path = self.data_dir.path().join("tls/ca.pem");
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("clm serve exited early ({status}):\n{}", self.server_log());
+            }
+            if ca_path.exists() {
+                let root = reqwest::Certificate::from_pem(&std::fs::read(&ca_path).unwrap());
+                if let Ok(root) = root {
+                    let client = reqwest::Client::builder()
+                        .add_root_certificate(root)
+                        .tls_built_in_root_certs(false)
+                        .timeout(Duration::from_secs(60))
+                        .build()
+                        .unwrap();
+                    if let Ok(r) = client.get(format!("{}/healthz", self.api)).send().await
+                        && r.status().is_success()
+                    {
+                        self.client = client;
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "clm serve did not come up:\n{}", self.server_log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.data_dir.path().join(rel)
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+    }
+
+    pub fn root_pem(&self) -> String {
+        std::fs::read_to_string(self.path("tls/ca.pem")).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login failed");
+        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, &self.admin_password).await
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).bearer_auth(token).json(body).send().await.unwrap()
+    }
+
+    /// The system-wide profile `clm init` creates.
+    pub async fn default_profile_id(&self, token: &str) -> String {
+        let profiles: Value = self.get(token, "/api/v1/profiles").await.json().await.unwrap();
+        profiles
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "default")
+            .expect("default profile")["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Runs `clm` with this app's environment (e.g. `hsm check`).
+    pub fn clm(&self, args: &[&str]) -> std::process::Output {
+        let env = std::fs::read_to_string(self.path("test.env")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_clm"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.lines().filter_map(|l| l.split_once('=')))
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `pkcs11-tool` against this app's token with its user PIN.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> String {
+        let pin = std::fs::read_to_string(self.path("softhsm/user.pin")).unwrap();
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", self.path("softhsm/softhsm2.conf"))
+            .args(["--module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label", "clm", "--login", "--pin"])
+            .arg(pin.trim())
+            .args(args)
+            .output()
+            .expect("pkcs11-tool (Debian package opensc) must be installed");
+        assert!(out.status.success(), "pkcs11-tool failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for db in &self.pg_databases {
+            if let Err(e) = psql("postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")) {
+                eprintln!("could not drop test database {db}: {e}");
+            }
+        }
+    }
+}
+
+/// A fresh P-256 key and a CSR for `names` (first name is the CN).
+pub fn ec_csr(names: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    csr_for(&key, names)
+}
+
+pub fn csr_for(key: &rcgen::KeyPair, names: &[&str]) -> String {
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, names[0]);
+    params.distinguished_name = dn;
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+/// An RSA CSR made by openssl (rcgen cannot generate RSA keys).
+pub fn rsa_csr(bits: u32, cn: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .args(["req", "-new", "-newkey", &format!("rsa:{bits}"), "-nodes", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .args(["-addext", &format!("subjectAltName=DNS:{cn}")])
+        .arg("-keyout")
+        .arg(dir.path().join("k.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Writes `content` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
