@@ -48,7 +48,7 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     // The certificate parses, carries the CSR's public key and the names.
     let der = pem_der(cert["certificate_pem"].as_str().unwrap());
     let (_, x509) = X509Certificate::from_der(&der).unwrap();
-    assert_eq!(x509.public_key().raw, key.public_key_der().as_slice());
+    assert_eq!(x509.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
     let sans: Vec<String> = cert["sans"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     assert_eq!(sans, ["app.clm.test", "api.clm.test"]);
     assert!(!x509.is_ca());
@@ -58,7 +58,7 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     assert_eq!(cert["status"], "valid");
 
     // Its signature verifies against the intermediate of the chain.
-    let chain = pem::parse_many(cert["chain_pem"].as_str().unwrap()).unwrap();
+    let chain = ::pem::parse_many(cert["chain_pem"].as_str().unwrap()).unwrap();
     assert_eq!(chain.len(), 2, "chain is intermediate + root");
     let (_, intermediate) = X509Certificate::from_der(chain[0].contents()).unwrap();
     x509.verify_signature(Some(intermediate.public_key())).unwrap();
@@ -86,6 +86,14 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     assert_eq!(inter["id"], cert["ca_id"]);
     assert_eq!(pem_der(inter["certificate_pem"].as_str().unwrap()), chain[0].contents());
     assert!(inter["crl_url"].as_str().unwrap().ends_with(&format!("/crl/{}.crl", inter["id"].as_str().unwrap())));
+
+    // Readiness reports both databases and the token.
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    for check in ["clm_core", "clm_secure", "hsm"] {
+        assert_eq!(ready["checks"][check]["status"], "ok", "{ready}");
+    }
 
     // AIA caIssuers points at the plain-HTTP listener, which serves the CA.
     let r = app.client.get(format!("{}/ca/{}.der", app.public, inter["id"].as_str().unwrap())).send().await.unwrap();
@@ -132,12 +140,12 @@ async fn pkilint_accepts_root_intermediate_and_leaf(app: &TestApp) {
     }
     let token = app.admin_token().await;
     let cert = issue(app, &token, &ec_csr(&["lint.clm.test"])).await;
-    let chain = pem::parse_many(cert["chain_pem"].as_str().unwrap()).unwrap();
+    let chain = ::pem::parse_many(cert["chain_pem"].as_str().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let items = [
         ("leaf", cert["certificate_pem"].as_str().unwrap().to_string()),
-        ("intermediate", pem::encode(&chain[0])),
-        ("root", pem::encode(&chain[1])),
+        ("intermediate", ::pem::encode(&chain[0])),
+        ("root", ::pem::encode(&chain[1])),
     ];
     for (name, pem_text) in items {
         let path = write(dir.path(), &format!("{name}.pem"), &pem_text);

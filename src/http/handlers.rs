@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::extract::{Auth, Ctx, parse_id};
 use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
-use crate::service::{CertificateQuery, Clm, NewProfile, SubmitRequest, page_of};
+use crate::service::{CertificateQuery, Clm, NewCa, NewProfile, SubmitRequest, page_of};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -48,6 +48,15 @@ pub async fn me(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
 
 pub async fn list_cas(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.list_cas(&p).await?))
+}
+
+pub async fn create_ca(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<NewCa>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(clm.create_ca_for(&p, body.into_inner(), &ctx).await?))
 }
 
 pub async fn get_ca(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {

@@ -48,6 +48,7 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
             .route("/auth/logout", web::post().to(logout))
             .route("/me", web::get().to(me))
             .route("/cas", web::get().to(list_cas))
+            .route("/cas", web::post().to(create_ca))
             .route("/cas/{id}", web::get().to(get_ca))
             .route("/profiles", web::get().to(list_profiles))
             .route("/profiles", web::post().to(create_profile))

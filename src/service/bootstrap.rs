@@ -163,13 +163,14 @@ impl Clm {
         if let Some(ca) = self.secure.find_ca_by_name(name).await? {
             return Ok(ca);
         }
-        let ca = self.create_ca(name, common_name, algorithm, validity_days, parent, ctx).await?;
+        let ca = self.create_ca(name, common_name, algorithm, validity_days, parent, None, ctx).await?;
         report.actions.push(format!("created CA {name} with its key in the HSM"));
         Ok(ca)
     }
 
     /// Generates the key in the token, registers it, has the certificate
     /// signed (by itself or the parent) and stores the CA.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn create_ca(
         &self,
         name: &str,
@@ -177,6 +178,7 @@ impl Clm {
         algorithm: KeyAlgorithm,
         validity_days: u32,
         parent: Option<&CertificateAuthority>,
+        organization_id: Option<crate::domain::OrganizationId>,
         ctx: &RequestContext,
     ) -> ServiceResult<CertificateAuthority> {
         let id = CaId::new();
@@ -224,7 +226,7 @@ impl Clm {
                 let s = serial.clone();
                 tokio::task::spawn_blocking(move || {
                     let issuer = pki::Issuer::new(parent_key.as_ref(), &parent_der)?;
-                    pki::build_intermediate_ca(&subject, &spki, &issuer, validity_days, &s, urls.as_ref())
+                    pki::build_intermediate_ca(&subject, &spki, algorithm, &issuer, validity_days, &s, urls.as_ref())
                 })
                 .await
                 .map_err(ServiceError::internal)??
@@ -236,7 +238,7 @@ impl Clm {
             name: name.to_string(),
             kind: if parent.is_some() { CaKind::Intermediate } else { CaKind::Root },
             parent_id: parent.map(|p| p.id),
-            organization_id: None,
+            organization_id,
             key: key_ref,
             key_algorithm: algorithm,
             subject: info.subject.clone(),
@@ -248,7 +250,7 @@ impl Clm {
         };
         let cert = Certificate {
             id: ca.certificate_id.unwrap_or_default(),
-            organization_id: None,
+            organization_id,
             ca_id: parent.map(|p| p.id).unwrap_or(id),
             request_id: None,
             profile_id: None,
@@ -268,6 +270,7 @@ impl Clm {
             created_at: Utc::now(),
         };
         let event = AuditEvent::new(Actor::SYSTEM, "ca.created", ctx)
+            .org(organization_id)
             .target("ca", ca.id)
             .details(serde_json::json!({
                 "name": ca.name,

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
-use crate::domain::model::CertificateAuthority;
-use crate::domain::{CaId, CaKind, OrganizationId};
+use crate::domain::model::{CertificateAuthority, RequestContext};
+use crate::domain::{CaId, CaKind, KeyAlgorithm, OrganizationId, Permission};
 use crate::hsm::HsmKey;
 use crate::pki;
 
@@ -32,6 +32,22 @@ pub struct CaView {
     pub ocsp_url: String,
 }
 
+/// Body of `POST /api/v1/cas`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCa {
+    pub name: String,
+    pub kind: CaKind,
+    pub parent_id: Option<uuid::Uuid>,
+    /// The CA's common name.
+    pub subject: String,
+    pub key_algorithm: KeyAlgorithm,
+    pub validity_days: u32,
+}
+
+/// Longest validity of a CA certificate clm creates (25 years).
+const MAX_CA_VALIDITY_DAYS: u32 = 9131;
+
 /// Longest issuer chain followed; guards against a corrupt parent loop.
 const MAX_CHAIN: usize = 8;
 
@@ -53,6 +69,48 @@ impl Clm {
             .await?
             .filter(|ca| p.can_see(ca.organization_id))
             .ok_or(ServiceError::NotFound("CA"))?;
+        self.ca_view(&ca).await
+    }
+
+    /// Creates a root or intermediate CA with a fresh key in the HSM. A
+    /// super admin creates system-wide CAs; a ca_admin, CAs of their own
+    /// organisation.
+    pub async fn create_ca_for(&self, p: &Principal, body: NewCa, ctx: &RequestContext) -> ServiceResult<CaView> {
+        p.require(Permission::ManageCas)?;
+        let name = body.name.trim();
+        if name.is_empty() || name.chars().count() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ServiceError::invalid("invalid_ca", "name must be 1 to 64 letters, digits, `-`, `_` or `.`"));
+        }
+        let cn = body.subject.trim();
+        if cn.is_empty() || cn.chars().count() > 64 || cn.chars().any(char::is_control) {
+            return Err(ServiceError::invalid("invalid_ca", "subject must be a common name of 1 to 64 printable characters"));
+        }
+        if !body.key_algorithm.is_ca_capable() {
+            return Err(ServiceError::invalid("invalid_ca", format!("{} cannot be used for a CA key", body.key_algorithm)));
+        }
+        if body.validity_days == 0 || body.validity_days > MAX_CA_VALIDITY_DAYS {
+            return Err(ServiceError::invalid("invalid_ca", format!("validity_days must be between 1 and {MAX_CA_VALIDITY_DAYS}")));
+        }
+        let parent = match (body.kind, body.parent_id) {
+            (CaKind::Root, None) => None,
+            (CaKind::Root, Some(_)) => return Err(ServiceError::invalid("invalid_ca", "a root CA has no parent_id")),
+            (CaKind::Intermediate, None) => return Err(ServiceError::invalid("invalid_ca", "an intermediate CA needs parent_id")),
+            (CaKind::Intermediate, Some(id)) => Some(
+                self.secure
+                    .find_ca(CaId(id))
+                    .await?
+                    .filter(|ca| p.can_see(ca.organization_id))
+                    .ok_or(ServiceError::NotFound("parent CA"))?,
+            ),
+        };
+        if self.secure.find_ca_by_name(name).await?.is_some() {
+            return Err(ServiceError::conflict("duplicate_ca", "a CA with this name already exists"));
+        }
+        let org = p.scope();
+        let ca = self
+            .create_ca(name, cn, body.key_algorithm, body.validity_days, parent.as_ref(), org, ctx)
+            .await?;
+        self.load_ca_keys().await?;
         self.ca_view(&ca).await
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::RwLock;
 
 pub use bootstrap::{InitReport, migrate};
+pub use cas::NewCa;
 pub use error::{ServiceError, ServiceResult};
 pub use certificates::{CertificateQuery, page_of};
 pub use issuance::{RequestView, SubmitRequest};

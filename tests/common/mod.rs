@@ -37,12 +37,12 @@ pub struct TestApp {
 /// note) when PostgreSQL is not reachable and not required.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($name:ident => $scenario:path;)*) => {$(
+    ($($name:ident => $scenario:ident;)*) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 let app = $crate::common::TestApp::start($crate::common::Backend::Sqlite).await.unwrap();
-                $scenario(&app).await;
+                super::$scenario(&app).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +50,7 @@ macro_rules! on_both_backends {
                 let Some(app) = $crate::common::TestApp::start($crate::common::Backend::Postgres).await else {
                     return;
                 };
-                $scenario(&app).await;
+                super::$scenario(&app).await;
             }
         }
     )*};

@@ -1,0 +1,23 @@
+//! Schema of clm_core: organisations, users and roles, sessions and API
+//! keys, policies (certificate profiles), workflows and their steps,
+//! notifications, certificate metadata and the application audit log. Its
+//! own migrator with its own tracking table. [`sql`] holds the DDL helpers
+//! both migrators share.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_init;
+pub mod sql;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_init::Migration)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "seaql_migrations_core".into_iden()
+    }
+}

@@ -1,0 +1,22 @@
+//! Schema of clm_secure: the key registry (references to token objects,
+//! never key bytes), certificate authorities, certificates, wrapped private
+//! keys, requests, revocations, key rotation history and the security audit
+//! log. Its own migrator with its own tracking table, so that clm_core's and
+//! clm_secure's migrations never mix even in one database.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_init::Migration)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "seaql_migrations_secure".into_iden()
+    }
+}

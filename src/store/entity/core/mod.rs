@@ -1,0 +1,16 @@
+//! Entities of clm_core, one module per table.
+
+pub mod api_keys;
+pub mod audit_log;
+pub mod certificate_metadata;
+pub mod notifications;
+pub mod organizations;
+pub mod policies;
+pub mod roles;
+pub mod sessions;
+pub mod user_organizations;
+pub mod user_roles;
+pub mod users;
+pub mod workflow_instances;
+pub mod workflow_steps;
+pub mod workflows;

@@ -1,0 +1,25 @@
+//! `sessions` table.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "sessions")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub token_digest: String,
+    pub expires_at: DateTimeUtc,
+    pub idle_expires_at: DateTimeUtc,
+    pub last_seen_at: DateTimeUtc,
+    pub revoked_at: Option<DateTimeUtc>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
