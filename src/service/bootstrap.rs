@@ -280,6 +280,8 @@ impl Clm {
                 "key_id": ca.key.id,
             }));
         self.secure.insert_ca(&ca, &cert, &event).await?;
+        // The certificate was just signed for this very key: usable at once.
+        self.ca_keys.write().await.insert(ca.id, key);
         Ok(ca)
     }
 

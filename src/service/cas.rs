@@ -110,7 +110,6 @@ impl Clm {
         let ca = self
             .create_ca(name, cn, body.key_algorithm, body.validity_days, parent.as_ref(), org, ctx)
             .await?;
-        self.load_ca_keys().await?;
         self.ca_view(&ca).await
     }
 
