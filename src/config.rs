@@ -75,15 +75,19 @@ impl Config {
     /// Reads the process environment and the config file at `path` (or
     /// `./clm.toml` when it exists).
     pub fn load_from(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("CLM_")).collect();
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CLM_"))
+            .collect();
         let path = path
             .map(Path::to_path_buf)
             .or_else(|| Some(PathBuf::from("clm.toml")).filter(|p| p.exists()));
         let file_text = match &path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.clone(),
-                source,
-            })?),
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         Self::from_sources(&env, file_text.as_deref(), path.as_deref())
@@ -104,8 +108,17 @@ impl Config {
         };
         let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
 
-        let data_dir = PathBuf::from(var("CLM_DATA_DIR").or(file.data_dir).unwrap_or_else(|| "./data".into()));
-        let sqlite_url = |name: &str| Secret::new(format!("sqlite://{}?mode=rwc", data_dir.join(name).display()));
+        let data_dir = PathBuf::from(
+            var("CLM_DATA_DIR")
+                .or(file.data_dir)
+                .unwrap_or_else(|| "./data".into()),
+        );
+        let sqlite_url = |name: &str| {
+            Secret::new(format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join(name).display()
+            ))
+        };
         let core_database_url = var("CLM_CORE_DATABASE_URL")
             .map(Secret::new)
             .or(file.core_database_url)
@@ -115,14 +128,23 @@ impl Config {
             .or(file.secure_database_url)
             .unwrap_or_else(|| sqlite_url("clm_secure.db"));
 
-        let pin_file = var("CLM_PKCS11_PIN_FILE").or(file.pkcs11_pin_file).map(PathBuf::from);
-        let pkcs11_pin = match (var("CLM_PKCS11_PIN").map(Secret::new).or(file.pkcs11_pin), pin_file) {
+        let pin_file = var("CLM_PKCS11_PIN_FILE")
+            .or(file.pkcs11_pin_file)
+            .map(PathBuf::from);
+        let pkcs11_pin = match (
+            var("CLM_PKCS11_PIN").map(Secret::new).or(file.pkcs11_pin),
+            pin_file,
+        ) {
             (Some(pin), _) => Some(pin),
             (None, Some(path)) => Some(read_pin(&path)?),
             // Development default: the PIN softhsm/init-token.sh generated.
             (None, None) => {
                 let dev = data_dir.join("softhsm").join("user.pin");
-                if dev.exists() { Some(read_pin(&dev)?) } else { None }
+                if dev.exists() {
+                    Some(read_pin(&dev)?)
+                } else {
+                    None
+                }
             }
         };
 
@@ -161,7 +183,9 @@ impl Config {
                 message: "must be an http:// or https:// URL".into(),
             });
         }
-        let log_format = var("CLM_LOG_FORMAT").or(file.log_format).unwrap_or_else(|| "json".into());
+        let log_format = var("CLM_LOG_FORMAT")
+            .or(file.log_format)
+            .unwrap_or_else(|| "json".into());
         if log_format != "json" && log_format != "text" {
             return Err(ConfigError::Invalid {
                 key: "CLM_LOG_FORMAT",
@@ -177,12 +201,18 @@ impl Config {
                     .or(file.pkcs11_module)
                     .unwrap_or_else(|| "/usr/lib/softhsm/libsofthsm2.so".into()),
             ),
-            pkcs11_token_label: var("CLM_PKCS11_TOKEN_LABEL").or(file.pkcs11_token_label).unwrap_or_else(|| "clm".into()),
+            pkcs11_token_label: var("CLM_PKCS11_TOKEN_LABEL")
+                .or(file.pkcs11_token_label)
+                .unwrap_or_else(|| "clm".into()),
             pkcs11_pin,
             hsm_pool_size,
-            listen: var("CLM_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8443".into()),
+            listen: var("CLM_LISTEN")
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8443".into()),
             tls_enabled,
-            http_listen: var("CLM_HTTP_LISTEN").or(file.http_listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            http_listen: var("CLM_HTTP_LISTEN")
+                .or(file.http_listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
             public_url,
             bootstrap_admin_email: var("CLM_BOOTSTRAP_ADMIN_EMAIL")
                 .or(file.bootstrap_admin_email)
@@ -238,14 +268,23 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_follow_the_data_dir() {
         let c = Config::from_sources(&env(&[("CLM_DATA_DIR", "/tmp/x")]), None, None).unwrap();
-        assert_eq!(c.core_database_url.expose(), "sqlite:///tmp/x/clm_core.db?mode=rwc");
-        assert_eq!(c.secure_database_url.expose(), "sqlite:///tmp/x/clm_secure.db?mode=rwc");
+        assert_eq!(
+            c.core_database_url.expose(),
+            "sqlite:///tmp/x/clm_core.db?mode=rwc"
+        );
+        assert_eq!(
+            c.secure_database_url.expose(),
+            "sqlite:///tmp/x/clm_secure.db?mode=rwc"
+        );
         assert_eq!(c.listen, "127.0.0.1:8443");
         assert!(c.tls_enabled);
         assert_eq!(c.pkcs11_token_label, "clm");
@@ -256,7 +295,8 @@ mod tests {
     #[test]
     fn environment_overrides_file() {
         let file = "listen = \"0.0.0.0:9\"\ntls_enabled = true\npkcs11_pin = \"from-file\"\n";
-        let c = Config::from_sources(&env(&[("CLM_TLS_ENABLED", "false")]), Some(file), None).unwrap();
+        let c =
+            Config::from_sources(&env(&[("CLM_TLS_ENABLED", "false")]), Some(file), None).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9");
         assert!(!c.tls_enabled);
         assert_eq!(c.pin().unwrap().expose(), "from-file");
@@ -282,7 +322,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = Config::from_sources(&env(&[("CLM_TLS_ENABLED", "maybe")]), None, None).unwrap_err();
+        let err =
+            Config::from_sources(&env(&[("CLM_TLS_ENABLED", "maybe")]), None, None).unwrap_err();
         assert!(err.to_string().contains("CLM_TLS_ENABLED"));
         let err = Config::from_sources(&env(&[]), Some("no_such_key = 1"), None).unwrap_err();
         assert!(matches!(err, ConfigError::File { .. }));
@@ -293,8 +334,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pin");
         std::fs::write(&p, "123456\n").unwrap();
-        let c = Config::from_sources(&env(&[("CLM_PKCS11_PIN_FILE", p.to_str().unwrap())]), None, None)
-            .unwrap();
+        let c = Config::from_sources(
+            &env(&[("CLM_PKCS11_PIN_FILE", p.to_str().unwrap())]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.pin().unwrap().expose(), "123456");
     }
 }

@@ -9,7 +9,11 @@ use clm::config::Config;
 use clm::service::{Clm, InitReport};
 
 #[derive(Parser)]
-#[command(name = "clm", version, about = "HSM-backed certificate lifecycle manager")]
+#[command(
+    name = "clm",
+    version,
+    about = "HSM-backed certificate lifecycle manager"
+)]
 struct Cli {
     /// Configuration file (default: ./clm.toml when present). Environment
     /// variables override it.
@@ -78,7 +82,9 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         builder.json().flatten_event(true).init();
     } else {
@@ -108,7 +114,10 @@ fn print_report(report: &InitReport) {
     }
     // Shown once, on stdout and never in the log.
     if let (Some(email), Some(pw)) = (&report.admin_email, &report.admin_password) {
-        println!("clm init: bootstrap admin {email} has the generated password: {}", pw.expose());
+        println!(
+            "clm init: bootstrap admin {email} has the generated password: {}",
+            pw.expose()
+        );
         println!("clm init: store it now; it is not shown again");
     }
 }
@@ -129,7 +138,9 @@ async fn serve(cfg: &Config) -> CliResult<()> {
 }
 
 async fn migrate(cfg: &Config) -> CliResult<()> {
-    clm::service::migrate(cfg).await.map_err(|e| e.log_message())?;
+    clm::service::migrate(cfg)
+        .await
+        .map_err(|e| e.log_message())?;
     println!("clm migrate: both databases are up to date");
     Ok(())
 }
@@ -139,8 +150,18 @@ async fn hsm_check(cfg: &Config) -> CliResult<ExitCode> {
     let report = clm.hsm_check().await.map_err(|e| e.log_message())?;
     let mut ok = true;
     for line in &report {
-        println!("{}\t{}\t{}\t{}", if line.ok { "ok" } else { "FAIL" }, line.purpose, line.label, line.detail);
+        println!(
+            "{}\t{}\t{}\t{}",
+            if line.ok { "ok" } else { "FAIL" },
+            line.purpose,
+            line.label,
+            line.detail
+        );
         ok &= line.ok;
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -16,7 +16,13 @@ on_both_backends! {
 /// Asserts status, problem+json, the machine code, and returns the body.
 async fn expect_problem(r: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(r.status().as_u16(), status, "expected {status} {code}");
-    let ct = r.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(ct, "application/problem+json");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], status);
@@ -27,16 +33,35 @@ async fn expect_problem(r: reqwest::Response, status: u16, code: &str) -> Value 
 }
 
 async fn counts(app: &TestApp, token: &str) -> (usize, usize) {
-    let reqs: Value = app.get(token, "/api/v1/certificate-requests?per_page=1000").await.json().await.unwrap();
-    let certs: Value = app.get(token, "/api/v1/certificates?per_page=1000").await.json().await.unwrap();
-    (reqs["items"].as_array().unwrap().len(), certs["items"].as_array().unwrap().len())
+    let reqs: Value = app
+        .get(token, "/api/v1/certificate-requests?per_page=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let certs: Value = app
+        .get(token, "/api/v1/certificates?per_page=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    (
+        reqs["items"].as_array().unwrap().len(),
+        certs["items"].as_array().unwrap().len(),
+    )
 }
 
 async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
     let token = app.admin_token().await;
     let default_profile = app.default_profile_id(&token).await;
     let cas: Value = app.get(&token, "/api/v1/cas").await.json().await.unwrap();
-    let intermediate = cas.as_array().unwrap().iter().find(|c| c["kind"] == "intermediate").unwrap()["id"].clone();
+    let intermediate = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "intermediate")
+        .unwrap()["id"]
+        .clone();
 
     // A narrow profile: P-384 only, *.corp.test, 30 days.
     let r = app
@@ -78,10 +103,30 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
         body
     };
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("text that is not PEM", submit(&default_profile, "hello, I am not a CSR".into(), None), 400, "invalid_csr"),
-        ("a certificate instead of a CSR", submit(&default_profile, ca_cert_pem, None), 400, "not_a_csr"),
-        ("a CSR whose signature does not verify", submit(&default_profile, tampered, None), 400, "bad_csr_signature"),
-        ("an RSA key under 2048 bits", submit(&default_profile, rsa_csr(1024, "weak.clm.test"), None), 400, "weak_key"),
+        (
+            "text that is not PEM",
+            submit(&default_profile, "hello, I am not a CSR".into(), None),
+            400,
+            "invalid_csr",
+        ),
+        (
+            "a certificate instead of a CSR",
+            submit(&default_profile, ca_cert_pem, None),
+            400,
+            "not_a_csr",
+        ),
+        (
+            "a CSR whose signature does not verify",
+            submit(&default_profile, tampered, None),
+            400,
+            "bad_csr_signature",
+        ),
+        (
+            "an RSA key under 2048 bits",
+            submit(&default_profile, rsa_csr(1024, "weak.clm.test"), None),
+            400,
+            "weak_key",
+        ),
         (
             "a key type the profile does not allow",
             submit(&narrow, ec_csr(&["a.corp.test"]), None),
@@ -90,7 +135,11 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
         ),
         (
             "a SAN outside the profile",
-            submit(&narrow, common::csr_for(&p384, &["a.corp.test", "evil.example.com"]), None),
+            submit(
+                &narrow,
+                common::csr_for(&p384, &["a.corp.test", "evil.example.com"]),
+                None,
+            ),
             400,
             "profile_violation",
         ),
@@ -106,18 +155,36 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
             404,
             "not_found",
         ),
-        ("JSON of the wrong shape", json!({ "profile": 7, "csr": ["x"] }), 400, "invalid_body"),
-        ("a profile id that is not a UUID", submit("not-a-uuid", good_csr.clone(), None), 400, "invalid_body"),
+        (
+            "JSON of the wrong shape",
+            json!({ "profile": 7, "csr": ["x"] }),
+            400,
+            "invalid_body",
+        ),
+        (
+            "a profile id that is not a UUID",
+            submit("not-a-uuid", good_csr.clone(), None),
+            400,
+            "invalid_body",
+        ),
     ];
     for (what, body, status, code) in cases {
-        let r = app.post(&token, "/api/v1/certificate-requests", &body).await;
+        let r = app
+            .post(&token, "/api/v1/certificate-requests", &body)
+            .await;
         let problem = expect_problem(r, status, code).await;
         eprintln!("{what}: {}", problem["detail"]);
     }
 
     // A body over 64 KiB.
     let huge = json!({ "profile_id": default_profile, "csr_pem": "A".repeat(70 * 1024) });
-    expect_problem(app.post(&token, "/api/v1/certificate-requests", &huge).await, 413, "body_too_large").await;
+    expect_problem(
+        app.post(&token, "/api/v1/certificate-requests", &huge)
+            .await,
+        413,
+        "body_too_large",
+    )
+    .await;
 
     // Broken JSON.
     let r = app
@@ -132,7 +199,11 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
     expect_problem(r, 400, "invalid_body").await;
 
     // A malformed UUID in a path.
-    for path in ["/api/v1/certificates/12345", "/api/v1/cas/x'%20OR%201=1--", "/api/v1/certificate-requests/zz"] {
+    for path in [
+        "/api/v1/certificates/12345",
+        "/api/v1/cas/x'%20OR%201=1--",
+        "/api/v1/certificate-requests/zz",
+    ] {
         expect_problem(app.get(&token, path).await, 400, "invalid_id").await;
     }
     // An unknown but well-formed id.
@@ -144,24 +215,47 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
     let r = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let ok = app
-        .post(&token, "/api/v1/certificate-requests", &submit(&default_profile, good_csr, None))
+        .post(
+            &token,
+            "/api/v1/certificate-requests",
+            &submit(&default_profile, good_csr, None),
+        )
         .await;
     assert_eq!(ok.status(), 201);
 }
 
 async fn missing_or_wrong_tokens_are_401(app: &TestApp) {
-    let paths = ["/api/v1/me", "/api/v1/cas", "/api/v1/profiles", "/api/v1/certificates"];
+    let paths = [
+        "/api/v1/me",
+        "/api/v1/cas",
+        "/api/v1/profiles",
+        "/api/v1/certificates",
+    ];
     for path in paths {
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.headers().get("www-authenticate").unwrap(), "Bearer");
         expect_problem(r, 401, "unauthenticated").await;
-        expect_problem(app.get("clm_s_not-a-real-token", path).await, 401, "unauthenticated").await;
-        let r = app.client.get(app.url(path)).header("authorization", "Basic YWRtaW46YWRtaW4=").send().await.unwrap();
+        expect_problem(
+            app.get("clm_s_not-a-real-token", path).await,
+            401,
+            "unauthenticated",
+        )
+        .await;
+        let r = app
+            .client
+            .get(app.url(path))
+            .header("authorization", "Basic YWRtaW46YWRtaW4=")
+            .send()
+            .await
+            .unwrap();
         expect_problem(r, 401, "unauthenticated").await;
     }
     // Wrong password and unknown user answer alike.
     let mut bodies = Vec::new();
-    for (email, pw) in [(common::ADMIN_EMAIL, "wrong-password-123"), ("nobody@clm.test", "wrong-password-123")] {
+    for (email, pw) in [
+        (common::ADMIN_EMAIL, "wrong-password-123"),
+        ("nobody@clm.test", "wrong-password-123"),
+    ] {
         let r = app
             .client
             .post(app.url("/api/v1/auth/login"))
@@ -176,7 +270,13 @@ async fn missing_or_wrong_tokens_are_401(app: &TestApp) {
     // Logout invalidates the token at once.
     let token = app.admin_token().await;
     assert_eq!(app.get(&token, "/api/v1/me").await.status(), 200);
-    let r = app.client.post(app.url("/api/v1/auth/logout")).bearer_auth(&token).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     expect_problem(app.get(&token, "/api/v1/me").await, 401, "unauthenticated").await;
 }

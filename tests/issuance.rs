@@ -24,7 +24,11 @@ on_both_backends! {
 async fn issue(app: &TestApp, token: &str, csr: &str) -> Value {
     let profile = app.default_profile_id(token).await;
     let r = app
-        .post(token, "/api/v1/certificate-requests", &json!({ "profile_id": profile, "csr_pem": csr }))
+        .post(
+            token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": csr }),
+        )
         .await;
     assert_eq!(r.status(), 201);
     let body: Value = r.json().await.unwrap();
@@ -48,12 +52,23 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     // The certificate parses, carries the CSR's public key and the names.
     let der = pem_der(cert["certificate_pem"].as_str().unwrap());
     let (_, x509) = X509Certificate::from_der(&der).unwrap();
-    assert_eq!(x509.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
-    let sans: Vec<String> = cert["sans"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        x509.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+    );
+    let sans: Vec<String> = cert["sans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(sans, ["app.clm.test", "api.clm.test"]);
     assert!(!x509.is_ca());
     let serial = x509.raw_serial();
-    assert!(serial.len() >= 8 && serial[0] & 0x80 == 0, "serial must be positive and ≥ 64 bits");
+    assert!(
+        serial.len() >= 8 && serial[0] & 0x80 == 0,
+        "serial must be positive and ≥ 64 bits"
+    );
     assert_eq!(cert["serial"].as_str().unwrap(), hex::encode(serial));
     assert_eq!(cert["status"], "valid");
 
@@ -61,11 +76,16 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     let chain = ::pem::parse_many(cert["chain_pem"].as_str().unwrap()).unwrap();
     assert_eq!(chain.len(), 2, "chain is intermediate + root");
     let (_, intermediate) = X509Certificate::from_der(chain[0].contents()).unwrap();
-    x509.verify_signature(Some(intermediate.public_key())).unwrap();
+    x509.verify_signature(Some(intermediate.public_key()))
+        .unwrap();
 
     // openssl, which we did not write, accepts the chain up to the root.
     let dir = tempfile::tempdir().unwrap();
-    let leaf = write(dir.path(), "leaf.pem", cert["certificate_pem"].as_str().unwrap());
+    let leaf = write(
+        dir.path(),
+        "leaf.pem",
+        cert["certificate_pem"].as_str().unwrap(),
+    );
     let untrusted = write(dir.path(), "chain.pem", cert["chain_pem"].as_str().unwrap());
     let root = write(dir.path(), "root.pem", &app.root_pem());
     let out = Command::new("openssl")
@@ -76,7 +96,12 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
         .arg(&leaf)
         .output()
         .unwrap();
-    assert!(out.status.success(), "openssl verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The CA list shows the same intermediate and root.
     let cas: Value = app.get(&token, "/api/v1/cas").await.json().await.unwrap();
@@ -84,8 +109,16 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     assert_eq!(cas.len(), 2);
     let inter = cas.iter().find(|c| c["kind"] == "intermediate").unwrap();
     assert_eq!(inter["id"], cert["ca_id"]);
-    assert_eq!(pem_der(inter["certificate_pem"].as_str().unwrap()), chain[0].contents());
-    assert!(inter["crl_url"].as_str().unwrap().ends_with(&format!("/crl/{}.crl", inter["id"].as_str().unwrap())));
+    assert_eq!(
+        pem_der(inter["certificate_pem"].as_str().unwrap()),
+        chain[0].contents()
+    );
+    assert!(
+        inter["crl_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/crl/{}.crl", inter["id"].as_str().unwrap()))
+    );
 
     // Readiness reports both databases and the token.
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
@@ -96,7 +129,16 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
     }
 
     // AIA caIssuers points at the plain-HTTP listener, which serves the CA.
-    let r = app.client.get(format!("{}/ca/{}.der", app.public, inter["id"].as_str().unwrap())).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!(
+            "{}/ca/{}.der",
+            app.public,
+            inter["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), chain[0].contents());
 }
@@ -106,7 +148,10 @@ async fn rsa_csr_is_issued(app: &TestApp) {
     let cert = issue(app, &token, &rsa_csr(2048, "rsa.clm.test")).await;
     let der = pem_der(cert["certificate_pem"].as_str().unwrap());
     let (_, x509) = X509Certificate::from_der(&der).unwrap();
-    assert!(matches!(x509.public_key().parsed().unwrap(), x509_parser::public_key::PublicKey::RSA(_)));
+    assert!(matches!(
+        x509.public_key().parsed().unwrap(),
+        x509_parser::public_key::PublicKey::RSA(_)
+    ));
     let ku = x509.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && ku.key_encipherment());
 }
@@ -118,19 +163,37 @@ async fn ca_keys_are_sensitive(app: &TestApp) {
     for block in blocks {
         assert!(block.contains("sensitive"), "{block}");
         assert!(block.contains("never extractable"), "{block}");
-        assert!(!block.contains("extractable\n") || block.contains("never extractable"), "{block}");
+        assert!(
+            !block.contains("extractable\n") || block.contains("never extractable"),
+            "{block}"
+        );
     }
     // Registered by reference: the registry lists PKCS#11 URIs the check resolves.
     let out = app.clm(&["hsm", "check"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "hsm check failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok\tca_signing")).count(), 2, "{stdout}");
+    assert!(
+        out.status.success(),
+        "hsm check failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("ok\tca_signing"))
+            .count(),
+        2,
+        "{stdout}"
+    );
     assert!(stdout.contains("ok\tkek"), "{stdout}");
     assert!(stdout.contains("ok\taudit_mac"), "{stdout}");
 }
 
 async fn pkilint_accepts_root_intermediate_and_leaf(app: &TestApp) {
-    if Command::new("lint_pkix_cert").arg("--help").output().is_err() {
+    if Command::new("lint_pkix_cert")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
         assert!(
             std::env::var("CLM_TEST_REQUIRE_TOOLS").is_err(),
             "pkilint (lint_pkix_cert) is required but not installed"
@@ -143,15 +206,25 @@ async fn pkilint_accepts_root_intermediate_and_leaf(app: &TestApp) {
     let chain = ::pem::parse_many(cert["chain_pem"].as_str().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let items = [
-        ("leaf", cert["certificate_pem"].as_str().unwrap().to_string()),
+        (
+            "leaf",
+            cert["certificate_pem"].as_str().unwrap().to_string(),
+        ),
         ("intermediate", ::pem::encode(&chain[0])),
         ("root", ::pem::encode(&chain[1])),
     ];
     for (name, pem_text) in items {
         let path = write(dir.path(), &format!("{name}.pem"), &pem_text);
-        let out = Command::new("lint_pkix_cert").arg("lint").arg(&path).output().unwrap();
+        let out = Command::new("lint_pkix_cert")
+            .arg("lint")
+            .arg(&path)
+            .output()
+            .unwrap();
         let report = String::from_utf8_lossy(&out.stdout);
-        assert!(!report.contains("ERROR") && !report.contains("FATAL"), "pkilint on the {name}:\n{report}");
+        assert!(
+            !report.contains("ERROR") && !report.contains("FATAL"),
+            "pkilint on the {name}:\n{report}"
+        );
     }
 }
 
@@ -179,9 +252,16 @@ async fn idempotency_key_returns_same_request(app: &TestApp) {
 
 async fn init_is_idempotent(app: &TestApp) {
     let out = app.clm(&["init"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("nothing to do"), "second init changed something:\n{stdout}");
+    assert!(
+        stdout.contains("nothing to do"),
+        "second init changed something:\n{stdout}"
+    );
     // The running server still works, and still has exactly two CAs.
     let token = app.admin_token().await;
     let cas: Value = app.get(&token, "/api/v1/cas").await.json().await.unwrap();

@@ -233,12 +233,36 @@ const DROP_ORDER: &[&str] = &[
 
 /// The six system roles and what each may do (mirrors domain::role).
 const ROLES: &[(&str, &str, &str)] = &[
-    ("super_admin", "Everything, across all organisations", r#"["*"]"#),
-    ("org_admin", "Manages the users of its own organisation", r#"["users:manage","cas:read"]"#),
-    ("ca_admin", "Manages CAs and certificate profiles; revokes any certificate", r#"["cas:manage","profiles:manage","cas:read","certificates:revoke"]"#),
-    ("approver", "Approves or rejects certificate requests", r#"["requests:approve","cas:read"]"#),
-    ("requester", "Requests, renews and revokes own certificates", r#"["requests:create","cas:read"]"#),
-    ("auditor", "Reads and verifies the audit trails", r#"["audit:read","cas:read"]"#),
+    (
+        "super_admin",
+        "Everything, across all organisations",
+        r#"["*"]"#,
+    ),
+    (
+        "org_admin",
+        "Manages the users of its own organisation",
+        r#"["users:manage","cas:read"]"#,
+    ),
+    (
+        "ca_admin",
+        "Manages CAs and certificate profiles; revokes any certificate",
+        r#"["cas:manage","profiles:manage","cas:read","certificates:revoke"]"#,
+    ),
+    (
+        "approver",
+        "Approves or rejects certificate requests",
+        r#"["requests:approve","cas:read"]"#,
+    ),
+    (
+        "requester",
+        "Requests, renews and revokes own certificates",
+        r#"["requests:create","cas:read"]"#,
+    ),
+    (
+        "auditor",
+        "Reads and verifies the audit trails",
+        r#"["audit:read","cas:read"]"#,
+    ),
 ];
 
 /// Deterministic ids for the system roles, so every installation agrees.
@@ -288,17 +312,29 @@ impl MigrationTrait for Migration {
             all.extend(sql::touch_trigger(PREFIX, table, backend));
         }
         all.extend(sql::write_once_trigger(PREFIX, "audit_log", backend));
-        all.extend(sql::no_unrevoke_trigger(PREFIX, "certificate_metadata", backend));
+        all.extend(sql::no_unrevoke_trigger(
+            PREFIX,
+            "certificate_metadata",
+            backend,
+        ));
         sql::run(manager, &all).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let mut all: Vec<String> = ["certificate_summary", "pending_approvals", "active_users_with_roles"]
-            .iter()
-            .map(|v| format!("DROP VIEW IF EXISTS {v}"))
-            .collect();
-        all.extend(DROP_ORDER.iter().map(|t| format!("DROP TABLE IF EXISTS {t}")));
+        let mut all: Vec<String> = [
+            "certificate_summary",
+            "pending_approvals",
+            "active_users_with_roles",
+        ]
+        .iter()
+        .map(|v| format!("DROP VIEW IF EXISTS {v}"))
+        .collect();
+        all.extend(
+            DROP_ORDER
+                .iter()
+                .map(|t| format!("DROP TABLE IF EXISTS {t}")),
+        );
         if backend == DatabaseBackend::Postgres {
             all.extend(sql::drop_pg_functions(PREFIX));
         }

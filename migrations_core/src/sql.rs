@@ -29,7 +29,9 @@ pub fn render(ddl: &str, backend: DatabaseBackend) -> String {
             ("{bigint}", "integer"),
         ],
     };
-    types.iter().fold(ddl.to_string(), |s, (k, v)| s.replace(k, v))
+    types
+        .iter()
+        .fold(ddl.to_string(), |s, (k, v)| s.replace(k, v))
 }
 
 /// Runs the statements in order.
@@ -61,8 +63,12 @@ pub fn write_once_trigger(prefix: &str, table: &str, backend: DatabaseBackend) -
             "CREATE TRIGGER {table}_write_once BEFORE UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION {prefix}_write_once()"
         )],
         _ => vec![
-            format!("CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} BEGIN SELECT RAISE(ABORT, '{table} is write-once'); END"),
-            format!("CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} BEGIN SELECT RAISE(ABORT, '{table} is write-once'); END"),
+            format!(
+                "CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} BEGIN SELECT RAISE(ABORT, '{table} is write-once'); END"
+            ),
+            format!(
+                "CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} BEGIN SELECT RAISE(ABORT, '{table} is write-once'); END"
+            ),
         ],
     }
 }

@@ -258,7 +258,11 @@ impl MigrationTrait for Migration {
             "DROP VIEW IF EXISTS expiring_certificates".to_string(),
             "DROP VIEW IF EXISTS active_certificates".to_string(),
         ];
-        all.extend(DROP_ORDER.iter().map(|t| format!("DROP TABLE IF EXISTS {t}")));
+        all.extend(
+            DROP_ORDER
+                .iter()
+                .map(|t| format!("DROP TABLE IF EXISTS {t}")),
+        );
         if backend == DatabaseBackend::Postgres {
             all.extend(sql::drop_pg_functions(PREFIX));
             all.push(format!("DROP FUNCTION IF EXISTS {PREFIX}_key_status()"));

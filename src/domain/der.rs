@@ -60,7 +60,9 @@ pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -75,7 +77,10 @@ mod tests {
 
     #[test]
     fn integers_are_minimal_and_positive() {
-        assert_eq!(unsigned_integer(&[0x00, 0x00, 0x7f]), vec![0x02, 0x01, 0x7f]);
+        assert_eq!(
+            unsigned_integer(&[0x00, 0x00, 0x7f]),
+            vec![0x02, 0x01, 0x7f]
+        );
         assert_eq!(unsigned_integer(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
         assert_eq!(unsigned_integer(&[0x00]), vec![0x02, 0x01, 0x00]);
     }

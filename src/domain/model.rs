@@ -142,8 +142,14 @@ pub struct Actor {
 }
 
 impl Actor {
-    pub const SYSTEM: Actor = Actor { id: None, kind: "system" };
-    pub const ANONYMOUS: Actor = Actor { id: None, kind: "anonymous" };
+    pub const SYSTEM: Actor = Actor {
+        id: None,
+        kind: "system",
+    };
+    pub const ANONYMOUS: Actor = Actor {
+        id: None,
+        kind: "anonymous",
+    };
 }
 
 /// Where a request came from; carried into audit entries.

@@ -98,7 +98,10 @@ pub enum ProfileViolation {
 
 impl ProfileRules {
     /// Validates `req` and returns exactly what may be issued.
-    pub fn check(&self, req: &RequestedCertificate) -> Result<ApprovedCertificate, ProfileViolation> {
+    pub fn check(
+        &self,
+        req: &RequestedCertificate,
+    ) -> Result<ApprovedCertificate, ProfileViolation> {
         if !self.key_algorithms.contains(&req.key_algorithm) {
             return Err(ProfileViolation::KeyAlgorithmNotAllowed(req.key_algorithm));
         }
@@ -144,7 +147,8 @@ impl ProfileRules {
     }
 
     fn is_server_profile(&self) -> bool {
-        self.extended_key_usages.contains(&ExtendedKeyUsage::ServerAuth)
+        self.extended_key_usages
+            .contains(&ExtendedKeyUsage::ServerAuth)
     }
 
     fn check_common_name(&self, cn: &str, sans: &mut Vec<San>) -> Result<String, ProfileViolation> {
@@ -152,10 +156,14 @@ impl ProfileRules {
             return Err(ProfileViolation::InvalidCommonName("it is empty"));
         }
         if cn.chars().count() > MAX_COMMON_NAME_LEN {
-            return Err(ProfileViolation::InvalidCommonName("it is longer than 64 characters"));
+            return Err(ProfileViolation::InvalidCommonName(
+                "it is longer than 64 characters",
+            ));
         }
         if cn.chars().any(char::is_control) {
-            return Err(ProfileViolation::InvalidCommonName("it contains control characters"));
+            return Err(ProfileViolation::InvalidCommonName(
+                "it contains control characters",
+            ));
         }
         // A TLS client only looks at SANs, so a server certificate's CN must
         // name something the profile allows and is repeated as a SAN.
@@ -176,7 +184,11 @@ impl ProfileRules {
                 if !is_valid_dns_name(name) {
                     return Err(ProfileViolation::InvalidDnsName(truncate(name)));
                 }
-                if self.allowed_dns_suffixes.iter().any(|s| suffix_allows(s, name)) {
+                if self
+                    .allowed_dns_suffixes
+                    .iter()
+                    .any(|s| suffix_allows(s, name))
+                {
                     Ok(())
                 } else {
                     Err(ProfileViolation::DnsNameNotAllowed(truncate(name)))
@@ -198,16 +210,17 @@ fn truncate(s: &str) -> String {
 }
 
 fn suffix_allows(suffix: &str, name: &str) -> bool {
-    let suffix = suffix.trim_start_matches("*.").trim_start_matches('.').to_ascii_lowercase();
+    let suffix = suffix
+        .trim_start_matches("*.")
+        .trim_start_matches('.')
+        .to_ascii_lowercase();
     if suffix == "*" {
         return true;
     }
-    // A wildcard name is allowed only strictly below the suffix.
-    let (name, wildcard) = match name.strip_prefix("*.") {
-        Some(rest) => (rest, true),
-        None => (name, false),
-    };
-    (name == suffix && !wildcard) || name.ends_with(&format!(".{suffix}")) || (wildcard && name == suffix)
+    // `*.example.com` is below `example.com`, so it is judged by the name
+    // after the wildcard label.
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    name == suffix || name.ends_with(&format!(".{suffix}"))
 }
 
 /// RFC 1035 preferred name syntax (LDH labels), optionally with one leading
@@ -220,7 +233,9 @@ pub fn is_valid_dns_name(name: &str) -> bool {
     body.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     })
@@ -253,10 +268,15 @@ mod tests {
 
     #[test]
     fn server_cn_becomes_a_san_and_validity_defaults_to_max() {
-        let ok = rules().check(&req(Some("www.example.com"), &["api.example.com"])).unwrap();
+        let ok = rules()
+            .check(&req(Some("www.example.com"), &["api.example.com"]))
+            .unwrap();
         assert_eq!(
             ok.sans,
-            vec![San::Dns("www.example.com".into()), San::Dns("api.example.com".into())]
+            vec![
+                San::Dns("www.example.com".into()),
+                San::Dns("api.example.com".into())
+            ]
         );
         assert_eq!(ok.validity_days, 90);
     }
@@ -270,13 +290,20 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(rules().check(&req(None, &["example.com", "a.b.example.com"])).is_ok());
+        assert!(
+            rules()
+                .check(&req(None, &["example.com", "a.b.example.com"]))
+                .is_ok()
+        );
         assert!(rules().check(&req(None, &["*.example.com"])).is_ok());
     }
 
     #[test]
     fn ip_sans_follow_the_profile() {
-        assert_eq!(rules().check(&req(None, &["10.0.0.1"])), Err(ProfileViolation::IpSanNotAllowed));
+        assert_eq!(
+            rules().check(&req(None, &["10.0.0.1"])),
+            Err(ProfileViolation::IpSanNotAllowed)
+        );
         let mut r = rules();
         r.allow_ip_sans = true;
         assert!(r.check(&req(None, &["10.0.0.1"])).is_ok());
@@ -288,19 +315,27 @@ mod tests {
         q.validity_days = Some(91);
         assert_eq!(
             rules().check(&q),
-            Err(ProfileViolation::ValidityTooLong { requested: 91, max: 90 })
+            Err(ProfileViolation::ValidityTooLong {
+                requested: 91,
+                max: 90
+            })
         );
         q.validity_days = Some(30);
         q.key_algorithm = KeyAlgorithm::EcdsaP384;
         assert_eq!(
             rules().check(&q),
-            Err(ProfileViolation::KeyAlgorithmNotAllowed(KeyAlgorithm::EcdsaP384))
+            Err(ProfileViolation::KeyAlgorithmNotAllowed(
+                KeyAlgorithm::EcdsaP384
+            ))
         );
     }
 
     #[test]
     fn malformed_names_are_refused() {
-        assert_eq!(rules().check(&req(None, &[])), Err(ProfileViolation::NoNames));
+        assert_eq!(
+            rules().check(&req(None, &[])),
+            Err(ProfileViolation::NoNames)
+        );
         assert!(matches!(
             rules().check(&req(None, &["bad_name.example.com"])),
             Err(ProfileViolation::InvalidDnsName(_))

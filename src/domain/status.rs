@@ -166,7 +166,10 @@ mod tests {
         assert!(Approved.can_become(Issued));
         assert!(!Issued.can_become(Approved));
         assert!(!Rejected.can_become(Approved));
-        assert_eq!("pending_approval".parse::<RequestStatus>().unwrap(), PendingApproval);
+        assert_eq!(
+            "pending_approval".parse::<RequestStatus>().unwrap(),
+            PendingApproval
+        );
         assert!("bogus".parse::<RequestStatus>().is_err());
     }
 }

@@ -74,7 +74,11 @@ fn curve_oid(alg: KeyAlgorithm) -> Option<&'static [u8]> {
 }
 
 fn find_one(session: &Session, template: &[Attribute]) -> HsmResult<ObjectHandle> {
-    session.find_objects(template)?.into_iter().next().ok_or(HsmError::KeyNotFound)
+    session
+        .find_objects(template)?
+        .into_iter()
+        .next()
+        .ok_or(HsmError::KeyNotFound)
 }
 
 /// SubjectPublicKeyInfo of the public key object `public`.
@@ -86,13 +90,18 @@ fn read_spki(session: &Session, public: ObjectHandle, alg: KeyAlgorithm) -> HsmR
         };
         // SoftHSM (like most tokens) returns the point wrapped in an OCTET STRING.
         let point = match der::read_tlv(&raw) {
-            Some((0x04, inner, rest)) if rest.is_empty() && inner.first() == Some(&0x04) => inner.to_vec(),
+            Some((0x04, inner, rest)) if rest.is_empty() && inner.first() == Some(&0x04) => {
+                inner.to_vec()
+            }
             _ => raw,
         };
         let alg_id = der::sequence(&[&der::tlv(0x06, OID_EC_PUBLIC_KEY), &der::tlv(0x06, curve)]);
         return Ok(der::sequence(&[&alg_id, &der::bit_string(&point)]));
     }
-    let attrs = session.get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+    let attrs = session.get_attributes(
+        public,
+        &[AttributeType::Modulus, AttributeType::PublicExponent],
+    )?;
     let (mut n, mut e) = (None, None);
     for a in attrs {
         match a {
@@ -102,7 +111,9 @@ fn read_spki(session: &Session, public: ObjectHandle, alg: KeyAlgorithm) -> HsmR
         }
     }
     let (Some(n), Some(e)) = (n, e) else {
-        return Err(HsmError::Encoding("RSA public key without modulus or exponent".into()));
+        return Err(HsmError::Encoding(
+            "RSA public key without modulus or exponent".into(),
+        ));
     };
     let rsa_key = der::sequence(&[&der::unsigned_integer(&n), &der::unsigned_integer(&e)]);
     let alg_id = der::sequence(&[&der::tlv(0x06, OID_RSA_ENCRYPTION), &der::NULL]);
@@ -112,11 +123,17 @@ fn read_spki(session: &Session, public: ObjectHandle, alg: KeyAlgorithm) -> HsmR
 /// Raw `r‖s` (what `CKM_ECDSA` returns) to DER `SEQUENCE { r, s }` (what
 /// X.509 wants).
 fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, SignError> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
-        return Err(SignError::Failed(format!("ECDSA signature of odd length {}", raw.len())));
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
+        return Err(SignError::Failed(format!(
+            "ECDSA signature of odd length {}",
+            raw.len()
+        )));
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    Ok(der::sequence(&[&der::unsigned_integer(r), &der::unsigned_integer(s)]))
+    Ok(der::sequence(&[
+        &der::unsigned_integer(r),
+        &der::unsigned_integer(s),
+    ]))
 }
 
 impl Hsm {
@@ -151,14 +168,16 @@ impl Hsm {
         } else {
             return Err(HsmError::UnsupportedAlgorithm(alg.to_string()));
         };
-        let (spki, handle) = self.with_session(|s| {
-            let (public, private) = s.generate_key_pair(&mechanism, &public_template, &private_template)?;
-            Ok((public, private))
-        })
-        .and_then(|(public, private)| {
-            let spki = self.with_session_h(|s| read_spki(s, public, alg))?;
-            Ok((spki, private))
-        })?;
+        let (spki, handle) = self
+            .with_session(|s| {
+                let (public, private) =
+                    s.generate_key_pair(&mechanism, &public_template, &private_template)?;
+                Ok((public, private))
+            })
+            .and_then(|(public, private)| {
+                let spki = self.with_session_h(|s| read_spki(s, public, alg))?;
+                Ok((spki, private))
+            })?;
         Ok(HsmKey {
             hsm: self.clone(),
             algorithm: alg,
@@ -186,16 +205,35 @@ impl Hsm {
     /// Loads a key pair by `CKA_ID`.
     pub fn find_key_pair_blocking(&self, alg: KeyAlgorithm, cka_id: &[u8]) -> HsmResult<HsmKey> {
         let (private, spki, label) = self.with_session_h(|s| {
-            let private = find_one(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(cka_id.to_vec())])?;
-            let public = find_one(s, &[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(cka_id.to_vec())])?;
-            let key_type = s.get_attributes(private, &[AttributeType::KeyType, AttributeType::Label])?;
+            let private = find_one(
+                s,
+                &[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Id(cka_id.to_vec()),
+                ],
+            )?;
+            let public = find_one(
+                s,
+                &[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Id(cka_id.to_vec()),
+                ],
+            )?;
+            let key_type =
+                s.get_attributes(private, &[AttributeType::KeyType, AttributeType::Label])?;
             let mut label = String::new();
             for a in key_type {
                 match a {
                     Attribute::KeyType(kt) => {
-                        let expected = if alg.rsa_bits().is_some() { KeyType::RSA } else { KeyType::EC };
+                        let expected = if alg.rsa_bits().is_some() {
+                            KeyType::RSA
+                        } else {
+                            KeyType::EC
+                        };
                         if kt != expected {
-                            return Err(HsmError::Encoding(format!("key type {kt} does not match {alg}")));
+                            return Err(HsmError::Encoding(format!(
+                                "key type {kt} does not match {alg}"
+                            )));
                         }
                     }
                     Attribute::Label(l) => label = String::from_utf8_lossy(&l).to_string(),
@@ -214,7 +252,12 @@ impl Hsm {
         })
     }
 
-    fn generate_secret_blocking(&self, label: &str, mechanism: Mechanism, extra: &[Attribute]) -> HsmResult<SecretKeyRef> {
+    fn generate_secret_blocking(
+        &self,
+        label: &str,
+        mechanism: Mechanism,
+        extra: &[Attribute],
+    ) -> HsmResult<SecretKeyRef> {
         let id = new_cka_id();
         let mut template = vec![
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -265,10 +308,17 @@ impl Hsm {
     /// HMAC-SHA-256 of `data` under the secret key with `cka_id`.
     pub fn hmac_sha256_blocking(&self, cka_id: &[u8], data: &[u8]) -> HsmResult<[u8; 32]> {
         let mac = self.with_session_h(|s| {
-            let key = find_one(s, &[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(cka_id.to_vec())])?;
+            let key = find_one(
+                s,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::Id(cka_id.to_vec()),
+                ],
+            )?;
             Ok(s.sign(&Mechanism::Sha256Hmac, key, data)?)
         })?;
-        mac.try_into().map_err(|_| HsmError::Encoding("HMAC of unexpected length".into()))
+        mac.try_into()
+            .map_err(|_| HsmError::Encoding("HMAC of unexpected length".into()))
     }
 
     /// Whether any object with this `CKA_ID` exists in the token.
@@ -280,8 +330,22 @@ impl Hsm {
     /// Security attributes of the private or secret key with `cka_id`.
     pub fn key_attributes_blocking(&self, cka_id: &[u8]) -> HsmResult<KeyAttributes> {
         self.with_session_h(|s| {
-            let key = find_one(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(cka_id.to_vec())])
-                .or_else(|_| find_one(s, &[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(cka_id.to_vec())]))?;
+            let key = find_one(
+                s,
+                &[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Id(cka_id.to_vec()),
+                ],
+            )
+            .or_else(|_| {
+                find_one(
+                    s,
+                    &[
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::Id(cka_id.to_vec()),
+                    ],
+                )
+            })?;
             let mut out = KeyAttributes {
                 sensitive: false,
                 extractable: true,
@@ -312,7 +376,8 @@ impl Hsm {
 
     pub async fn generate_key_pair(&self, alg: KeyAlgorithm, label: &str) -> HsmResult<HsmKey> {
         let label = label.to_string();
-        self.run(move |h| h.generate_key_pair_blocking(alg, &label)).await
+        self.run(move |h| h.generate_key_pair_blocking(alg, &label))
+            .await
     }
 
     pub async fn find_key_pair(&self, alg: KeyAlgorithm, cka_id: &[u8]) -> HsmResult<HsmKey> {
@@ -366,16 +431,26 @@ impl HsmKey {
             a if a.rsa_bits().is_some() => (Mechanism::Sha256RsaPkcs, message.to_vec()),
             other => return Err(HsmError::UnsupportedAlgorithm(other.to_string())),
         };
-        self.hsm.with_session_h(|s| match s.sign(&mechanism, handle, &input) {
-            Ok(sig) => Ok(sig),
-            // The cached handle went stale (token re-initialised): find again.
-            Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::KeyHandleInvalid
-                | cryptoki::error::RvError::ObjectHandleInvalid, _)) => {
-                let key = find_one(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.clone())])?;
-                Ok(s.sign(&mechanism, key, &input)?)
-            }
-            Err(e) => Err(e.into()),
-        })
+        self.hsm
+            .with_session_h(|s| match s.sign(&mechanism, handle, &input) {
+                Ok(sig) => Ok(sig),
+                // The cached handle went stale (token re-initialised): find again.
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::KeyHandleInvalid
+                    | cryptoki::error::RvError::ObjectHandleInvalid,
+                    _,
+                )) => {
+                    let key = find_one(
+                        s,
+                        &[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Id(id.clone()),
+                        ],
+                    )?;
+                    Ok(s.sign(&mechanism, key, &input)?)
+                }
+                Err(e) => Err(e.into()),
+            })
     }
 }
 
@@ -431,13 +506,18 @@ mod tests {
             KeyAlgorithm::Rsa3072,
             KeyAlgorithm::Rsa4096,
         ] {
-            let key = hsm.generate_key_pair_blocking(alg, &format!("test-{alg}")).unwrap();
+            let key = hsm
+                .generate_key_pair_blocking(alg, &format!("test-{alg}"))
+                .unwrap();
             let msg = b"to be signed";
             let sig = key.sign(msg).unwrap();
             verify(&key, msg, &sig);
 
             let attrs = hsm.key_attributes_blocking(key.cka_id()).unwrap();
-            assert!(attrs.sensitive && !attrs.extractable && attrs.never_extractable, "{alg}: {attrs:?}");
+            assert!(
+                attrs.sensitive && !attrs.extractable && attrs.never_extractable,
+                "{alg}: {attrs:?}"
+            );
 
             let again = hsm.find_key_pair_blocking(alg, key.cka_id()).unwrap();
             assert_eq!(again.public_key_spki(), key.public_key_spki());
@@ -480,13 +560,19 @@ mod tests {
         let attrs = hsm.key_attributes_blocking(&kek.cka_id).unwrap();
         assert!(attrs.sensitive && !attrs.extractable && attrs.never_extractable);
         let uri = hsm.pkcs11_uri("kek-test", &kek.cka_id);
-        assert!(uri.starts_with("pkcs11:token=clm;object=kek-test;id=%"), "{uri}");
+        assert!(
+            uri.starts_with("pkcs11:token=clm;object=kek-test;id=%"),
+            "{uri}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_signing_through_the_pool() {
         let hsm = fixture().hsm.clone();
-        let key = hsm.generate_key_pair(KeyAlgorithm::EcdsaP256, "pool").await.unwrap();
+        let key = hsm
+            .generate_key_pair(KeyAlgorithm::EcdsaP256, "pool")
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for i in 0..16u8 {
             let key = key.clone();

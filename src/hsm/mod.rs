@@ -37,11 +37,14 @@ static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
 
 fn context_for(module: &Path) -> HsmResult<Pkcs11> {
     let map = CONTEXTS.get_or_init(Mutex::default);
-    let mut map = map.lock().map_err(|_| HsmError::Pkcs11("context registry poisoned".into()))?;
+    let mut map = map
+        .lock()
+        .map_err(|_| HsmError::Pkcs11("context registry poisoned".into()))?;
     if let Some(ctx) = map.get(module) {
         return Ok(ctx.clone());
     }
-    let ctx = Pkcs11::new(module).map_err(|e| HsmError::Module(format!("{}: {e}", module.display())))?;
+    let ctx =
+        Pkcs11::new(module).map_err(|e| HsmError::Module(format!("{}: {e}", module.display())))?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     map.insert(module.to_path_buf(), ctx.clone());
     Ok(ctx)
@@ -72,12 +75,20 @@ struct Pool {
 
 impl Hsm {
     /// Opens the token labelled `token_label` through `module` and logs in.
-    pub fn open(module: &Path, token_label: &str, pin: &Secret, pool_size: usize) -> HsmResult<Hsm> {
+    pub fn open(
+        module: &Path,
+        token_label: &str,
+        pin: &Secret,
+        pool_size: usize,
+    ) -> HsmResult<Hsm> {
         let ctx = context_for(module)?;
         let slot = ctx
             .get_slots_with_token()?
             .into_iter()
-            .find(|s| ctx.get_token_info(*s).is_ok_and(|t| t.label().trim_end() == token_label))
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .is_ok_and(|t| t.label().trim_end() == token_label)
+            })
             .ok_or_else(|| HsmError::TokenNotFound(token_label.to_string()))?;
         let hsm = Hsm {
             inner: Arc::new(Inner {
@@ -104,12 +115,19 @@ impl Hsm {
 
     /// (Re)creates the anchor session and logs it in.
     fn login(&self) -> HsmResult<()> {
-        let mut anchor = self.inner.anchor.lock().map_err(|_| HsmError::Pkcs11("anchor poisoned".into()))?;
+        let mut anchor = self
+            .inner
+            .anchor
+            .lock()
+            .map_err(|_| HsmError::Pkcs11("anchor poisoned".into()))?;
         let session = self.inner.ctx.open_rw_session(self.inner.slot)?;
         let pin = AuthPin::new(self.inner.pin.expose().into());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired), _)) => {
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired),
+                _,
+            )) => {
                 return Err(HsmError::LoginFailed(format!("{rv:?}")));
             }
             Err(e) => return Err(e.into()),
@@ -120,7 +138,10 @@ impl Hsm {
 
     /// Runs `op` on a pooled session. On session trouble the session is
     /// discarded, the login renewed and `op` retried once on a new session.
-    pub(crate) fn with_session<T>(&self, mut op: impl FnMut(&Session) -> Result<T, CkError>) -> HsmResult<T> {
+    pub(crate) fn with_session<T>(
+        &self,
+        mut op: impl FnMut(&Session) -> Result<T, CkError>,
+    ) -> HsmResult<T> {
         let session = self.checkout()?;
         match op(&session) {
             Ok(v) => {
@@ -156,10 +177,14 @@ impl Hsm {
         drop(pool);
         match idle {
             Some(s) => Ok(s),
-            None => self.inner.ctx.open_rw_session(self.inner.slot).map_err(|e| {
-                self.checkin(None);
-                e.into()
-            }),
+            None => self
+                .inner
+                .ctx
+                .open_rw_session(self.inner.slot)
+                .map_err(|e| {
+                    self.checkin(None);
+                    e.into()
+                }),
         }
     }
 
@@ -187,7 +212,9 @@ impl Hsm {
         if state == SessionState::RwUser {
             Ok(())
         } else {
-            Err(HsmError::Unavailable(format!("session state is {state:?}, not logged in")))
+            Err(HsmError::Unavailable(format!(
+                "session state is {state:?}, not logged in"
+            )))
         }
     }
 
@@ -221,13 +248,19 @@ impl Hsm {
                 .collect()
         };
         let id: String = cka_id.iter().map(|b| format!("%{b:02X}")).collect();
-        format!("pkcs11:token={};object={};id={id}", pct(&self.inner.token_label), pct(label))
+        format!(
+            "pkcs11:token={};object={};id={id}",
+            pct(&self.inner.token_label),
+            pct(label)
+        )
     }
 }
 
 impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hsm").field("token", &self.inner.token_label).finish_non_exhaustive()
+        f.debug_struct("Hsm")
+            .field("token", &self.inner.token_label)
+            .finish_non_exhaustive()
     }
 }
 
@@ -267,7 +300,10 @@ pub(crate) mod testing {
             unsafe {
                 std::env::set_var("SOFTHSM2_CONF", &conf);
             }
-            let pin = std::fs::read_to_string(dir.join("softhsm/user.pin")).expect("pin").trim().to_string();
+            let pin = std::fs::read_to_string(dir.join("softhsm/user.pin"))
+                .expect("pin")
+                .trim()
+                .to_string();
             let hsm = Hsm::open(
                 std::path::Path::new("/usr/lib/softhsm/libsofthsm2.so"),
                 "clm",

@@ -32,15 +32,24 @@ impl FromRequest for Auth {
             let (Some(clm), Some(token)) = (clm, token) else {
                 return Err(ApiError::unauthenticated());
             };
-            clm.authenticate(&token).await.map(Auth).map_err(ApiError::from)
+            clm.authenticate(&token)
+                .await
+                .map(Auth)
+                .map_err(ApiError::from)
         })
     }
 }
 
 fn bearer_token(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 /// Request id, source address and user agent for audit entries.
@@ -81,21 +90,21 @@ pub fn json_config() -> web::JsonConfig {
         .limit(MAX_BODY)
         .error_handler(|err, _req| {
             let api = match &err {
-                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        format!("the request body exceeds {MAX_BODY} bytes"),
-                    )
-                }
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body exceeds {MAX_BODY} bytes"),
+                ),
                 JsonPayloadError::ContentType => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
                     "the request body must be application/json",
                 ),
-                JsonPayloadError::Deserialize(e) => {
-                    ApiError::bad_request("invalid_body", format!("the JSON body is not valid: {e}"))
-                }
+                JsonPayloadError::Deserialize(e) => ApiError::bad_request(
+                    "invalid_body",
+                    format!("the JSON body is not valid: {e}"),
+                ),
                 _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
             };
             api.into()

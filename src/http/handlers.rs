@@ -27,7 +27,11 @@ struct LoginResponse {
     user: serde_json::Value,
 }
 
-pub async fn login(clm: web::Data<Clm>, Ctx(ctx): Ctx, body: web::Json<LoginBody>) -> Result<HttpResponse> {
+pub async fn login(
+    clm: web::Data<Clm>,
+    Ctx(ctx): Ctx,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse> {
     let body = body.into_inner();
     let out = clm.login(&body.email, &body.password, &ctx).await?;
     Ok(HttpResponse::Ok().json(LoginResponse {
@@ -59,7 +63,11 @@ pub async fn create_ca(
     Ok(HttpResponse::Created().json(clm.create_ca_for(&p, body.into_inner(), &ctx).await?))
 }
 
-pub async fn get_ca(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+pub async fn get_ca(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.get_ca(&p, parse_id(&id)?).await?))
 }
 
@@ -99,8 +107,14 @@ pub async fn submit_request(
         ),
         None => None,
     };
-    let (view, created) = clm.submit_request(&p, body.into_inner(), idempotency_key, &ctx).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let (view, created) = clm
+        .submit_request(&p, body.into_inner(), idempotency_key, &ctx)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(HttpResponse::build(status).json(view))
 }
 
@@ -112,7 +126,11 @@ pub struct RequestQuery {
     per_page: Option<u64>,
 }
 
-pub async fn list_requests(clm: web::Data<Clm>, Auth(p): Auth, q: web::Query<RequestQuery>) -> Result<HttpResponse> {
+pub async fn list_requests(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    q: web::Query<RequestQuery>,
+) -> Result<HttpResponse> {
     let page = page_of(q.page, q.per_page)?;
     Ok(HttpResponse::Ok().json(clm.list_requests(&p, q.status, page).await?))
 }
@@ -125,23 +143,37 @@ pub async fn list_certificates(
     Ok(HttpResponse::Ok().json(clm.list_certificates(&p, q.into_inner()).await?))
 }
 
-pub async fn get_request(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+pub async fn get_request(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.get_request(&p, parse_id(&id)?).await?))
 }
 
-pub async fn get_certificate(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+pub async fn get_certificate(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.get_certificate(&p, parse_id(&id)?).await?))
 }
 
 /// AIA caIssuers target: the CA certificate, DER, for anyone.
-pub async fn ca_certificate_der(clm: web::Data<Clm>, file: web::Path<String>) -> Result<HttpResponse> {
+pub async fn ca_certificate_der(
+    clm: web::Data<Clm>,
+    file: web::Path<String>,
+) -> Result<HttpResponse> {
     let id = file
         .strip_suffix(".der")
         .ok_or_else(|| ApiError::not_found("CA certificate not found"))?;
     let der = clm.ca_certificate_der(parse_id(id)?).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/pkix-cert"))
-        .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(3600)]))
+        .insert_header(CacheControl(vec![
+            CacheDirective::Public,
+            CacheDirective::MaxAge(3600),
+        ]))
         .body(der))
 }
 
@@ -165,7 +197,11 @@ pub async fn readyz(clm: web::Data<Clm>) -> HttpResponse {
             (name.to_string(), v)
         })
         .collect();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     HttpResponse::build(status).json(serde_json::json!({ "ready": ready, "checks": body }))
 }
 

@@ -25,7 +25,10 @@ use crate::service::Clm;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS material in {path}: {message}")]
     Tls { path: String, message: String },
     #[error("server error: {0}")]
@@ -110,7 +113,12 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
         addr: listeners.public.to_string(),
         source,
     })?;
-    tracing::info!(api = listeners.api, public = listeners.public, tls = listeners.tls_dir.is_some(), "listening");
+    tracing::info!(
+        api = listeners.api,
+        public = listeners.public,
+        tls = listeners.tls_dir.is_some(),
+        "listening"
+    );
     let (a, b) = futures_util::future::join(api.run(), public.run()).await;
     a.and(b).map_err(HttpError::Serve)
 }
@@ -120,9 +128,14 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
 fn request_id<S, B>(
     req: actix_web::dev::ServiceRequest,
     srv: &S,
-) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>> + use<S, B>
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
++ use<S, B>
 where
-    S: Service<actix_web::dev::ServiceRequest, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
+    S: Service<
+            actix_web::dev::ServiceRequest,
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+        >,
 {
     let id = req
         .headers()
@@ -147,7 +160,10 @@ where
             "request"
         );
         if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
-            res.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-request-id"),
+                v,
+            );
         }
         Ok(res)
     }
@@ -164,11 +180,14 @@ fn tls_config(dir: &Path) -> Result<rustls::ServerConfig, HttpError> {
         .map_err(|e| tls_err(&cert_path, e.to_string()))?
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err(&cert_path, e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e.to_string()))?;
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(dir, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_err(dir, e.to_string()))
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e.to_string()))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls_err(dir, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| tls_err(dir, e.to_string()))
 }

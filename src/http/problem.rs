@@ -96,7 +96,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let body = Problem {
-            kind: format!("https://clm.invalid/problems/{}", self.code.replace('_', "-")),
+            kind: format!(
+                "https://clm.invalid/problems/{}",
+                self.code.replace('_', "-")
+            ),
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: self.detail.clone(),

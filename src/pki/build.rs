@@ -14,7 +14,9 @@ use time::OffsetDateTime;
 
 use super::PkiError;
 use crate::domain::der;
-use crate::domain::{ApprovedCertificate, CaId, ExtendedKeyUsage, KeyAlgorithm, San, Secret, SignError, Signer};
+use crate::domain::{
+    ApprovedCertificate, CaId, ExtendedKeyUsage, KeyAlgorithm, San, Secret, SignError, Signer,
+};
 
 /// The URLs relying parties need, written into CRL DP and AIA.
 #[derive(Clone, Debug)]
@@ -124,7 +126,9 @@ fn signature_algorithm(alg: KeyAlgorithm) -> Result<&'static SignatureAlgorithm,
     Ok(match alg {
         KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => &rcgen::PKCS_RSA_SHA256,
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            &rcgen::PKCS_RSA_SHA256
+        }
         KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
     })
 }
@@ -152,7 +156,8 @@ fn key_identifier(subject_public_key: &[u8]) -> Vec<u8> {
 }
 
 fn offset(t: DateTime<Utc>) -> Result<OffsetDateTime, PkiError> {
-    OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| PkiError::Encoding(e.to_string()))
+    OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .map_err(|e| PkiError::Encoding(e.to_string()))
 }
 
 /// An issuing CA: its signer and its certificate (whose subject DN and
@@ -174,13 +179,20 @@ impl<'a> Issuer<'a> {
     }
 
     /// Signs `params` for `subject` with this CA's key.
-    fn sign(&self, params: &CertificateParams, subject: &impl rcgen::PublicKeyData) -> Result<Vec<u8>, PkiError> {
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        subject: &impl rcgen::PublicKeyData,
+    ) -> Result<Vec<u8>, PkiError> {
         let key = RcgenKey::new(self.signer)?;
         let ca = rustls_pki_types::CertificateDer::from(self.certificate_der.as_slice());
         let issuer = rcgen::Issuer::from_ca_cert_der(&ca, &key)?;
         match params.signed_by(subject, &issuer) {
             Ok(cert) => Ok(cert.der().to_vec()),
-            Err(e) => Err(key.take_failure().map(PkiError::Signing).unwrap_or_else(|| e.into())),
+            Err(e) => Err(key
+                .take_failure()
+                .map(PkiError::Signing)
+                .unwrap_or_else(|| e.into())),
         }
     }
 }
@@ -192,7 +204,13 @@ fn subject_key(spki_der: &[u8], alg: KeyAlgorithm) -> Result<SubjectKey, PkiErro
     })
 }
 
-fn ca_params(subject: &CaSubject, spki_bits: &[u8], validity_days: u32, serial: &[u8], path_len: Option<u8>) -> Result<CertificateParams, PkiError> {
+fn ca_params(
+    subject: &CaSubject,
+    spki_bits: &[u8],
+    validity_days: u32,
+    serial: &[u8],
+    path_len: Option<u8>,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     if let Some(o) = &subject.organization {
@@ -215,12 +233,26 @@ fn ca_params(subject: &CaSubject, spki_bits: &[u8], validity_days: u32, serial: 
 }
 
 /// A self-signed root CA certificate.
-pub fn build_root_ca(signer: &dyn Signer, subject: &CaSubject, validity_days: u32, serial: &[u8]) -> Result<Vec<u8>, PkiError> {
+pub fn build_root_ca(
+    signer: &dyn Signer,
+    subject: &CaSubject,
+    validity_days: u32,
+    serial: &[u8],
+) -> Result<Vec<u8>, PkiError> {
     let key = RcgenKey::new(signer)?;
-    let params = ca_params(subject, &key.subject_public_key, validity_days, serial, None)?;
+    let params = ca_params(
+        subject,
+        &key.subject_public_key,
+        validity_days,
+        serial,
+        None,
+    )?;
     match params.self_signed(&key) {
         Ok(cert) => Ok(cert.der().to_vec()),
-        Err(e) => Err(key.take_failure().map(PkiError::Signing).unwrap_or_else(|| e.into())),
+        Err(e) => Err(key
+            .take_failure()
+            .map(PkiError::Signing)
+            .unwrap_or_else(|| e.into())),
     }
 }
 
@@ -281,15 +313,23 @@ pub fn build_leaf(
         .collect::<Result<_, _>>()?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = match approved.key_algorithm.rsa_bits() {
-        Some(_) => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+        Some(_) => vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ],
         None => vec![KeyUsagePurpose::DigitalSignature],
     };
-    params.extended_key_usages = approved.extended_key_usages.iter().map(|e| eku(*e)).collect();
+    params.extended_key_usages = approved
+        .extended_key_usages
+        .iter()
+        .map(|e| eku(*e))
+        .collect();
     params.serial_number = Some(SerialNumber::from_slice(serial));
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(&subject_key.bits));
     params.use_authority_key_identifier_extension = true;
     params.not_before = offset(not_before)?;
-    let not_after = (not_before + chrono::Duration::days(i64::from(approved.validity_days))).min(issuer.not_after);
+    let not_after = (not_before + chrono::Duration::days(i64::from(approved.validity_days)))
+        .min(issuer.not_after);
     params.not_after = offset(not_after)?;
     add_urls(&mut params, urls);
     issuer.sign(&params, &subject_key)
@@ -315,11 +355,19 @@ fn add_urls(params: &mut CertificateParams, urls: &PublicUrls) {
     const ID_AD_OCSP: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
     const ID_AD_CA_ISSUERS: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
     // AccessDescription ::= SEQUENCE { accessMethod OID, accessLocation [6] IA5String URI }
-    let access = |method: &[u8], uri: &str| der::sequence(&[&der::tlv(0x06, method), &der::tlv(0x86, uri.as_bytes())]);
-    let aia = der::sequence(&[&access(ID_AD_OCSP, &urls.ocsp), &access(ID_AD_CA_ISSUERS, &urls.ca_issuers)]);
+    let access = |method: &[u8], uri: &str| {
+        der::sequence(&[&der::tlv(0x06, method), &der::tlv(0x86, uri.as_bytes())])
+    };
+    let aia = der::sequence(&[
+        &access(ID_AD_OCSP, &urls.ocsp),
+        &access(ID_AD_CA_ISSUERS, &urls.ca_issuers),
+    ]);
     params
         .custom_extensions
-        .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], aia));
+        .push(CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+            aia,
+        ));
 }
 
 /// A software key pair for a TLS server (the API listener's own key, which
@@ -417,11 +465,22 @@ mod tests {
             sans: csr.sans.clone(),
             key_algorithm: csr.key_algorithm,
             validity_days: days,
-            extended_key_usages: vec![crate::domain::ExtendedKeyUsage::ServerAuth, crate::domain::ExtendedKeyUsage::ClientAuth],
+            extended_key_usages: vec![
+                crate::domain::ExtendedKeyUsage::ServerAuth,
+                crate::domain::ExtendedKeyUsage::ClientAuth,
+            ],
         };
         let issuer = Issuer::new(&chain.inter_key, &chain.intermediate).unwrap();
         let urls = PublicUrls::new("http://127.0.0.1:8080/", CaId::new());
-        build_leaf(&approved, &csr.spki_der, &issuer, &random_serial(), Utc::now(), &urls).unwrap()
+        build_leaf(
+            &approved,
+            &csr.spki_der,
+            &issuer,
+            &random_serial(),
+            Utc::now(),
+            &urls,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -437,23 +496,38 @@ mod tests {
     fn leaf_carries_what_the_profile_approved() {
         let chain = chain();
         let key = rcgen::KeyPair::generate().unwrap();
-        let der = leaf(&chain, &csr_pem(&key, "www.clm.test", &["www.clm.test", "10.1.2.3"]), 90);
+        let der = leaf(
+            &chain,
+            &csr_pem(&key, "www.clm.test", &["www.clm.test", "10.1.2.3"]),
+            90,
+        );
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        assert_eq!(cert.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
         verify_signed_by(&der, &chain.intermediate).unwrap();
         verify_signed_by(&chain.intermediate, &chain.root).unwrap();
         assert!(verify_signed_by(&der, &chain.root).is_err());
 
         let (_, inter) = X509Certificate::from_der(&chain.intermediate).unwrap();
         assert_eq!(cert.issuer().as_raw(), inter.subject().as_raw());
-        let ski = inter.extensions().iter().find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        });
-        let aki = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
-            _ => None,
-        });
+        let ski = inter
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            });
+        let aki = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
         assert_eq!(ski, aki);
         assert!(!cert.is_ca());
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
@@ -463,7 +537,11 @@ mod tests {
         let info = CertInfo::from_der(&der).unwrap();
         assert_eq!((info.not_after - info.not_before).num_days(), 90);
         assert!(cert.raw_serial()[0] & 0x80 == 0);
-        let has = |oid: &str| cert.extensions().iter().any(|e| e.oid.to_id_string() == oid);
+        let has = |oid: &str| {
+            cert.extensions()
+                .iter()
+                .any(|e| e.oid.to_id_string() == oid)
+        };
         assert!(has("2.5.29.31"), "CRL distribution point");
         assert!(has("1.3.6.1.5.5.7.1.1"), "authority information access");
         assert!(has("2.5.29.14"), "subject key identifier");
@@ -483,21 +561,32 @@ mod tests {
         let chain = chain();
         prove_key_matches(&chain.inter_key, &chain.intermediate).unwrap();
         let other = soft(&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256);
-        assert!(matches!(prove_key_matches(&other, &chain.intermediate), Err(PkiError::KeyMismatch(_))));
+        assert!(matches!(
+            prove_key_matches(&other, &chain.intermediate),
+            Err(PkiError::KeyMismatch(_))
+        ));
     }
 
     #[test]
     fn openssl_and_pkilint_accept_the_chain() {
         let chain = chain();
         let key = rcgen::KeyPair::generate().unwrap();
-        let der = leaf(&chain, &csr_pem(&key, "svc.clm.test", &["svc.clm.test"]), 90);
+        let der = leaf(
+            &chain,
+            &csr_pem(&key, "svc.clm.test", &["svc.clm.test"]),
+            90,
+        );
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, der: &[u8]| {
             let p = dir.path().join(name);
             std::fs::write(&p, to_pem("CERTIFICATE", der)).unwrap();
             p
         };
-        let (root, inter, leaf) = (write("root.pem", &chain.root), write("inter.pem", &chain.intermediate), write("leaf.pem", &der));
+        let (root, inter, leaf) = (
+            write("root.pem", &chain.root),
+            write("inter.pem", &chain.intermediate),
+            write("leaf.pem", &der),
+        );
         let out = Command::new("openssl")
             .args(["verify", "-CAfile"])
             .arg(&root)
@@ -506,16 +595,35 @@ mod tests {
             .arg(&leaf)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
-        if Command::new("lint_pkix_cert").arg("--help").output().is_err() {
-            assert!(std::env::var("CLM_TEST_REQUIRE_TOOLS").is_err(), "pkilint is required");
+        if Command::new("lint_pkix_cert")
+            .arg("--help")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("CLM_TEST_REQUIRE_TOOLS").is_err(),
+                "pkilint is required"
+            );
             return;
         }
         for p in [&root, &inter, &leaf] {
-            let out = Command::new("lint_pkix_cert").arg("lint").arg(p).output().unwrap();
+            let out = Command::new("lint_pkix_cert")
+                .arg("lint")
+                .arg(p)
+                .output()
+                .unwrap();
             let report = String::from_utf8_lossy(&out.stdout);
-            assert!(!report.contains("ERROR") && !report.contains("FATAL"), "{}:\n{report}", p.display());
+            assert!(
+                !report.contains("ERROR") && !report.contains("FATAL"),
+                "{}:\n{report}",
+                p.display()
+            );
         }
     }
 }

@@ -44,7 +44,9 @@ impl From<rcgen::Error> for PkiError {
     fn from(e: rcgen::Error) -> Self {
         match e {
             // Our signer's error comes back wrapped by rcgen.
-            rcgen::Error::RemoteKeyError => PkiError::Signing(SignError::Failed("remote key error".into())),
+            rcgen::Error::RemoteKeyError => {
+                PkiError::Signing(SignError::Failed("remote key error".into()))
+            }
             other => PkiError::Encoding(other.to_string()),
         }
     }

@@ -22,9 +22,12 @@ pub struct CertInfo {
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::Encoding(e.to_string()))?;
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| PkiError::Encoding(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(PkiError::Encoding("trailing bytes after the certificate".into()));
+        return Err(PkiError::Encoding(
+            "trailing bytes after the certificate".into(),
+        ));
     }
     Ok(cert)
 }
@@ -73,7 +76,9 @@ fn verification_algorithm(alg: KeyAlgorithm) -> &'static dyn VerificationAlgorit
     match alg {
         KeyAlgorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
         KeyAlgorithm::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            &signature::RSA_PKCS1_2048_8192_SHA256
+        }
         KeyAlgorithm::Ed25519 => &signature::ED25519,
     }
 }
@@ -89,7 +94,10 @@ pub fn prove_key_matches(signer: &dyn Signer, cert_der: &[u8]) -> Result<(), Pki
     let mut challenge = [0u8; 32];
     rand::rng().fill_bytes(&mut challenge);
     let sig = signer.sign(&challenge)?;
-    UnparsedPublicKey::new(verification_algorithm(signer.algorithm()), cert.public_key().subject_public_key.data.as_ref())
-        .verify(&challenge, &sig)
-        .map_err(|_| PkiError::KeyMismatch("challenge signature does not verify".into()))
+    UnparsedPublicKey::new(
+        verification_algorithm(signer.algorithm()),
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(&challenge, &sig)
+    .map_err(|_| PkiError::KeyMismatch("challenge signature does not verify".into()))
 }

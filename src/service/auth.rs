@@ -49,7 +49,9 @@ pub fn hash_password(password: &Secret) -> ServiceResult<String> {
 /// Constant-time comparison is done by the argon2 crate.
 pub fn verify_password(password: &Secret, hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => argon2().verify_password(password.expose().as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => argon2()
+            .verify_password(password.expose().as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -87,13 +89,21 @@ pub fn token_digest(token: &str) -> String {
 impl Clm {
     /// Checks e-mail and password. Unknown user and wrong password take the
     /// same path (a hash is verified either way) and give the same error.
-    pub async fn login(&self, email: &str, password: &Secret, ctx: &RequestContext) -> ServiceResult<LoginOutcome> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &Secret,
+        ctx: &RequestContext,
+    ) -> ServiceResult<LoginOutcome> {
         let user = if email.len() <= 320 {
             self.core.find_user_by_email(email).await?
         } else {
             None
         };
-        let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| self.dummy_hash.clone());
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
         let pw = password.clone();
         let ok = tokio::task::spawn_blocking(move || verify_password(&pw, &hash))
             .await
@@ -125,9 +135,16 @@ impl Clm {
             created_at: now,
             expires_at: now + Duration::minutes(self.settings.session_ttl_minutes),
         };
-        let event = AuditEvent::new(Actor { id: Some(user.id), kind: "user" }, "auth.login", ctx)
-            .org(Some(user.organization_id))
-            .target("session", session.id);
+        let event = AuditEvent::new(
+            Actor {
+                id: Some(user.id),
+                kind: "user",
+            },
+            "auth.login",
+            ctx,
+        )
+        .org(Some(user.organization_id))
+        .target("session", session.id);
         self.core.insert_session(&session, &event).await?;
         self.core.record_login(user.id, now).await?;
         Ok(LoginOutcome {
@@ -165,12 +182,18 @@ impl Clm {
 
     pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> ServiceResult<()> {
         let Some(session) = principal.session_id else {
-            return Err(ServiceError::invalid("not_a_session", "this token is not a login session"));
+            return Err(ServiceError::invalid(
+                "not_a_session",
+                "this token is not a login session",
+            ));
         };
         let event = AuditEvent::new(principal.actor(), "auth.logout", ctx)
             .org(Some(principal.organization_id))
             .target("session", session);
-        self.core.revoke_session(session, &event).await.map_err(|_| ServiceError::Unauthenticated)
+        self.core
+            .revoke_session(session, &event)
+            .await
+            .map_err(|_| ServiceError::Unauthenticated)
     }
 }
 

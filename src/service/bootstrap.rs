@@ -57,7 +57,11 @@ impl Clm {
             .pin()
             .map_err(|e| ServiceError::internal(e.to_string()))?
             .clone();
-        let (module, label, pool) = (cfg.pkcs11_module.clone(), cfg.pkcs11_token_label.clone(), cfg.hsm_pool_size);
+        let (module, label, pool) = (
+            cfg.pkcs11_module.clone(),
+            cfg.pkcs11_token_label.clone(),
+            cfg.hsm_pool_size,
+        );
         let hsm = tokio::task::spawn_blocking(move || Hsm::open(&module, &label, &pin, pool))
             .await
             .map_err(ServiceError::internal)??;
@@ -71,11 +75,21 @@ impl Clm {
             ..Default::default()
         };
         let mut report = InitReport::default();
-        self.ensure_secret_key(KeyPurpose::Kek, &mut report, &ctx).await?;
-        self.ensure_secret_key(KeyPurpose::AuditMac, &mut report, &ctx).await?;
+        self.ensure_secret_key(KeyPurpose::Kek, &mut report, &ctx)
+            .await?;
+        self.ensure_secret_key(KeyPurpose::AuditMac, &mut report, &ctx)
+            .await?;
         let org = self.ensure_system_org(&mut report, &ctx).await?;
         let root = self
-            .ensure_ca(ROOT_CA_NAME, "clm Root CA", KeyAlgorithm::EcdsaP384, 7305, None, &mut report, &ctx)
+            .ensure_ca(
+                ROOT_CA_NAME,
+                "clm Root CA",
+                KeyAlgorithm::EcdsaP384,
+                7305,
+                None,
+                &mut report,
+                &ctx,
+            )
             .await?;
         let intermediate = self
             .ensure_ca(
@@ -90,18 +104,35 @@ impl Clm {
             .await?;
         let failed = self.load_ca_keys().await?;
         if let Some((id, why)) = failed.first() {
-            return Err(ServiceError::internal(format!("CA {id} cannot sign: {why}")));
+            return Err(ServiceError::internal(format!(
+                "CA {id} cannot sign: {why}"
+            )));
         }
-        let profile = self.ensure_default_profile(&intermediate, &mut report, &ctx).await?;
+        let profile = self
+            .ensure_default_profile(&intermediate, &mut report, &ctx)
+            .await?;
         self.ensure_admin(cfg, &org, &mut report, &ctx).await?;
         if cfg.tls_enabled {
-            self.ensure_tls_certificate(&cfg.tls_dir(), &org, &profile, &intermediate, &root, &mut report, &ctx)
-                .await?;
+            self.ensure_tls_certificate(
+                &cfg.tls_dir(),
+                &org,
+                &profile,
+                &intermediate,
+                &root,
+                &mut report,
+                &ctx,
+            )
+            .await?;
         }
         Ok(report)
     }
 
-    async fn ensure_secret_key(&self, purpose: KeyPurpose, report: &mut InitReport, ctx: &RequestContext) -> ServiceResult<()> {
+    async fn ensure_secret_key(
+        &self,
+        purpose: KeyPurpose,
+        report: &mut InitReport,
+        ctx: &RequestContext,
+    ) -> ServiceResult<()> {
         if let Some(existing) = self.secure.find_active_key(purpose).await? {
             let ckaid = hex::decode(&existing.ckaid_hex).map_err(ServiceError::internal)?;
             if !self.hsm.key_exists(&ckaid).await? {
@@ -135,17 +166,28 @@ impl Clm {
             .target("encryption_key", key.id)
             .details(serde_json::json!({ "purpose": purpose, "label": key.label, "version": 1 }));
         self.secure.insert_key(&key, None, &event).await?;
-        report.actions.push(format!("generated {purpose} key in the token"));
+        report
+            .actions
+            .push(format!("generated {purpose} key in the token"));
         Ok(())
     }
 
-    async fn ensure_system_org(&self, report: &mut InitReport, ctx: &RequestContext) -> ServiceResult<Organization> {
+    async fn ensure_system_org(
+        &self,
+        report: &mut InitReport,
+        ctx: &RequestContext,
+    ) -> ServiceResult<Organization> {
         if let Some(org) = self.core.find_organization_by_slug(SYSTEM_ORG_SLUG).await? {
             return Ok(org);
         }
         let event = AuditEvent::new(Actor::SYSTEM, "organization.created", ctx);
-        let org = self.core.insert_organization("System", SYSTEM_ORG_SLUG, &event).await?;
-        report.actions.push("created the system organisation".into());
+        let org = self
+            .core
+            .insert_organization("System", SYSTEM_ORG_SLUG, &event)
+            .await?;
+        report
+            .actions
+            .push("created the system organisation".into());
         Ok(org)
     }
 
@@ -163,8 +205,20 @@ impl Clm {
         if let Some(ca) = self.secure.find_ca_by_name(name).await? {
             return Ok(ca);
         }
-        let ca = self.create_ca(name, common_name, algorithm, validity_days, parent, None, ctx).await?;
-        report.actions.push(format!("created CA {name} with its key in the HSM"));
+        let ca = self
+            .create_ca(
+                name,
+                common_name,
+                algorithm,
+                validity_days,
+                parent,
+                None,
+                ctx,
+            )
+            .await?;
+        report
+            .actions
+            .push(format!("created CA {name} with its key in the HSM"));
         Ok(ca)
     }
 
@@ -210,14 +264,17 @@ impl Clm {
             None => {
                 let k = key.clone();
                 let s = serial.clone();
-                tokio::task::spawn_blocking(move || pki::build_root_ca(k.as_ref(), &subject, validity_days, &s))
-                    .await
-                    .map_err(ServiceError::internal)??
+                tokio::task::spawn_blocking(move || {
+                    pki::build_root_ca(k.as_ref(), &subject, validity_days, &s)
+                })
+                .await
+                .map_err(ServiceError::internal)??
             }
             Some(parent) => {
-                let parent_key = self.signing_key(parent.id).await.or(Err(ServiceError::internal(
-                    "parent CA key not loaded",
-                )))?;
+                let parent_key = self
+                    .signing_key(parent.id)
+                    .await
+                    .or(Err(ServiceError::internal("parent CA key not loaded")))?;
                 let parent_der = parent
                     .certificate_der
                     .clone()
@@ -226,7 +283,15 @@ impl Clm {
                 let s = serial.clone();
                 tokio::task::spawn_blocking(move || {
                     let issuer = pki::Issuer::new(parent_key.as_ref(), &parent_der)?;
-                    pki::build_intermediate_ca(&subject, &spki, algorithm, &issuer, validity_days, &s, urls.as_ref())
+                    pki::build_intermediate_ca(
+                        &subject,
+                        &spki,
+                        algorithm,
+                        &issuer,
+                        validity_days,
+                        &s,
+                        urls.as_ref(),
+                    )
                 })
                 .await
                 .map_err(ServiceError::internal)??
@@ -236,7 +301,11 @@ impl Clm {
         let ca = CertificateAuthority {
             id,
             name: name.to_string(),
-            kind: if parent.is_some() { CaKind::Intermediate } else { CaKind::Root },
+            kind: if parent.is_some() {
+                CaKind::Intermediate
+            } else {
+                CaKind::Root
+            },
             parent_id: parent.map(|p| p.id),
             organization_id,
             key: key_ref,
@@ -291,7 +360,11 @@ impl Clm {
         report: &mut InitReport,
         ctx: &RequestContext,
     ) -> ServiceResult<Profile> {
-        if let Some(p) = self.core.find_system_profile_by_name(DEFAULT_PROFILE_NAME).await? {
+        if let Some(p) = self
+            .core
+            .find_system_profile_by_name(DEFAULT_PROFILE_NAME)
+            .await?
+        {
             return Ok(p);
         }
         let profile = Profile {
@@ -312,7 +385,10 @@ impl Clm {
                 allowed_dns_suffixes: vec!["localhost".into(), "internal".into(), "test".into()],
                 allow_ip_sans: true,
                 max_validity_days: 397,
-                extended_key_usages: vec![ExtendedKeyUsage::ServerAuth, ExtendedKeyUsage::ClientAuth],
+                extended_key_usages: vec![
+                    ExtendedKeyUsage::ServerAuth,
+                    ExtendedKeyUsage::ClientAuth,
+                ],
                 required_approvals: 0,
                 allow_server_keygen: false,
             },
@@ -322,11 +398,19 @@ impl Clm {
             .target("profile", profile.id)
             .details(serde_json::json!({ "name": profile.name, "ca_id": ca.id }));
         self.core.insert_profile(&profile, &event).await?;
-        report.actions.push(format!("created the `{DEFAULT_PROFILE_NAME}` profile"));
+        report
+            .actions
+            .push(format!("created the `{DEFAULT_PROFILE_NAME}` profile"));
         Ok(profile)
     }
 
-    async fn ensure_admin(&self, cfg: &Config, org: &Organization, report: &mut InitReport, ctx: &RequestContext) -> ServiceResult<()> {
+    async fn ensure_admin(
+        &self,
+        cfg: &Config,
+        org: &Organization,
+        report: &mut InitReport,
+        ctx: &RequestContext,
+    ) -> ServiceResult<()> {
         if self.core.any_user_with_role(Role::SuperAdmin).await? {
             return Ok(());
         }
@@ -357,7 +441,9 @@ impl Clm {
                 &event,
             )
             .await?;
-        report.actions.push(format!("created super admin {}", cfg.bootstrap_admin_email));
+        report
+            .actions
+            .push(format!("created super admin {}", cfg.bootstrap_admin_email));
         report.admin_email = Some(cfg.bootstrap_admin_email.clone());
         if generated {
             report.admin_password = Some(password);
@@ -421,7 +507,15 @@ impl Clm {
         };
         let key = self.signing_key(ca.id).await?;
         let cert = self
-            .issue(&mut request, &approved, tls_key.spki_der(), ca, key, Actor::SYSTEM, ctx)
+            .issue(
+                &mut request,
+                &approved,
+                tls_key.spki_der(),
+                ca,
+                key,
+                Actor::SYSTEM,
+                ctx,
+            )
             .await?;
         let mut chain = pki::to_pem("CERTIFICATE", &cert.certificate_der);
         chain.push_str(&self.chain_pem(ca.id).await?);
@@ -430,13 +524,22 @@ impl Clm {
             .as_deref()
             .map(|d| pki::to_pem("CERTIFICATE", d))
             .unwrap_or_default();
-        write_tls_files(dir, &chain, tls_key.private_key_pem(), &root_pem).map_err(ServiceError::internal)?;
-        report.actions.push(format!("issued the API's TLS certificate into {}", dir.display()));
+        write_tls_files(dir, &chain, tls_key.private_key_pem(), &root_pem)
+            .map_err(ServiceError::internal)?;
+        report.actions.push(format!(
+            "issued the API's TLS certificate into {}",
+            dir.display()
+        ));
         Ok(())
     }
 }
 
-fn write_tls_files(dir: &Path, chain: &str, key_pem: &Secret, root_pem: &str) -> std::io::Result<()> {
+fn write_tls_files(
+    dir: &Path,
+    chain: &str,
+    key_pem: &Secret,
+    root_pem: &str,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
@@ -457,7 +560,13 @@ fn write_tls_files(dir: &Path, chain: &str, key_pem: &Secret, root_pem: &str) ->
 
 /// `clm migrate`: both schemas up to date, nothing else touched.
 pub async fn migrate(cfg: &Config) -> ServiceResult<()> {
-    CoreDb::connect(&cfg.core_database_url).await?.migrate().await?;
-    SecureDb::connect(&cfg.secure_database_url).await?.migrate().await?;
+    CoreDb::connect(&cfg.core_database_url)
+        .await?
+        .migrate()
+        .await?;
+    SecureDb::connect(&cfg.secure_database_url)
+        .await?
+        .migrate()
+        .await?;
     Ok(())
 }

@@ -75,26 +75,58 @@ impl Clm {
     /// Creates a root or intermediate CA with a fresh key in the HSM. A
     /// super admin creates system-wide CAs; a ca_admin, CAs of their own
     /// organisation.
-    pub async fn create_ca_for(&self, p: &Principal, body: NewCa, ctx: &RequestContext) -> ServiceResult<CaView> {
+    pub async fn create_ca_for(
+        &self,
+        p: &Principal,
+        body: NewCa,
+        ctx: &RequestContext,
+    ) -> ServiceResult<CaView> {
         p.require(Permission::ManageCas)?;
         let name = body.name.trim();
-        if name.is_empty() || name.chars().count() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(ServiceError::invalid("invalid_ca", "name must be 1 to 64 letters, digits, `-`, `_` or `.`"));
+        if name.is_empty()
+            || name.chars().count() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ServiceError::invalid(
+                "invalid_ca",
+                "name must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
         }
         let cn = body.subject.trim();
         if cn.is_empty() || cn.chars().count() > 64 || cn.chars().any(char::is_control) {
-            return Err(ServiceError::invalid("invalid_ca", "subject must be a common name of 1 to 64 printable characters"));
+            return Err(ServiceError::invalid(
+                "invalid_ca",
+                "subject must be a common name of 1 to 64 printable characters",
+            ));
         }
         if !body.key_algorithm.is_ca_capable() {
-            return Err(ServiceError::invalid("invalid_ca", format!("{} cannot be used for a CA key", body.key_algorithm)));
+            return Err(ServiceError::invalid(
+                "invalid_ca",
+                format!("{} cannot be used for a CA key", body.key_algorithm),
+            ));
         }
         if body.validity_days == 0 || body.validity_days > MAX_CA_VALIDITY_DAYS {
-            return Err(ServiceError::invalid("invalid_ca", format!("validity_days must be between 1 and {MAX_CA_VALIDITY_DAYS}")));
+            return Err(ServiceError::invalid(
+                "invalid_ca",
+                format!("validity_days must be between 1 and {MAX_CA_VALIDITY_DAYS}"),
+            ));
         }
         let parent = match (body.kind, body.parent_id) {
             (CaKind::Root, None) => None,
-            (CaKind::Root, Some(_)) => return Err(ServiceError::invalid("invalid_ca", "a root CA has no parent_id")),
-            (CaKind::Intermediate, None) => return Err(ServiceError::invalid("invalid_ca", "an intermediate CA needs parent_id")),
+            (CaKind::Root, Some(_)) => {
+                return Err(ServiceError::invalid(
+                    "invalid_ca",
+                    "a root CA has no parent_id",
+                ));
+            }
+            (CaKind::Intermediate, None) => {
+                return Err(ServiceError::invalid(
+                    "invalid_ca",
+                    "an intermediate CA needs parent_id",
+                ));
+            }
             (CaKind::Intermediate, Some(id)) => Some(
                 self.secure
                     .find_ca(CaId(id))
@@ -104,11 +136,22 @@ impl Clm {
             ),
         };
         if self.secure.find_ca_by_name(name).await?.is_some() {
-            return Err(ServiceError::conflict("duplicate_ca", "a CA with this name already exists"));
+            return Err(ServiceError::conflict(
+                "duplicate_ca",
+                "a CA with this name already exists",
+            ));
         }
         let org = p.scope();
         let ca = self
-            .create_ca(name, cn, body.key_algorithm, body.validity_days, parent.as_ref(), org, ctx)
+            .create_ca(
+                name,
+                cn,
+                body.key_algorithm,
+                body.validity_days,
+                parent.as_ref(),
+                org,
+                ctx,
+            )
             .await?;
         self.ca_view(&ca).await
     }
@@ -155,15 +198,18 @@ impl Clm {
         let mut next = Some(ca);
         for _ in 0..MAX_CHAIN {
             let Some(id) = next else { break };
-            let ca = self
-                .secure
-                .find_ca(id)
-                .await?
-                .ok_or_else(|| ServiceError::internal(format!("chain names missing CA {id}")))?;
+            let ca =
+                self.secure.find_ca(id).await?.ok_or_else(|| {
+                    ServiceError::internal(format!("chain names missing CA {id}"))
+                })?;
             if let Some(der) = &ca.certificate_der {
                 pem.push_str(&pki::to_pem("CERTIFICATE", der));
             }
-            next = if ca.kind == CaKind::Root { None } else { ca.parent_id };
+            next = if ca.kind == CaKind::Root {
+                None
+            } else {
+                ca.parent_id
+            };
         }
         Ok(pem)
     }
@@ -176,7 +222,10 @@ impl Clm {
             .await?
             .ok_or_else(|| ServiceError::internal(format!("profile names missing CA {id}")))?;
         if ca.status != "active" {
-            return Err(ServiceError::conflict("ca_inactive", "the profile's CA is not active"));
+            return Err(ServiceError::conflict(
+                "ca_inactive",
+                "the profile's CA is not active",
+            ));
         }
         Ok(ca)
     }
@@ -185,10 +234,15 @@ impl Clm {
     /// missing from the token or does not match its certificate cannot sign:
     /// 503, while everything else keeps working.
     pub(super) async fn signing_key(&self, id: CaId) -> ServiceResult<Arc<HsmKey>> {
-        self.ca_keys.read().await.get(&id).cloned().ok_or(ServiceError::Unavailable {
-            message: "the CA's signing key is not available in the HSM",
-            log: format!("no verified HSM key loaded for CA {id}"),
-        })
+        self.ca_keys
+            .read()
+            .await
+            .get(&id)
+            .cloned()
+            .ok_or(ServiceError::Unavailable {
+                message: "the CA's signing key is not available in the HSM",
+                log: format!("no verified HSM key loaded for CA {id}"),
+            })
     }
 
     /// Loads every CA key from the token and makes it prove, by signing a
@@ -217,14 +271,18 @@ impl Clm {
                 }
             };
             let k = key.clone();
-            let proof = tokio::task::spawn_blocking(move || pki::prove_key_matches(k.as_ref(), &cert_der))
-                .await
-                .map_err(ServiceError::internal)?;
+            let proof =
+                tokio::task::spawn_blocking(move || pki::prove_key_matches(k.as_ref(), &cert_der))
+                    .await
+                    .map_err(ServiceError::internal)?;
             match proof {
                 Ok(()) => {
                     loaded.insert(ca.id, key);
                 }
-                Err(e) => failed.push((ca.id, format!("HSM key does not match the certificate: {e}"))),
+                Err(e) => failed.push((
+                    ca.id,
+                    format!("HSM key does not match the certificate: {e}"),
+                )),
             }
         }
         for (id, why) in &failed {

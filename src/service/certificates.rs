@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Listing, Principal, rfc3339};
-use crate::domain::{CaId, CertificateId, CertificateStatus, ProfileId, RequestId};
 use crate::domain::model::Certificate;
+use crate::domain::{CaId, CertificateId, CertificateStatus, ProfileId, RequestId};
 use crate::pki;
 use crate::store::{CertificateFilter, Page};
 
@@ -73,25 +73,48 @@ pub struct CertificateQuery {
 }
 
 impl Clm {
-    pub async fn list_certificates(&self, p: &Principal, q: CertificateQuery) -> ServiceResult<Listing<CertificateSummary>> {
+    pub async fn list_certificates(
+        &self,
+        p: &Principal,
+        q: CertificateQuery,
+    ) -> ServiceResult<Listing<CertificateSummary>> {
         let page = page_of(q.page, q.per_page)?;
         if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-            return Err(ServiceError::invalid("invalid_query", "q must be at most 200 characters"));
+            return Err(ServiceError::invalid(
+                "invalid_query",
+                "q must be at most 200 characters",
+            ));
         }
         if q.expiring_within_days.is_some_and(|d| d > 36_500) {
-            return Err(ServiceError::invalid("invalid_query", "expiring_within_days is too large"));
+            return Err(ServiceError::invalid(
+                "invalid_query",
+                "expiring_within_days is too large",
+            ));
         }
         let filter = CertificateFilter {
             status: q.status,
             ca_id: q.ca_id.map(CaId),
-            not_after_before: q.expiring_within_days.map(|d| Utc::now() + Duration::days(i64::from(d))),
+            not_after_before: q
+                .expiring_within_days
+                .map(|d| Utc::now() + Duration::days(i64::from(d))),
             text: q.q.filter(|t| !t.is_empty()),
         };
-        let (rows, total) = self.secure.list_certificates(p.scope(), &filter, page).await?;
-        Ok(Listing::new(rows.iter().map(CertificateSummary::from).collect(), page, total))
+        let (rows, total) = self
+            .secure
+            .list_certificates(p.scope(), &filter, page)
+            .await?;
+        Ok(Listing::new(
+            rows.iter().map(CertificateSummary::from).collect(),
+            page,
+            total,
+        ))
     }
 
-    pub async fn get_certificate(&self, p: &Principal, id: CertificateId) -> ServiceResult<CertificateView> {
+    pub async fn get_certificate(
+        &self,
+        p: &Principal,
+        id: CertificateId,
+    ) -> ServiceResult<CertificateView> {
         let cert = self
             .secure
             .find_certificate(id)
@@ -127,10 +150,16 @@ pub fn page_of(page: Option<u64>, per_page: Option<u64>) -> ServiceResult<Page> 
     let page = page.unwrap_or(1);
     let per_page = per_page.unwrap_or(50);
     if page == 0 || page > 1_000_000 {
-        return Err(ServiceError::invalid("invalid_query", "page must be between 1 and 1000000"));
+        return Err(ServiceError::invalid(
+            "invalid_query",
+            "page must be between 1 and 1000000",
+        ));
     }
     if per_page == 0 || per_page > MAX_PER_PAGE {
-        return Err(ServiceError::invalid("invalid_query", format!("per_page must be between 1 and {MAX_PER_PAGE}")));
+        return Err(ServiceError::invalid(
+            "invalid_query",
+            format!("per_page must be between 1 and {MAX_PER_PAGE}"),
+        ));
     }
     Ok(Page { page, per_page })
 }

@@ -45,7 +45,9 @@ impl ServiceError {
     }
 
     pub fn internal(log: impl std::fmt::Display) -> Self {
-        Self::Internal { log: log.to_string() }
+        Self::Internal {
+            log: log.to_string(),
+        }
     }
 
     /// Text for the log: the private cause where there is one.

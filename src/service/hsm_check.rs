@@ -33,7 +33,10 @@ impl Clm {
                 Err(_) => (false, "registered CKA_ID is not hex".to_string()),
                 Ok(id) => match self.hsm.key_exists(&id).await {
                     Ok(true) => (true, format!("present ({})", key.pkcs11_uri)),
-                    Ok(false) => (false, format!("missing from the token ({})", key.pkcs11_uri)),
+                    Ok(false) => (
+                        false,
+                        format!("missing from the token ({})", key.pkcs11_uri),
+                    ),
                     Err(e) => (false, e.to_string()),
                 },
             };

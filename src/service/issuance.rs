@@ -13,10 +13,13 @@ use uuid::Uuid;
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Listing, Principal, rfc3339};
-use crate::domain::model::{Actor, AuditEvent, Certificate, CertificateAuthority, CertificateRequest, Outcome, RequestContext};
+use crate::domain::model::{
+    Actor, AuditEvent, Certificate, CertificateAuthority, CertificateRequest, Outcome,
+    RequestContext,
+};
 use crate::domain::{
-    ApprovedCertificate, CaId, CertificateId, CertificateStatus, Permission, ProfileId, RequestId, RequestStatus,
-    RequestedCertificate, San,
+    ApprovedCertificate, CaId, CertificateId, CertificateStatus, Permission, ProfileId, RequestId,
+    RequestStatus, RequestedCertificate, San,
 };
 use crate::hsm::HsmKey;
 use crate::pki;
@@ -65,7 +68,10 @@ impl Clm {
     ) -> ServiceResult<(RequestView, bool)> {
         p.require(Permission::RequestCertificates)?;
         if let Some(key) = &idempotency_key
-            && let Some(existing) = self.secure.find_request_by_idempotency_key(p.user_id, key).await?
+            && let Some(existing) = self
+                .secure
+                .find_request_by_idempotency_key(p.user_id, key)
+                .await?
         {
             let profile = self.core.find_profile(existing.profile_id).await?;
             let required = profile.map(|p| p.rules.required_approvals).unwrap_or(0);
@@ -79,7 +85,10 @@ impl Clm {
             .filter(|pr| p.can_see(pr.organization_id))
             .ok_or(ServiceError::NotFound("profile"))?;
         let csr_pem = body.csr_pem.ok_or_else(|| {
-            ServiceError::invalid("csr_required", "csr_pem is required: give a PEM certificate signing request")
+            ServiceError::invalid(
+                "csr_required",
+                "csr_pem is required: give a PEM certificate signing request",
+            )
         })?;
         let csr = pki::parse_csr(&csr_pem)?;
         let approved = profile
@@ -116,14 +125,26 @@ impl Clm {
             let event = AuditEvent::new(p.actor(), "request.submitted", ctx)
                 .org(Some(p.organization_id))
                 .target("certificate_request", request.id)
-                .details(serde_json::json!({ "profile_id": profile.id, "approvals_required": required }));
+                .details(
+                    serde_json::json!({ "profile_id": profile.id, "approvals_required": required }),
+                );
             self.insert_pending_request(&request, &event).await?;
             return Ok((request_view(&request, required), true));
         }
 
         request.status = RequestStatus::Approved;
         let key = self.signing_key(ca.id).await?;
-        let cert = self.issue(&mut request, &approved, &csr.spki_der, &ca, key, p.actor(), ctx).await?;
+        let cert = self
+            .issue(
+                &mut request,
+                &approved,
+                &csr.spki_der,
+                &ca,
+                key,
+                p.actor(),
+                ctx,
+            )
+            .await?;
         Ok((
             RequestView {
                 certificate_id: Some(cert.id),
@@ -133,7 +154,11 @@ impl Clm {
         ))
     }
 
-    async fn insert_pending_request(&self, request: &CertificateRequest, event: &AuditEvent) -> ServiceResult<()> {
+    async fn insert_pending_request(
+        &self,
+        request: &CertificateRequest,
+        event: &AuditEvent,
+    ) -> ServiceResult<()> {
         match self.secure.insert_request(request, event).await {
             // The only unique key a pending request can hit is its
             // idempotency key: a concurrent retry of the same submission.
@@ -171,7 +196,9 @@ impl Clm {
                 }));
             match self.secure.insert_request(request, &event).await {
                 Ok(()) => break,
-                Err(StoreError::Conflict(_)) if attempt < SERIAL_ATTEMPTS => serial = pki::random_serial(),
+                Err(StoreError::Conflict(_)) if attempt < SERIAL_ATTEMPTS => {
+                    serial = pki::random_serial()
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -246,7 +273,9 @@ impl Clm {
                 "subject": cert.subject,
                 "not_after": rfc3339(cert.not_after),
             }));
-        self.secure.complete_issuance(request.id, &cert, &event).await?;
+        self.secure
+            .complete_issuance(request.id, &cert, &event)
+            .await?;
         request.status = RequestStatus::Issued;
         request.certificate_id = Some(cert.id);
 
@@ -267,7 +296,12 @@ impl Clm {
         let (rows, total) = self.secure.list_requests(p.scope(), status, page).await?;
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
-            let required = self.core.find_profile(r.profile_id).await?.map(|pr| pr.rules.required_approvals).unwrap_or(0);
+            let required = self
+                .core
+                .find_profile(r.profile_id)
+                .await?
+                .map(|pr| pr.rules.required_approvals)
+                .unwrap_or(0);
             items.push(request_view(r, required));
         }
         Ok(Listing::new(items, page, total))

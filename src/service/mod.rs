@@ -20,8 +20,8 @@ use tokio::sync::RwLock;
 
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
-pub use error::{ServiceError, ServiceResult};
 pub use certificates::{CertificateQuery, page_of};
+pub use error::{ServiceError, ServiceResult};
 pub use issuance::{RequestView, SubmitRequest};
 pub use principal::Principal;
 pub use profiles::NewProfile;
@@ -67,10 +67,17 @@ pub struct Clm {
 }
 
 impl Clm {
-    pub async fn new(core: CoreDb, secure: SecureDb, hsm: Hsm, settings: Settings) -> ServiceResult<Self> {
-        let dummy_hash = tokio::task::spawn_blocking(|| auth::hash_password(&Secret::new("clm-timing-equaliser")))
-            .await
-            .map_err(ServiceError::internal)??;
+    pub async fn new(
+        core: CoreDb,
+        secure: SecureDb,
+        hsm: Hsm,
+        settings: Settings,
+    ) -> ServiceResult<Self> {
+        let dummy_hash = tokio::task::spawn_blocking(|| {
+            auth::hash_password(&Secret::new("clm-timing-equaliser"))
+        })
+        .await
+        .map_err(ServiceError::internal)??;
         Ok(Self {
             core,
             secure,
@@ -135,7 +142,11 @@ pub fn user_json(u: &User) -> serde_json::Value {
 impl Clm {
     /// `GET /api/v1/me`: the principal, its roles and organisation.
     pub async fn me(&self, p: &Principal) -> ServiceResult<serde_json::Value> {
-        let user = self.core.find_user(p.user_id).await?.ok_or(ServiceError::Unauthenticated)?;
+        let user = self
+            .core
+            .find_user(p.user_id)
+            .await?
+            .ok_or(ServiceError::Unauthenticated)?;
         let org = self.core.find_organization(p.organization_id).await?;
         let mut v = user_json(&user);
         v["organization"] = serde_json::json!(org);

@@ -27,7 +27,9 @@ impl Principal {
         if self.has(permission) {
             Ok(())
         } else {
-            Err(ServiceError::Forbidden("your roles do not allow this action"))
+            Err(ServiceError::Forbidden(
+                "your roles do not allow this action",
+            ))
         }
     }
 
@@ -71,7 +73,11 @@ mod tests {
 
     #[test]
     fn permissions_come_from_roles() {
-        assert!(p(&[Role::Requester]).require(Permission::RequestCertificates).is_ok());
+        assert!(
+            p(&[Role::Requester])
+                .require(Permission::RequestCertificates)
+                .is_ok()
+        );
         assert!(matches!(
             p(&[Role::Requester]).require(Permission::ManageCas),
             Err(ServiceError::Forbidden(_))

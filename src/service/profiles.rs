@@ -9,7 +9,9 @@ use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
 use crate::domain::model::{AuditEvent, Profile, RequestContext};
 use crate::domain::profile::is_valid_dns_name;
-use crate::domain::{CaId, ExtendedKeyUsage, KeyAlgorithm, OrganizationId, Permission, ProfileId, ProfileRules};
+use crate::domain::{
+    CaId, ExtendedKeyUsage, KeyAlgorithm, OrganizationId, Permission, ProfileId, ProfileRules,
+};
 
 /// Most approvals a profile may require.
 pub const MAX_APPROVALS: u8 = 5;
@@ -72,10 +74,21 @@ impl From<&Profile> for ProfileView {
 
 impl Clm {
     pub async fn list_profiles(&self, p: &Principal) -> ServiceResult<Vec<ProfileView>> {
-        Ok(self.core.list_profiles(p.scope()).await?.iter().map(ProfileView::from).collect())
+        Ok(self
+            .core
+            .list_profiles(p.scope())
+            .await?
+            .iter()
+            .map(ProfileView::from)
+            .collect())
     }
 
-    pub async fn create_profile(&self, p: &Principal, body: NewProfile, ctx: &RequestContext) -> ServiceResult<ProfileView> {
+    pub async fn create_profile(
+        &self,
+        p: &Principal,
+        body: NewProfile,
+        ctx: &RequestContext,
+    ) -> ServiceResult<ProfileView> {
         p.require(Permission::ManageProfiles)?;
         let ca = self
             .secure
@@ -90,7 +103,11 @@ impl Clm {
             ca_id: ca.id,
             rules: ProfileRules {
                 key_algorithms: dedup(body.key_algorithms),
-                allowed_dns_suffixes: body.allowed_dns_suffixes.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+                allowed_dns_suffixes: body
+                    .allowed_dns_suffixes
+                    .iter()
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .collect(),
                 allow_ip_sans: body.allow_ip_sans,
                 max_validity_days: body.max_validity_days,
                 extended_key_usages: dedup(body.extended_key_usages),
@@ -138,10 +155,14 @@ fn validate(p: &Profile) -> ServiceResult<()> {
         return bad("extended_key_usages must name at least one usage".into());
     }
     if r.max_validity_days == 0 || r.max_validity_days > MAX_PROFILE_VALIDITY_DAYS {
-        return bad(format!("max_validity_days must be between 1 and {MAX_PROFILE_VALIDITY_DAYS}"));
+        return bad(format!(
+            "max_validity_days must be between 1 and {MAX_PROFILE_VALIDITY_DAYS}"
+        ));
     }
     if r.required_approvals > MAX_APPROVALS {
-        return bad(format!("required_approvals must be between 0 and {MAX_APPROVALS}"));
+        return bad(format!(
+            "required_approvals must be between 0 and {MAX_APPROVALS}"
+        ));
     }
     if r.allowed_dns_suffixes.len() > 100 {
         return bad("at most 100 allowed_dns_suffixes".into());
@@ -149,7 +170,10 @@ fn validate(p: &Profile) -> ServiceResult<()> {
     for s in &r.allowed_dns_suffixes {
         let body = s.trim_start_matches("*.").trim_start_matches('.');
         if s != "*" && !is_valid_dns_name(body) {
-            return bad(format!("`{}` is not a DNS suffix", s.chars().take(80).collect::<String>()));
+            return bad(format!(
+                "`{}` is not a DNS suffix",
+                s.chars().take(80).collect::<String>()
+            ));
         }
     }
     Ok(())

@@ -26,7 +26,6 @@ macro_rules! audit_row {
             source_ip: Set($e.context.source_ip.clone()),
             user_agent: Set($e.context.user_agent.clone()),
             details: Set($e.details.clone()),
-            ..Default::default()
         }
     };
 }

@@ -4,15 +4,15 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
 use super::entity::core::{
-    certificate_metadata, organizations, policies, roles, sessions, user_organizations,
-    user_roles, users,
+    certificate_metadata, organizations, policies, roles, sessions, user_organizations, user_roles,
+    users,
 };
 use super::{StoreError, StoreResult, audit, json_strings, parse_all, parse_one};
 use crate::domain::model::{AuditEvent, Certificate, Organization, Profile, Session, User};
@@ -67,7 +67,9 @@ impl CoreDb {
     }
 
     pub async fn find_organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
-        let row = organizations::Entity::find_by_id(id.0).one(&self.db).await?;
+        let row = organizations::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?;
         Ok(row.map(organization_from))
     }
 
@@ -214,7 +216,9 @@ impl CoreDb {
             .details(serde_json::json!({ "email": new.email.to_lowercase(), "roles": new.roles }));
         audit::insert_core(&txn, &event).await?;
         txn.commit().await?;
-        self.find_user(UserId(id)).await?.ok_or(StoreError::NotFound)
+        self.find_user(UserId(id))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn record_login(&self, user: UserId, at: DateTime<Utc>) -> StoreResult<()> {
@@ -252,7 +256,11 @@ impl CoreDb {
     }
 
     /// The session with this token digest if it is neither revoked nor expired.
-    pub async fn find_live_session(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<Option<Session>> {
+    pub async fn find_live_session(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Session>> {
         let row = sessions::Entity::find()
             .filter(sessions::Column::TokenDigest.eq(digest))
             .filter(sessions::Column::RevokedAt.is_null())
@@ -300,7 +308,9 @@ impl CoreDb {
             allowed_dns_suffixes: Set(json_strings(&r.allowed_dns_suffixes)),
             allow_ip_sans: Set(r.allow_ip_sans),
             max_validity_days: Set(r.max_validity_days as i32),
-            extended_key_usages: Set(json_strings(r.extended_key_usages.iter().map(|e| e.as_str()))),
+            extended_key_usages: Set(json_strings(
+                r.extended_key_usages.iter().map(|e| e.as_str()),
+            )),
             required_approvals: Set(i32::from(r.required_approvals)),
             approver_roles: Set(json_strings([Role::Approver.as_str()])),
             allow_server_keygen: Set(r.allow_server_keygen),
@@ -363,7 +373,11 @@ impl CoreDb {
     /// Mirrors an issued certificate into clm_core (step 4 of decision 3).
     /// Idempotent: reconciliation may call it again for the same id.
     pub async fn record_certificate(&self, c: &Certificate, event: &AuditEvent) -> StoreResult<()> {
-        if certificate_metadata::Entity::find_by_id(c.id.0).one(&self.db).await?.is_some() {
+        if certificate_metadata::Entity::find_by_id(c.id.0)
+            .one(&self.db)
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let txn = self.db.begin().await?;
@@ -414,7 +428,8 @@ fn profile_from(r: policies::Model) -> StoreResult<Profile> {
             allow_ip_sans: r.allow_ip_sans,
             max_validity_days: u32::try_from(r.max_validity_days).map_err(super::error::corrupt)?,
             extended_key_usages: parse_all(&r.extended_key_usages)?,
-            required_approvals: u8::try_from(r.required_approvals).map_err(super::error::corrupt)?,
+            required_approvals: u8::try_from(r.required_approvals)
+                .map_err(super::error::corrupt)?,
             allow_server_keygen: r.allow_server_keygen,
         },
         created_at: r.created_at,

@@ -52,7 +52,8 @@ pub struct CertificateFilter {
 async fn connect(url: &Secret) -> StoreResult<DatabaseConnection> {
     let raw = url.expose();
     let mut opts = ConnectOptions::new(raw.to_string());
-    opts.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10));
     if raw.starts_with("sqlite:") {
         // SQLite serialises writers anyway; one connection avoids
         // SQLITE_BUSY between our own connections. Never touch the pool
@@ -63,11 +64,16 @@ async fn connect(url: &Secret) -> StoreResult<DatabaseConnection> {
     }
     let db = Database::connect(opts).await.map_err(|e| {
         // The error text of sqlx can contain the URL; never log it whole.
-        StoreError::Database(format!("cannot connect: {}", redact_url(&e.to_string(), raw)))
+        StoreError::Database(format!(
+            "cannot connect: {}",
+            redact_url(&e.to_string(), raw)
+        ))
     })?;
     if raw.starts_with("sqlite:") {
-        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
-            .await?;
+        db.execute_unprepared(
+            "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .await?;
     }
     Ok(db)
 }
@@ -87,24 +93,37 @@ where
     I: IntoIterator<Item = S>,
     S: ToString,
 {
-    serde_json::Value::Array(items.into_iter().map(|s| serde_json::Value::String(s.to_string())).collect())
+    serde_json::Value::Array(
+        items
+            .into_iter()
+            .map(|s| serde_json::Value::String(s.to_string()))
+            .collect(),
+    )
 }
 
 fn strings_from_json(v: &serde_json::Value) -> StoreResult<Vec<String>> {
     v.as_array()
         .ok_or_else(|| error::corrupt("expected a JSON array"))?
         .iter()
-        .map(|x| x.as_str().map(str::to_string).ok_or_else(|| error::corrupt("expected strings")))
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| error::corrupt("expected strings"))
+        })
         .collect()
 }
 
 fn parse_all<T: std::str::FromStr>(v: &serde_json::Value) -> StoreResult<Vec<T>> {
     strings_from_json(v)?
         .iter()
-        .map(|s| s.parse().map_err(|_| error::corrupt(format!("unknown value `{s}`"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| error::corrupt(format!("unknown value `{s}`")))
+        })
         .collect()
 }
 
 fn parse_one<T: std::str::FromStr>(s: &str) -> StoreResult<T> {
-    s.parse().map_err(|_| error::corrupt(format!("unknown value `{s}`")))
+    s.parse()
+        .map_err(|_| error::corrupt(format!("unknown value `{s}`")))
 }

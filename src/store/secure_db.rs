@@ -11,9 +11,16 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use super::entity::secure::{certificate_authorities, certificate_requests, certificates, encryption_keys};
-use super::{CertificateFilter, Page, StoreError, StoreResult, audit, json_strings, parse_one, strings_from_json};
-use crate::domain::model::{AuditEvent, Certificate, CertificateAuthority, CertificateRequest, KeyReference};
+use super::entity::secure::{
+    certificate_authorities, certificate_requests, certificates, encryption_keys,
+};
+use super::{
+    CertificateFilter, Page, StoreError, StoreResult, audit, json_strings, parse_one,
+    strings_from_json,
+};
+use crate::domain::model::{
+    AuditEvent, Certificate, CertificateAuthority, CertificateRequest, KeyReference,
+};
 use crate::domain::{
     CaId, CertificateId, KeyId, KeyPurpose, KeyStatus, OrganizationId, ProfileId, RequestId,
     RequestStatus, San, Secret, UserId,
@@ -129,13 +136,15 @@ impl SecureDb {
             not_after: Set(ca.not_after),
             created_at: Set(now),
             updated_at: Set(now),
-            ..Default::default()
         }
         .insert(&txn)
         .await?;
         certificate_active_model(cert).insert(&txn).await?;
         certificate_authorities::Entity::update_many()
-            .col_expr(certificate_authorities::Column::CertificateId, Expr::value(Some(cert.id.0)))
+            .col_expr(
+                certificate_authorities::Column::CertificateId,
+                Expr::value(Some(cert.id.0)),
+            )
             .filter(certificate_authorities::Column::Id.eq(ca.id.0))
             .exec(&txn)
             .await?;
@@ -157,7 +166,10 @@ impl SecureDb {
     }
 
     pub async fn find_ca(&self, id: CaId) -> StoreResult<Option<CertificateAuthority>> {
-        match certificate_authorities::Entity::find_by_id(id.0).one(&self.db).await? {
+        match certificate_authorities::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+        {
             Some(r) => Ok(Some(self.ca_from(r).await?)),
             None => Ok(None),
         }
@@ -174,7 +186,10 @@ impl SecureDb {
         }
     }
 
-    async fn ca_from(&self, r: certificate_authorities::Model) -> StoreResult<CertificateAuthority> {
+    async fn ca_from(
+        &self,
+        r: certificate_authorities::Model,
+    ) -> StoreResult<CertificateAuthority> {
         let key = encryption_keys::Entity::find_by_id(r.key_id)
             .one(&self.db)
             .await?
@@ -208,7 +223,11 @@ impl SecureDb {
     /// Records the intent to issue (decision 3, step 1): the request with its
     /// reserved serial. A serial already reserved for this CA is a conflict;
     /// the caller draws a new one.
-    pub async fn insert_request(&self, r: &CertificateRequest, event: &AuditEvent) -> StoreResult<()> {
+    pub async fn insert_request(
+        &self,
+        r: &CertificateRequest,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         certificate_requests::ActiveModel {
             id: Set(r.id.0),
@@ -248,8 +267,14 @@ impl SecureDb {
         let txn = self.db.begin().await?;
         certificate_active_model(cert).insert(&txn).await?;
         let res = certificate_requests::Entity::update_many()
-            .col_expr(certificate_requests::Column::Status, Expr::value(RequestStatus::Issued.as_str()))
-            .col_expr(certificate_requests::Column::CertificateId, Expr::value(Some(cert.id.0)))
+            .col_expr(
+                certificate_requests::Column::Status,
+                Expr::value(RequestStatus::Issued.as_str()),
+            )
+            .col_expr(
+                certificate_requests::Column::CertificateId,
+                Expr::value(Some(cert.id.0)),
+            )
             .filter(certificate_requests::Column::Id.eq(request.0))
             .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
             .exec(&txn)
@@ -263,11 +288,22 @@ impl SecureDb {
     }
 
     /// `approved → failed` with the reason, audited.
-    pub async fn fail_request(&self, request: RequestId, reason: &str, event: &AuditEvent) -> StoreResult<()> {
+    pub async fn fail_request(
+        &self,
+        request: RequestId,
+        reason: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         let res = certificate_requests::Entity::update_many()
-            .col_expr(certificate_requests::Column::Status, Expr::value(RequestStatus::Failed.as_str()))
-            .col_expr(certificate_requests::Column::FailureReason, Expr::value(Some(reason.to_string())))
+            .col_expr(
+                certificate_requests::Column::Status,
+                Expr::value(RequestStatus::Failed.as_str()),
+            )
+            .col_expr(
+                certificate_requests::Column::FailureReason,
+                Expr::value(Some(reason.to_string())),
+            )
             .filter(certificate_requests::Column::Id.eq(request.0))
             .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
             .exec(&txn)
@@ -324,7 +360,12 @@ impl SecureDb {
             .limit(page.per_page)
             .all(&self.db)
             .await?;
-        Ok((rows.into_iter().map(request_from).collect::<StoreResult<_>>()?, total))
+        Ok((
+            rows.into_iter()
+                .map(request_from)
+                .collect::<StoreResult<_>>()?,
+            total,
+        ))
     }
 
     /// A page of end-entity certificates, newest first, with the total.
@@ -348,7 +389,7 @@ impl SecureDb {
             q = q.filter(certificates::Column::NotAfter.lte(before));
         }
         if let Some(text) = &filter.text {
-            let pattern = format!("%{}%", text.replace('\\', "").replace('%', "").replace('_', ""));
+            let pattern = format!("%{}%", text.replace(['\\', '%', '_'], ""));
             q = q.filter(
                 certificates::Column::Subject
                     .like(pattern.clone())
@@ -363,7 +404,12 @@ impl SecureDb {
             .limit(page.per_page)
             .all(&self.db)
             .await?;
-        Ok((rows.into_iter().map(certificate_from).collect::<StoreResult<_>>()?, total))
+        Ok((
+            rows.into_iter()
+                .map(certificate_from)
+                .collect::<StoreResult<_>>()?,
+            total,
+        ))
     }
 
     pub async fn find_certificate(&self, id: CertificateId) -> StoreResult<Option<Certificate>> {
@@ -398,7 +444,6 @@ fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {
         revocation_reason: Set(c.revocation_reason.clone()),
         created_at: Set(c.created_at),
         updated_at: Set(c.created_at),
-        ..Default::default()
     }
 }
 
@@ -426,7 +471,10 @@ fn request_from(r: certificate_requests::Model) -> StoreResult<CertificateReques
         status: parse_one(&r.status)?,
         csr_der: r.csr_der,
         subject: r.subject,
-        sans: strings_from_json(&r.sans)?.iter().map(|s| San::parse(s)).collect(),
+        sans: strings_from_json(&r.sans)?
+            .iter()
+            .map(|s| San::parse(s))
+            .collect(),
         key_algorithm: parse_one(&r.key_algorithm)?,
         validity_days: u32::try_from(r.validity_days).map_err(super::error::corrupt)?,
         reserved_serial_hex: r.reserved_serial_hex,

@@ -61,7 +61,11 @@ fn repo_root() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn postgres_available() -> bool {
@@ -70,7 +74,18 @@ fn postgres_available() -> bool {
 
 fn psql(db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
@@ -90,9 +105,13 @@ impl TestApp {
         if backend == Backend::Postgres {
             if !postgres_available() {
                 if std::env::var("CLM_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                    panic!("PostgreSQL on 127.0.0.1:5432 is required (CLM_TEST_REQUIRE_POSTGRES=1) but unreachable");
+                    panic!(
+                        "PostgreSQL on 127.0.0.1:5432 is required (CLM_TEST_REQUIRE_POSTGRES=1) but unreachable"
+                    );
                 }
-                eprintln!("note: PostgreSQL unreachable; skipping the PostgreSQL variant of this test");
+                eprintln!(
+                    "note: PostgreSQL unreachable; skipping the PostgreSQL variant of this test"
+                );
                 return None;
             }
             let stem = format!("clm_test_{}", uuid::Uuid::new_v4().simple());
@@ -119,18 +138,33 @@ impl TestApp {
         let admin_password = format!("Adm1n-{}", uuid::Uuid::new_v4().simple());
         env.extend([
             ("CLM_DATA_DIR".into(), data_dir.path().display().to_string()),
-            ("SOFTHSM2_CONF".into(), data_dir.path().join("softhsm/softhsm2.conf").display().to_string()),
+            (
+                "SOFTHSM2_CONF".into(),
+                data_dir
+                    .path()
+                    .join("softhsm/softhsm2.conf")
+                    .display()
+                    .to_string(),
+            ),
             ("CLM_LISTEN".into(), format!("127.0.0.1:{api_port}")),
             ("CLM_HTTP_LISTEN".into(), format!("127.0.0.1:{public_port}")),
-            ("CLM_PUBLIC_URL".into(), format!("http://127.0.0.1:{public_port}")),
+            (
+                "CLM_PUBLIC_URL".into(),
+                format!("http://127.0.0.1:{public_port}"),
+            ),
             ("CLM_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
-            ("CLM_BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password.clone()),
+            (
+                "CLM_BOOTSTRAP_ADMIN_PASSWORD".into(),
+                admin_password.clone(),
+            ),
             ("CLM_LOG_FORMAT".into(), "json".into()),
             ("CLM_HSM_POOL_SIZE".into(), "4".into()),
         ]);
         std::fs::write(
             data_dir.path().join("test.env"),
-            env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>(),
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect::<String>(),
         )
         .unwrap();
 
@@ -184,7 +218,11 @@ impl TestApp {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "clm serve did not come up:\n{}", self.server_log());
+            assert!(
+                Instant::now() < deadline,
+                "clm serve did not come up:\n{}",
+                self.server_log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -214,7 +252,10 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "login failed");
-        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub async fn admin_token(&self) -> String {
@@ -222,16 +263,32 @@ impl TestApp {
     }
 
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
-        self.client.post(self.url(path)).bearer_auth(token).json(body).send().await.unwrap()
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// The system-wide profile `clm init` creates.
     pub async fn default_profile_id(&self, token: &str) -> String {
-        let profiles: Value = self.get(token, "/api/v1/profiles").await.json().await.unwrap();
+        let profiles: Value = self
+            .get(token, "/api/v1/profiles")
+            .await
+            .json()
+            .await
+            .unwrap();
         profiles
             .as_array()
             .unwrap()
@@ -260,12 +317,23 @@ impl TestApp {
         let pin = std::fs::read_to_string(self.path("softhsm/user.pin")).unwrap();
         let out = Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", self.path("softhsm/softhsm2.conf"))
-            .args(["--module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label", "clm", "--login", "--pin"])
+            .args([
+                "--module",
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "--token-label",
+                "clm",
+                "--login",
+                "--pin",
+            ])
             .arg(pin.trim())
             .args(args)
             .output()
             .expect("pkcs11-tool (Debian package opensc) must be installed");
-        assert!(out.status.success(), "pkcs11-tool failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pkcs11-tool failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 }
@@ -277,7 +345,10 @@ impl Drop for TestApp {
             let _ = child.wait();
         }
         for db in &self.pg_databases {
-            if let Err(e) = psql("postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")) {
+            if let Err(e) = psql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            ) {
                 eprintln!("could not drop test database {db}: {e}");
             }
         }
@@ -291,7 +362,9 @@ pub fn ec_csr(names: &[&str]) -> String {
 }
 
 pub fn csr_for(key: &rcgen::KeyPair, names: &[&str]) -> String {
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, names[0]);
     params.distinguished_name = dn;
@@ -302,14 +375,25 @@ pub fn csr_for(key: &rcgen::KeyPair, names: &[&str]) -> String {
 pub fn rsa_csr(bits: u32, cn: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("openssl")
-        .args(["req", "-new", "-newkey", &format!("rsa:{bits}"), "-nodes", "-subj"])
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            &format!("rsa:{bits}"),
+            "-nodes",
+            "-subj",
+        ])
         .arg(format!("/CN={cn}"))
         .args(["-addext", &format!("subjectAltName=DNS:{cn}")])
         .arg("-keyout")
         .arg(dir.path().join("k.pem"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
