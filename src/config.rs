@@ -44,6 +44,14 @@ pub struct Config {
     pub bootstrap_admin_password: Option<Secret>,
     /// Absolute lifetime of a login session.
     pub session_ttl_minutes: i64,
+    /// A session unused for this long ends.
+    pub session_idle_minutes: i64,
+    /// Consecutive failed logins that lock an account…
+    pub login_max_failures: i64,
+    /// …for this long (or until an administrator unlocks it).
+    pub login_lockout_seconds: i64,
+    /// Login attempts accepted per source address and minute.
+    pub login_rate_per_minute: i64,
     /// `json` (default) or `text`.
     pub log_format: String,
 }
@@ -60,7 +68,7 @@ struct FileConfig {
     pkcs11_token_label: Option<String>,
     pkcs11_pin: Option<Secret>,
     pkcs11_pin_file: Option<String>,
-    hsm_pool_size: Option<usize>,
+    hsm_pool_size: Option<i64>,
     listen: Option<String>,
     tls_enabled: Option<bool>,
     http_listen: Option<String>,
@@ -68,6 +76,10 @@ struct FileConfig {
     bootstrap_admin_email: Option<String>,
     bootstrap_admin_password: Option<Secret>,
     session_ttl_minutes: Option<i64>,
+    session_idle_minutes: Option<i64>,
+    login_max_failures: Option<i64>,
+    login_lockout_seconds: Option<i64>,
+    login_rate_per_minute: Option<i64>,
     log_format: Option<String>,
 }
 
@@ -152,26 +164,26 @@ impl Config {
             Some(v) => parse_bool("CLM_TLS_ENABLED", &v)?,
             None => file.tls_enabled.unwrap_or(true),
         };
-        let hsm_pool_size = match var("CLM_HSM_POOL_SIZE") {
-            Some(v) => parse_num("CLM_HSM_POOL_SIZE", &v)?,
-            None => file.hsm_pool_size.unwrap_or(8),
+        // Positive whole numbers: environment over file over default.
+        let positive = |key: &'static str, from_file: Option<i64>, default: i64| -> Result<i64, ConfigError> {
+            let v = match var(key) {
+                Some(v) => parse_num(key, &v)?,
+                None => from_file.unwrap_or(default),
+            };
+            if v <= 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be a positive number".into(),
+                });
+            }
+            Ok(v)
         };
-        let session_ttl_minutes = match var("CLM_SESSION_TTL_MINUTES") {
-            Some(v) => parse_num("CLM_SESSION_TTL_MINUTES", &v)?,
-            None => file.session_ttl_minutes.unwrap_or(8 * 60),
-        };
-        if session_ttl_minutes <= 0 {
-            return Err(ConfigError::Invalid {
-                key: "CLM_SESSION_TTL_MINUTES",
-                message: "must be positive".into(),
-            });
-        }
-        if hsm_pool_size == 0 {
-            return Err(ConfigError::Invalid {
-                key: "CLM_HSM_POOL_SIZE",
-                message: "must be at least 1".into(),
-            });
-        }
+        let hsm_pool_size = positive("CLM_HSM_POOL_SIZE", file.hsm_pool_size, 8)? as usize;
+        let session_ttl_minutes = positive("CLM_SESSION_TTL_MINUTES", file.session_ttl_minutes, 8 * 60)?;
+        let session_idle_minutes = positive("CLM_SESSION_IDLE_MINUTES", file.session_idle_minutes, 30)?;
+        let login_max_failures = positive("CLM_LOGIN_MAX_FAILURES", file.login_max_failures, 5)?;
+        let login_lockout_seconds = positive("CLM_LOGIN_LOCKOUT_SECONDS", file.login_lockout_seconds, 900)?;
+        let login_rate_per_minute = positive("CLM_LOGIN_RATE_PER_MINUTE", file.login_rate_per_minute, 30)?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -221,6 +233,10 @@ impl Config {
                 .map(Secret::new)
                 .or(file.bootstrap_admin_password),
             session_ttl_minutes,
+            session_idle_minutes,
+            login_max_failures,
+            login_lockout_seconds,
+            login_rate_per_minute,
             log_format,
             data_dir,
         })

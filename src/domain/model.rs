@@ -24,6 +24,8 @@ pub struct Organization {
 #[derive(Clone, Debug)]
 pub struct User {
     pub id: UserId,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub failed_login_count: i32,
     pub organization_id: OrganizationId,
     pub email: String,
     pub display_name: Option<String>,
@@ -46,7 +48,30 @@ pub struct Session {
     pub user_id: UserId,
     pub token_digest: String,
     pub created_at: DateTime<Utc>,
+    /// Absolute end.
     pub expires_at: DateTime<Utc>,
+    /// End if unused; pushed forward as the session is used.
+    pub idle_expires_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// An API key: a bearer token for automation, limited to a subset of its
+/// creator's roles. Only the token's digest is stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub organization_id: OrganizationId,
+    pub user_id: UserId,
+    pub name: String,
+    #[serde(skip)]
+    pub token_digest: String,
+    /// The first characters of the token, to recognise it in a list.
+    pub token_prefix: String,
+    pub roles: Vec<Role>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A token object registered in `encryption_keys`: a reference, never bytes.

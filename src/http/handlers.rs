@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::extract::{Auth, Ctx, parse_id};
 use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
-use crate::service::{CertificateQuery, Clm, NewCa, NewProfile, SubmitRequest, page_of};
+use crate::service::{
+    CertificateQuery, Clm, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody, PasswordChange,
+    SubmitRequest, page_of,
+};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -48,6 +51,89 @@ pub async fn logout(clm: web::Data<Clm>, Auth(p): Auth, Ctx(ctx): Ctx) -> Result
 
 pub async fn me(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.me(&p).await?))
+}
+
+pub async fn change_password(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<PasswordChange>,
+) -> Result<HttpResponse> {
+    clm.change_password(&p, body.into_inner(), &ctx).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn list_organizations(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_organizations(&p).await?))
+}
+
+pub async fn create_organization(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<NewOrganization>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(clm.create_organization(&p, body.into_inner(), &ctx).await?))
+}
+
+pub async fn list_users(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_users(&p).await?))
+}
+
+pub async fn create_user(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<NewUserBody>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(clm.create_user(&p, body.into_inner(), &ctx).await?))
+}
+
+pub async fn get_user(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.get_user(&p, parse_id(&id)?).await?))
+}
+
+pub async fn deactivate_user(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    clm.deactivate_user(&p, parse_id(&id)?, &ctx).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn unlock_user(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    clm.unlock_user(&p, parse_id(&id)?, &ctx).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn list_api_keys(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_api_keys(&p).await?))
+}
+
+pub async fn create_api_key(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<NewApiKey>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(clm.create_api_key(&p, body.into_inner(), &ctx).await?))
+}
+
+pub async fn revoke_api_key(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    clm.revoke_api_key(&p, parse_id(&id)?, &ctx).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn list_cas(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {

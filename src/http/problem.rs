@@ -26,7 +26,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
-    retry_after: Option<u32>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -71,6 +71,11 @@ impl From<ServiceError> for ApiError {
             Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", *m),
             NotFound(what) => Self::not_found(format!("{what} not found")),
             Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message.clone()),
+            RateLimited { retry_after_secs } => {
+                let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string());
+                err.retry_after = Some(*retry_after_secs);
+                err
+            }
             Unavailable { message, .. } => {
                 tracing::warn!(error = %e.log_message(), "dependency unavailable");
                 let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", *message);

@@ -56,6 +56,15 @@ pub fn verify_password(password: &Secret, hash: &str) -> bool {
     }
 }
 
+/// Token prefixes tell sessions and API keys apart (and make leaked tokens
+/// recognisable to secret scanners).
+pub const SESSION_TOKEN_PREFIX: &str = "clm_s_";
+pub const API_KEY_PREFIX: &str = "clm_k_";
+
+/// Passwords long enough to pass the length rule but known to every
+/// password-guessing list.
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
 pub fn check_password_policy(password: &Secret) -> ServiceResult<()> {
     let n = password.expose().chars().count();
     if n < MIN_PASSWORD_LEN {
@@ -68,6 +77,15 @@ pub fn check_password_policy(password: &Secret) -> ServiceResult<()> {
         return Err(ServiceError::invalid(
             "weak_password",
             format!("the password must have at most {MAX_PASSWORD_LEN} characters"),
+        ));
+    }
+    let lower = password.expose().to_lowercase();
+    let mut chars = lower.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) || COMMON_PASSWORDS.lines().any(|common| common.trim() == lower) {
+        return Err(ServiceError::invalid(
+            "weak_password",
+            "this password is on the list of commonly used passwords",
         ));
     }
     Ok(())
@@ -86,15 +104,15 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Sessions are touched at most this often, to spare a write per request.
+const TOUCH_EVERY_SECONDS: i64 = 60;
+
 impl Clm {
-    /// Checks e-mail and password. Unknown user and wrong password take the
-    /// same path (a hash is verified either way) and give the same error.
-    pub async fn login(
-        &self,
-        email: &str,
-        password: &Secret,
-        ctx: &RequestContext,
-    ) -> ServiceResult<LoginOutcome> {
+    /// Checks e-mail and password. Unknown user, wrong password, locked or
+    /// inactive account all take the same path (a hash is verified either
+    /// way) and give the same error; the audit log records which it was.
+    pub async fn login(&self, email: &str, password: &Secret, ctx: &RequestContext) -> ServiceResult<LoginOutcome> {
+        self.login_limiter.check(ctx.source_ip.as_deref().unwrap_or("unknown"))?;
         let user = if email.len() <= 320 {
             self.core.find_user_by_email(email).await?
         } else {
@@ -105,46 +123,58 @@ impl Clm {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let pw = password.clone();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&pw, &hash))
+        let password_ok = tokio::task::spawn_blocking(move || verify_password(&pw, &hash))
             .await
             .map_err(ServiceError::internal)?;
-        let user = match user {
-            Some(u) if ok && u.is_active() => u,
-            other => {
-                let event = AuditEvent::new(
-                    Actor {
-                        id: other.as_ref().map(|u| u.id),
-                        kind: "user",
-                    },
-                    "auth.login",
-                    ctx,
-                )
-                .org(other.as_ref().map(|u| u.organization_id))
-                .outcome(Outcome::Failure)
-                .details(serde_json::json!({ "reason": if other.is_some() { "bad credentials or inactive" } else { "unknown user" } }));
-                self.core.append_audit(&event).await?;
-                return Err(ServiceError::Unauthenticated);
-            }
-        };
-        let (token, digest) = new_token("clm_s_");
         let now = Utc::now();
+        let refusal = match &user {
+            None => Some("unknown user"),
+            Some(u) if u.locked_until.is_some_and(|t| t > now) => Some("account locked"),
+            Some(_) if !password_ok => Some("wrong password"),
+            Some(u) if !u.is_active() => Some("account not active"),
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            let actor = Actor {
+                id: user.as_ref().map(|u| u.id),
+                kind: "user",
+            };
+            let org = user.as_ref().map(|u| u.organization_id);
+            let event = AuditEvent::new(actor.clone(), "auth.login", ctx)
+                .org(org)
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "reason": reason }));
+            self.core.append_audit(&event).await?;
+            if let (Some(u), "wrong password") = (&user, reason) {
+                let until = now + Duration::seconds(self.settings.login_lockout_seconds);
+                let max = i32::try_from(self.settings.login_max_failures).unwrap_or(i32::MAX);
+                if self.core.record_login_failure(u.id, max, until).await? {
+                    let event = AuditEvent::new(actor, "auth.lockout", ctx)
+                        .org(org)
+                        .target("user", u.id)
+                        .outcome(Outcome::Denied)
+                        .details(serde_json::json!({ "locked_until": super::rfc3339(until) }));
+                    self.core.append_audit(&event).await?;
+                }
+            }
+            return Err(ServiceError::Unauthenticated);
+        }
+        let Some(user) = user else {
+            return Err(ServiceError::Unauthenticated);
+        };
+        let (token, digest) = new_token(SESSION_TOKEN_PREFIX);
         let session = Session {
             id: SessionId::new(),
             user_id: user.id,
             token_digest: digest,
             created_at: now,
             expires_at: now + Duration::minutes(self.settings.session_ttl_minutes),
+            idle_expires_at: now + Duration::minutes(self.settings.session_idle_minutes),
+            last_seen_at: now,
         };
-        let event = AuditEvent::new(
-            Actor {
-                id: Some(user.id),
-                kind: "user",
-            },
-            "auth.login",
-            ctx,
-        )
-        .org(Some(user.organization_id))
-        .target("session", session.id);
+        let event = AuditEvent::new(Actor { id: Some(user.id), kind: "user" }, "auth.login", ctx)
+            .org(Some(user.organization_id))
+            .target("session", session.id);
         self.core.insert_session(&session, &event).await?;
         self.core.record_login(user.id, now).await?;
         Ok(LoginOutcome {
@@ -154,38 +184,65 @@ impl Clm {
         })
     }
 
-    /// Resolves a bearer token to its principal.
+    /// Resolves a bearer token — a session or an API key — to its principal.
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Principal> {
         if token.is_empty() || token.len() > 256 {
             return Err(ServiceError::Unauthenticated);
         }
         let digest = token_digest(token);
+        let now = Utc::now();
+        if token.starts_with(API_KEY_PREFIX) {
+            let key = self
+                .core
+                .find_live_api_key(&digest, now)
+                .await?
+                .ok_or(ServiceError::Unauthenticated)?;
+            let user = self.active_user(key.user_id).await?;
+            if key.last_used_at.is_none_or(|t| (now - t).num_seconds() >= TOUCH_EVERY_SECONDS) {
+                self.core.touch_api_key(key.id, now).await?;
+            }
+            // A key never carries more than its owner holds today.
+            let roles = key.roles.iter().copied().filter(|r| user.roles.contains(r)).collect();
+            return Ok(Principal {
+                user_id: user.id,
+                organization_id: user.organization_id,
+                email: user.email,
+                roles,
+                session_id: None,
+                api_key_id: Some(key.id),
+            });
+        }
         let session = self
             .core
-            .find_live_session(&digest, Utc::now())
+            .find_live_session(&digest, now)
             .await?
             .ok_or(ServiceError::Unauthenticated)?;
-        let user = self
-            .core
-            .find_user(session.user_id)
-            .await?
-            .filter(User::is_active)
-            .ok_or(ServiceError::Unauthenticated)?;
+        let user = self.active_user(session.user_id).await?;
+        if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECONDS {
+            let idle_until = (now + Duration::minutes(self.settings.session_idle_minutes)).min(session.expires_at);
+            self.core.touch_session(session.id, now, idle_until).await?;
+        }
         Ok(Principal {
             user_id: user.id,
             organization_id: user.organization_id,
             email: user.email,
             roles: user.roles,
             session_id: Some(session.id),
+            api_key_id: None,
         })
+    }
+
+    async fn active_user(&self, id: crate::domain::UserId) -> ServiceResult<User> {
+        self.core
+            .find_user(id)
+            .await?
+            .filter(User::is_active)
+            .ok_or(ServiceError::Unauthenticated)
     }
 
     pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> ServiceResult<()> {
         let Some(session) = principal.session_id else {
-            return Err(ServiceError::invalid(
-                "not_a_session",
-                "this token is not a login session",
-            ));
+            return Err(ServiceError::invalid("not_a_session", "this token is not a login session"));
         };
         let event = AuditEvent::new(principal.actor(), "auth.logout", ctx)
             .org(Some(principal.organization_id))
@@ -194,6 +251,43 @@ impl Clm {
             .revoke_session(session, &event)
             .await
             .map_err(|_| ServiceError::Unauthenticated)
+    }
+}
+
+/// Login attempts per source address in a sliding minute, in memory: a
+/// cheap first line against password spraying. Account lockout, which lives
+/// in the database, is the line that holds across instances.
+pub struct LoginLimiter {
+    per_minute: usize,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl LoginLimiter {
+    pub fn new(per_minute: i64) -> Self {
+        Self {
+            per_minute: usize::try_from(per_minute).unwrap_or(usize::MAX),
+            attempts: Default::default(),
+        }
+    }
+
+    fn check(&self, source: &str) -> ServiceResult<()> {
+        let now = std::time::Instant::now();
+        let window = std::time::Duration::from_secs(60);
+        let mut map = self.attempts.lock().map_err(|_| ServiceError::internal("login limiter poisoned"))?;
+        // Forget quiet sources so the map cannot grow without bound.
+        if map.len() > 10_000 {
+            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        let q = map.entry(source.to_string()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        if q.len() >= self.per_minute {
+            let retry = q.front().map(|t| window.saturating_sub(now.duration_since(*t)).as_secs() + 1).unwrap_or(60);
+            return Err(ServiceError::RateLimited { retry_after_secs: retry });
+        }
+        q.push_back(now);
+        Ok(())
     }
 }
 
@@ -213,8 +307,8 @@ mod tests {
 
     #[test]
     fn tokens_are_random_and_stored_as_digests() {
-        let (a, da) = new_token("clm_s_");
-        let (b, _) = new_token("clm_s_");
+        let (a, da) = new_token(SESSION_TOKEN_PREFIX);
+        let (b, _) = new_token(SESSION_TOKEN_PREFIX);
         assert_ne!(a.expose(), b.expose());
         assert_eq!(da, token_digest(a.expose()));
         assert_eq!(da.len(), 64);
@@ -222,8 +316,20 @@ mod tests {
     }
 
     #[test]
-    fn short_passwords_are_refused() {
-        assert!(check_password_policy(&Secret::new("short")).is_err());
+    fn weak_passwords_are_refused() {
+        for weak in ["short", "password1234", "Password1234", "aaaaaaaaaaaaaaaa", "123456789012"] {
+            assert!(check_password_policy(&Secret::new(weak)).is_err(), "{weak}");
+        }
         assert!(check_password_policy(&Secret::new("long enough password")).is_ok());
+    }
+
+    #[test]
+    fn the_login_limiter_counts_per_source() {
+        let limiter = LoginLimiter::new(3);
+        for _ in 0..3 {
+            limiter.check("10.0.0.1").unwrap();
+        }
+        assert!(matches!(limiter.check("10.0.0.1"), Err(ServiceError::RateLimited { .. })));
+        limiter.check("10.0.0.2").unwrap();
     }
 }

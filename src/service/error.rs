@@ -20,6 +20,9 @@ pub enum ServiceError {
     NotFound(&'static str),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Too many attempts; retry after the given number of seconds.
+    #[error("too many attempts; retry later")]
+    RateLimited { retry_after_secs: u64 },
     /// A dependency (the HSM, usually) is unavailable; retrying may help.
     #[error("{message}")]
     Unavailable { message: &'static str, log: String },

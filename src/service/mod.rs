@@ -5,13 +5,16 @@
 
 pub mod auth;
 mod bootstrap;
+mod api_keys;
 mod cas;
 mod certificates;
 pub mod error;
 mod hsm_check;
 mod issuance;
+mod organizations;
 mod principal;
 mod profiles;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +27,10 @@ pub use certificates::{CertificateQuery, page_of};
 pub use error::{ServiceError, ServiceResult};
 pub use issuance::{RequestView, SubmitRequest};
 pub use principal::Principal;
+pub use api_keys::NewApiKey;
+pub use organizations::NewOrganization;
 pub use profiles::NewProfile;
+pub use users::{NewUserBody, PasswordChange};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -39,6 +45,10 @@ use crate::store::{CoreDb, SecureDb};
 pub struct Settings {
     pub public_url: String,
     pub session_ttl_minutes: i64,
+    pub session_idle_minutes: i64,
+    pub login_max_failures: i64,
+    pub login_lockout_seconds: i64,
+    pub login_rate_per_minute: i64,
     pub token_label: String,
 }
 
@@ -47,6 +57,10 @@ impl From<&Config> for Settings {
         Self {
             public_url: c.public_url.clone(),
             session_ttl_minutes: c.session_ttl_minutes,
+            session_idle_minutes: c.session_idle_minutes,
+            login_max_failures: c.login_max_failures,
+            login_lockout_seconds: c.login_lockout_seconds,
+            login_rate_per_minute: c.login_rate_per_minute,
             token_label: c.pkcs11_token_label.clone(),
         }
     }
@@ -64,6 +78,7 @@ pub struct Clm {
     /// Verified for unknown e-mails so that they cost as much as wrong
     /// passwords.
     dummy_hash: String,
+    login_limiter: Arc<auth::LoginLimiter>,
 }
 
 impl Clm {
@@ -82,9 +97,10 @@ impl Clm {
             core,
             secure,
             hsm,
-            settings,
+            settings: settings.clone(),
             ca_keys: Arc::default(),
             dummy_hash,
+            login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
         })
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::error::{ServiceError, ServiceResult};
 use crate::domain::model::Actor;
-use crate::domain::{OrganizationId, Permission, Role, SessionId, UserId};
+use crate::domain::{ApiKeyId, OrganizationId, Permission, Role, SessionId, UserId};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Principal {
@@ -16,6 +16,8 @@ pub struct Principal {
     pub roles: Vec<Role>,
     #[serde(skip)]
     pub session_id: Option<SessionId>,
+    /// Set when the caller authenticated with an API key.
+    pub api_key_id: Option<ApiKeyId>,
 }
 
 impl Principal {
@@ -52,7 +54,7 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         Actor {
             id: Some(self.user_id),
-            kind: "user",
+            kind: if self.api_key_id.is_some() { "api_key" } else { "user" },
         }
     }
 }
@@ -68,6 +70,7 @@ mod tests {
             email: "a@b.c".into(),
             roles: roles.to_vec(),
             session_id: None,
+            api_key_id: None,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::domain::{
 /// Handle on clm_core.
 #[derive(Clone, Debug)]
 pub struct CoreDb {
-    db: DatabaseConnection,
+    pub(super) db: DatabaseConnection,
 }
 
 /// What is needed to create a user; the hash is computed by the service.
@@ -141,7 +141,7 @@ impl CoreDb {
         Ok(n > 0)
     }
 
-    async fn user_with_roles(&self, u: users::Model) -> StoreResult<User> {
+    pub(super) async fn user_with_roles(&self, u: users::Model) -> StoreResult<User> {
         let links = user_roles::Entity::find()
             .filter(user_roles::Column::UserId.eq(u.id))
             .find_also_related(roles::Entity)
@@ -156,6 +156,8 @@ impl CoreDb {
         role_list.sort();
         Ok(User {
             id: UserId(u.id),
+            locked_until: u.locked_until,
+            failed_login_count: u.failed_login_count,
             organization_id: OrganizationId(u.organization_id),
             email: u.email,
             display_name: u.display_name,
@@ -240,8 +242,8 @@ impl CoreDb {
             user_id: Set(s.user_id.0),
             token_digest: Set(s.token_digest.clone()),
             expires_at: Set(s.expires_at),
-            idle_expires_at: Set(s.expires_at),
-            last_seen_at: Set(s.created_at),
+            idle_expires_at: Set(s.idle_expires_at),
+            last_seen_at: Set(s.last_seen_at),
             source_ip: Set(event.context.source_ip.clone()),
             user_agent: Set(event.context.user_agent.clone()),
             created_at: Set(s.created_at),
@@ -265,6 +267,7 @@ impl CoreDb {
             .filter(sessions::Column::TokenDigest.eq(digest))
             .filter(sessions::Column::RevokedAt.is_null())
             .filter(sessions::Column::ExpiresAt.gt(now))
+            .filter(sessions::Column::IdleExpiresAt.gt(now))
             .one(&self.db)
             .await?;
         Ok(row.map(|r| Session {
@@ -273,6 +276,8 @@ impl CoreDb {
             token_digest: r.token_digest,
             created_at: r.created_at,
             expires_at: r.expires_at,
+            idle_expires_at: r.idle_expires_at,
+            last_seen_at: r.last_seen_at,
         }))
     }
 

@@ -13,6 +13,7 @@ mod audit;
 mod core_db;
 pub mod entity;
 mod error;
+mod identity;
 mod secure_db;
 
 use std::time::Duration;

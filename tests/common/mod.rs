@@ -302,19 +302,30 @@ impl TestApp {
 
     /// Runs `clm` with this app's environment (e.g. `hsm check`).
     pub fn clm(&self, args: &[&str]) -> std::process::Output {
+        self.clm_with(args, &[])
+    }
+
+    /// Runs `clm` with this app's environment plus `extra` variables.
+    pub fn clm_with(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
         let env = std::fs::read_to_string(self.path("test.env")).unwrap();
         Command::new(env!("CARGO_BIN_EXE_clm"))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.lines().filter_map(|l| l.split_once('=')))
+            .envs(extra.iter().copied())
             .output()
             .unwrap()
     }
 
+    /// The token's user PIN (for outside tools and secret scans).
+    pub fn pin(&self) -> String {
+        std::fs::read_to_string(self.path("softhsm/user.pin")).unwrap().trim().to_string()
+    }
+
     /// Runs `pkcs11-tool` against this app's token with its user PIN.
     pub fn pkcs11_tool(&self, args: &[&str]) -> String {
-        let pin = std::fs::read_to_string(self.path("softhsm/user.pin")).unwrap();
+        let pin = self.pin();
         let out = Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", self.path("softhsm/softhsm2.conf"))
             .args([
@@ -325,7 +336,7 @@ impl TestApp {
                 "--login",
                 "--pin",
             ])
-            .arg(pin.trim())
+            .arg(&pin)
             .args(args)
             .output()
             .expect("pkcs11-tool (Debian package opensc) must be installed");
