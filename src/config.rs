@@ -165,25 +165,30 @@ impl Config {
             None => file.tls_enabled.unwrap_or(true),
         };
         // Positive whole numbers: environment over file over default.
-        let positive = |key: &'static str, from_file: Option<i64>, default: i64| -> Result<i64, ConfigError> {
-            let v = match var(key) {
-                Some(v) => parse_num(key, &v)?,
-                None => from_file.unwrap_or(default),
+        let positive =
+            |key: &'static str, from_file: Option<i64>, default: i64| -> Result<i64, ConfigError> {
+                let v = match var(key) {
+                    Some(v) => parse_num(key, &v)?,
+                    None => from_file.unwrap_or(default),
+                };
+                if v <= 0 {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: "must be a positive number".into(),
+                    });
+                }
+                Ok(v)
             };
-            if v <= 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: "must be a positive number".into(),
-                });
-            }
-            Ok(v)
-        };
         let hsm_pool_size = positive("CLM_HSM_POOL_SIZE", file.hsm_pool_size, 8)? as usize;
-        let session_ttl_minutes = positive("CLM_SESSION_TTL_MINUTES", file.session_ttl_minutes, 8 * 60)?;
-        let session_idle_minutes = positive("CLM_SESSION_IDLE_MINUTES", file.session_idle_minutes, 30)?;
+        let session_ttl_minutes =
+            positive("CLM_SESSION_TTL_MINUTES", file.session_ttl_minutes, 8 * 60)?;
+        let session_idle_minutes =
+            positive("CLM_SESSION_IDLE_MINUTES", file.session_idle_minutes, 30)?;
         let login_max_failures = positive("CLM_LOGIN_MAX_FAILURES", file.login_max_failures, 5)?;
-        let login_lockout_seconds = positive("CLM_LOGIN_LOCKOUT_SECONDS", file.login_lockout_seconds, 900)?;
-        let login_rate_per_minute = positive("CLM_LOGIN_RATE_PER_MINUTE", file.login_rate_per_minute, 30)?;
+        let login_lockout_seconds =
+            positive("CLM_LOGIN_LOCKOUT_SECONDS", file.login_lockout_seconds, 900)?;
+        let login_rate_per_minute =
+            positive("CLM_LOGIN_RATE_PER_MINUTE", file.login_rate_per_minute, 30)?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())

@@ -36,6 +36,27 @@ enum Command {
         #[command(subcommand)]
         command: HsmCommand,
     },
+    /// Manage users from the host.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. The password is read from CLM_USER_PASSWORD, or
+    /// generated and printed once.
+    Add {
+        #[arg(long)]
+        email: String,
+        /// A role to grant; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Slug of the organisation.
+        #[arg(long, default_value = "system")]
+        org: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +88,11 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             Command::Hsm {
                 command: HsmCommand::Check,
             } => hsm_check(&cfg).await,
+            Command::User {
+                command: UserCommand::Add { email, roles, org },
+            } => user_add(&cfg, &email, &roles, &org)
+                .await
+                .map(|_| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -164,4 +190,30 @@ async fn hsm_check(cfg: &Config) -> CliResult<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn user_add(cfg: &Config, email: &str, roles: &[String], org: &str) -> CliResult<()> {
+    let roles = roles
+        .iter()
+        .map(|r| {
+            r.parse::<clm::domain::Role>()
+                .map_err(|e| format!("--role: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let password = std::env::var("CLM_USER_PASSWORD")
+        .ok()
+        .map(clm::domain::Secret::new);
+    let clm = open(cfg).await?;
+    let added = clm
+        .add_user_as_operator(email, &roles, org, password)
+        .await
+        .map_err(|e| e.log_message())?;
+    println!("clm user add: created {}", added.user["id"]);
+    if let Some(pw) = added.generated_password {
+        println!(
+            "clm user add: generated password (shown once): {}",
+            pw.expose()
+        );
+    }
+    Ok(())
 }

@@ -144,9 +144,15 @@ async fn csr_becomes_a_certificate(app: &TestApp) {
 
     // Nothing secret reached the log: not the PIN, the password or the token.
     let log = app.server_log();
-    assert!(log.contains("\"request_id\""), "logs are JSON with request ids");
+    assert!(
+        log.contains("\"request_id\""),
+        "logs are JSON with request ids"
+    );
     for secret in [app.pin(), app.admin_password.clone(), token.clone()] {
-        assert!(!log.contains(&secret), "a secret leaked into the server log");
+        assert!(
+            !log.contains(&secret),
+            "a secret leaked into the server log"
+        );
     }
 }
 
@@ -197,10 +203,20 @@ async fn ca_keys_are_sensitive(app: &TestApp) {
     // A wrong PIN is refused, and neither PIN is echoed anywhere.
     let wrong = "999999-not-the-pin";
     let out = app.clm_with(&["hsm", "check"], &[("CLM_PKCS11_PIN", wrong)]);
-    assert!(!out.status.success(), "hsm check with a wrong PIN must fail");
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "hsm check with a wrong PIN must fail"
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(printed.contains("login"), "{printed}");
-    assert!(!printed.contains(wrong) && !printed.contains(&app.pin()), "{printed}");
+    assert!(
+        !printed.contains(wrong) && !printed.contains(&app.pin()),
+        "{printed}"
+    );
 }
 
 async fn pkilint_accepts_root_intermediate_and_leaf(app: &TestApp) {

@@ -10,8 +10,8 @@ use super::extract::{Auth, Ctx, parse_id};
 use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
 use crate::service::{
-    CertificateQuery, Clm, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody, PasswordChange,
-    SubmitRequest, page_of,
+    CertificateQuery, Clm, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody,
+    PasswordChange, SubmitRequest, page_of,
 };
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -89,7 +89,11 @@ pub async fn create_user(
     Ok(HttpResponse::Created().json(clm.create_user(&p, body.into_inner(), &ctx).await?))
 }
 
-pub async fn get_user(clm: web::Data<Clm>, Auth(p): Auth, id: web::Path<String>) -> Result<HttpResponse> {
+pub async fn get_user(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.get_user(&p, parse_id(&id)?).await?))
 }
 

@@ -72,7 +72,8 @@ impl From<ServiceError> for ApiError {
             NotFound(what) => Self::not_found(format!("{what} not found")),
             Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message.clone()),
             RateLimited { retry_after_secs } => {
-                let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string());
+                let mut err =
+                    Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string());
                 err.retry_after = Some(*retry_after_secs);
                 err
             }

@@ -38,17 +38,30 @@ fn key_json(k: &ApiKey) -> serde_json::Value {
 
 impl Clm {
     /// Creates a key; the response carries the token this once.
-    pub async fn create_api_key(&self, p: &Principal, body: NewApiKey, ctx: &RequestContext) -> ServiceResult<serde_json::Value> {
+    pub async fn create_api_key(
+        &self,
+        p: &Principal,
+        body: NewApiKey,
+        ctx: &RequestContext,
+    ) -> ServiceResult<serde_json::Value> {
         let name = body.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(ServiceError::invalid("invalid_api_key", "name must be 1 to 100 printable characters"));
+            return Err(ServiceError::invalid(
+                "invalid_api_key",
+                "name must be 1 to 100 printable characters",
+            ));
         }
         if body.roles.is_empty() {
-            return Err(ServiceError::invalid("invalid_api_key", "roles must name at least one role"));
+            return Err(ServiceError::invalid(
+                "invalid_api_key",
+                "roles must name at least one role",
+            ));
         }
         if let Some(extra) = body.roles.iter().find(|r| !p.roles.contains(r)) {
             tracing::info!(user = %p.user_id, role = %extra, "API key asked for a role its creator lacks");
-            return Err(ServiceError::Forbidden("an API key cannot have roles its creator does not have"));
+            return Err(ServiceError::Forbidden(
+                "an API key cannot have roles its creator does not have",
+            ));
         }
         let now = Utc::now();
         if let Some(exp) = body.expires_at
@@ -69,7 +82,11 @@ impl Clm {
             user_id: p.user_id,
             name: name.to_string(),
             token_digest: digest,
-            token_prefix: token.expose().chars().take(API_KEY_PREFIX.len() + 6).collect(),
+            token_prefix: token
+                .expose()
+                .chars()
+                .take(API_KEY_PREFIX.len() + 6)
+                .collect(),
             roles,
             expires_at: body.expires_at,
             last_used_at: None,
@@ -87,23 +104,42 @@ impl Clm {
     }
 
     pub async fn list_api_keys(&self, p: &Principal) -> ServiceResult<Vec<serde_json::Value>> {
-        Ok(self.core.list_api_keys(p.user_id).await?.iter().map(key_json).collect())
+        Ok(self
+            .core
+            .list_api_keys(p.user_id)
+            .await?
+            .iter()
+            .map(key_json)
+            .collect())
     }
 
     /// Revokes one of the caller's keys (a super admin may revoke any).
-    pub async fn revoke_api_key(&self, p: &Principal, id: ApiKeyId, ctx: &RequestContext) -> ServiceResult<()> {
+    pub async fn revoke_api_key(
+        &self,
+        p: &Principal,
+        id: ApiKeyId,
+        ctx: &RequestContext,
+    ) -> ServiceResult<()> {
         let key = self
             .core
             .find_api_key(id)
             .await?
-            .filter(|k| k.user_id == p.user_id || (p.scope().is_none() && p.can_see(Some(k.organization_id))))
+            .filter(|k| {
+                k.user_id == p.user_id
+                    || (p.scope().is_none() && p.can_see(Some(k.organization_id)))
+            })
             .ok_or(ServiceError::NotFound("API key"))?;
         let event = AuditEvent::new(p.actor(), "api_key.revoked", ctx)
             .org(Some(key.organization_id))
             .target("api_key", key.id);
-        self.core.revoke_api_key(key.id, &event).await.map_err(|e| match e {
-            StoreError::Conflict(_) => ServiceError::conflict("already_revoked", "the API key is already revoked"),
-            other => other.into(),
-        })
+        self.core
+            .revoke_api_key(key.id, &event)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => {
+                    ServiceError::conflict("already_revoked", "the API key is already revoked")
+                }
+                other => other.into(),
+            })
     }
 }

@@ -82,13 +82,24 @@ pub fn check_password_policy(password: &Secret) -> ServiceResult<()> {
     let lower = password.expose().to_lowercase();
     let mut chars = lower.chars();
     let first = chars.next();
-    if chars.all(|c| Some(c) == first) || COMMON_PASSWORDS.lines().any(|common| common.trim() == lower) {
+    if chars.all(|c| Some(c) == first)
+        || COMMON_PASSWORDS
+            .lines()
+            .any(|common| common.trim() == lower)
+    {
         return Err(ServiceError::invalid(
             "weak_password",
             "this password is on the list of commonly used passwords",
         ));
     }
     Ok(())
+}
+
+/// A random password for accounts created without one (shown once).
+pub fn generate_password() -> Secret {
+    let mut bytes = [0u8; 18];
+    rand::rng().fill_bytes(&mut bytes);
+    Secret::new(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// A fresh bearer token and its stored digest.
@@ -111,8 +122,14 @@ impl Clm {
     /// Checks e-mail and password. Unknown user, wrong password, locked or
     /// inactive account all take the same path (a hash is verified either
     /// way) and give the same error; the audit log records which it was.
-    pub async fn login(&self, email: &str, password: &Secret, ctx: &RequestContext) -> ServiceResult<LoginOutcome> {
-        self.login_limiter.check(ctx.source_ip.as_deref().unwrap_or("unknown"))?;
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &Secret,
+        ctx: &RequestContext,
+    ) -> ServiceResult<LoginOutcome> {
+        self.login_limiter
+            .check(ctx.source_ip.as_deref().unwrap_or("unknown"))?;
         let user = if email.len() <= 320 {
             self.core.find_user_by_email(email).await?
         } else {
@@ -172,9 +189,16 @@ impl Clm {
             idle_expires_at: now + Duration::minutes(self.settings.session_idle_minutes),
             last_seen_at: now,
         };
-        let event = AuditEvent::new(Actor { id: Some(user.id), kind: "user" }, "auth.login", ctx)
-            .org(Some(user.organization_id))
-            .target("session", session.id);
+        let event = AuditEvent::new(
+            Actor {
+                id: Some(user.id),
+                kind: "user",
+            },
+            "auth.login",
+            ctx,
+        )
+        .org(Some(user.organization_id))
+        .target("session", session.id);
         self.core.insert_session(&session, &event).await?;
         self.core.record_login(user.id, now).await?;
         Ok(LoginOutcome {
@@ -198,11 +222,19 @@ impl Clm {
                 .await?
                 .ok_or(ServiceError::Unauthenticated)?;
             let user = self.active_user(key.user_id).await?;
-            if key.last_used_at.is_none_or(|t| (now - t).num_seconds() >= TOUCH_EVERY_SECONDS) {
+            if key
+                .last_used_at
+                .is_none_or(|t| (now - t).num_seconds() >= TOUCH_EVERY_SECONDS)
+            {
                 self.core.touch_api_key(key.id, now).await?;
             }
             // A key never carries more than its owner holds today.
-            let roles = key.roles.iter().copied().filter(|r| user.roles.contains(r)).collect();
+            let roles = key
+                .roles
+                .iter()
+                .copied()
+                .filter(|r| user.roles.contains(r))
+                .collect();
             return Ok(Principal {
                 user_id: user.id,
                 organization_id: user.organization_id,
@@ -219,7 +251,8 @@ impl Clm {
             .ok_or(ServiceError::Unauthenticated)?;
         let user = self.active_user(session.user_id).await?;
         if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECONDS {
-            let idle_until = (now + Duration::minutes(self.settings.session_idle_minutes)).min(session.expires_at);
+            let idle_until = (now + Duration::minutes(self.settings.session_idle_minutes))
+                .min(session.expires_at);
             self.core.touch_session(session.id, now, idle_until).await?;
         }
         Ok(Principal {
@@ -242,7 +275,10 @@ impl Clm {
 
     pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> ServiceResult<()> {
         let Some(session) = principal.session_id else {
-            return Err(ServiceError::invalid("not_a_session", "this token is not a login session"));
+            return Err(ServiceError::invalid(
+                "not_a_session",
+                "this token is not a login session",
+            ));
         };
         let event = AuditEvent::new(principal.actor(), "auth.logout", ctx)
             .org(Some(principal.organization_id))
@@ -259,7 +295,9 @@ impl Clm {
 /// in the database, is the line that holds across instances.
 pub struct LoginLimiter {
     per_minute: usize,
-    attempts: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+    attempts: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    >,
 }
 
 impl LoginLimiter {
@@ -273,7 +311,10 @@ impl LoginLimiter {
     fn check(&self, source: &str) -> ServiceResult<()> {
         let now = std::time::Instant::now();
         let window = std::time::Duration::from_secs(60);
-        let mut map = self.attempts.lock().map_err(|_| ServiceError::internal("login limiter poisoned"))?;
+        let mut map = self
+            .attempts
+            .lock()
+            .map_err(|_| ServiceError::internal("login limiter poisoned"))?;
         // Forget quiet sources so the map cannot grow without bound.
         if map.len() > 10_000 {
             map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
@@ -283,8 +324,13 @@ impl LoginLimiter {
             q.pop_front();
         }
         if q.len() >= self.per_minute {
-            let retry = q.front().map(|t| window.saturating_sub(now.duration_since(*t)).as_secs() + 1).unwrap_or(60);
-            return Err(ServiceError::RateLimited { retry_after_secs: retry });
+            let retry = q
+                .front()
+                .map(|t| window.saturating_sub(now.duration_since(*t)).as_secs() + 1)
+                .unwrap_or(60);
+            return Err(ServiceError::RateLimited {
+                retry_after_secs: retry,
+            });
         }
         q.push_back(now);
         Ok(())
@@ -317,7 +363,13 @@ mod tests {
 
     #[test]
     fn weak_passwords_are_refused() {
-        for weak in ["short", "password1234", "Password1234", "aaaaaaaaaaaaaaaa", "123456789012"] {
+        for weak in [
+            "short",
+            "password1234",
+            "Password1234",
+            "aaaaaaaaaaaaaaaa",
+            "123456789012",
+        ] {
             assert!(check_password_policy(&Secret::new(weak)).is_err(), "{weak}");
         }
         assert!(check_password_policy(&Secret::new("long enough password")).is_ok());
@@ -329,7 +381,10 @@ mod tests {
         for _ in 0..3 {
             limiter.check("10.0.0.1").unwrap();
         }
-        assert!(matches!(limiter.check("10.0.0.1"), Err(ServiceError::RateLimited { .. })));
+        assert!(matches!(
+            limiter.check("10.0.0.1"),
+            Err(ServiceError::RateLimited { .. })
+        ));
         limiter.check("10.0.0.2").unwrap();
     }
 }

@@ -6,10 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
-use rand::RngCore;
 
 use super::auth::{check_password_policy, hash_password};
 use super::error::{ServiceError, ServiceResult};
@@ -416,11 +413,7 @@ impl Clm {
         }
         let (password, generated) = match &cfg.bootstrap_admin_password {
             Some(pw) => (pw.clone(), false),
-            None => {
-                let mut bytes = [0u8; 18];
-                rand::rng().fill_bytes(&mut bytes);
-                (Secret::new(URL_SAFE_NO_PAD.encode(bytes)), true)
-            }
+            None => (super::auth::generate_password(), true),
         };
         check_password_policy(&password)?;
         let pw = password.clone();

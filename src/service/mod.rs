@@ -3,9 +3,9 @@
 //! across the two databases (DESIGN.md decision 3). It sees the HSM only
 //! through `hsm::Hsm` and `domain::Signer`, and SQL only through `store`.
 
+mod api_keys;
 pub mod auth;
 mod bootstrap;
-mod api_keys;
 mod cas;
 mod certificates;
 pub mod error;
@@ -21,16 +21,16 @@ use std::sync::Arc;
 
 use tokio::sync::RwLock;
 
+pub use api_keys::NewApiKey;
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};
 pub use error::{ServiceError, ServiceResult};
 pub use issuance::{RequestView, SubmitRequest};
-pub use principal::Principal;
-pub use api_keys::NewApiKey;
 pub use organizations::NewOrganization;
+pub use principal::Principal;
 pub use profiles::NewProfile;
-pub use users::{NewUserBody, PasswordChange};
+pub use users::{AddedUser, NewUserBody, PasswordChange};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 

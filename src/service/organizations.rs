@@ -4,8 +4,8 @@ use serde::Deserialize;
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal};
-use crate::domain::model::{AuditEvent, Organization, RequestContext};
 use crate::domain::Permission;
+use crate::domain::model::{AuditEvent, Organization, RequestContext};
 use crate::store::StoreError;
 
 /// Body of `POST /api/v1/organizations`.
@@ -44,12 +44,17 @@ impl Clm {
         p.require(Permission::ManageOrganizations)?;
         let name = body.name.trim();
         if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(ServiceError::invalid("invalid_organization", "name must be 1 to 200 printable characters"));
+            return Err(ServiceError::invalid(
+                "invalid_organization",
+                "name must be 1 to 200 printable characters",
+            ));
         }
         let slug = body.slug.unwrap_or_else(|| slugify(name));
         if slug.is_empty()
             || slug.len() > 63
-            || !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(ServiceError::invalid(
                 "invalid_organization",

@@ -54,7 +54,11 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         Actor {
             id: Some(self.user_id),
-            kind: if self.api_key_id.is_some() { "api_key" } else { "user" },
+            kind: if self.api_key_id.is_some() {
+                "api_key"
+            } else {
+                "user"
+            },
         }
     }
 }

@@ -36,35 +36,63 @@ fn validate_email(email: &str) -> ServiceResult<String> {
     let email = email.trim().to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && local.len() <= 64 && (domain.contains('.') || domain == "localhost")
+            !local.is_empty()
+                && local.len() <= 64
+                && (domain.contains('.') || domain == "localhost")
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if valid {
         Ok(email)
     } else {
-        Err(ServiceError::invalid("invalid_email", "email must be an address like name@example.org"))
+        Err(ServiceError::invalid(
+            "invalid_email",
+            "email must be an address like name@example.org",
+        ))
     }
 }
 
 impl Clm {
     /// Creates a user. An org_admin works inside their own organisation and
     /// cannot grant super_admin; both attempts are refused with 403.
-    pub async fn create_user(&self, p: &Principal, body: NewUserBody, ctx: &RequestContext) -> ServiceResult<serde_json::Value> {
+    pub async fn create_user(
+        &self,
+        p: &Principal,
+        body: NewUserBody,
+        ctx: &RequestContext,
+    ) -> ServiceResult<serde_json::Value> {
         p.require(Permission::ManageUsers)?;
-        let org = body.organization_id.map(OrganizationId).unwrap_or(p.organization_id);
+        let org = body
+            .organization_id
+            .map(OrganizationId)
+            .unwrap_or(p.organization_id);
         if p.scope().is_some_and(|mine| mine != org) {
-            return Err(ServiceError::Forbidden("you may only manage users of your own organisation"));
+            return Err(ServiceError::Forbidden(
+                "you may only manage users of your own organisation",
+            ));
         }
         if body.roles.contains(&Role::SuperAdmin) && !p.roles.contains(&Role::SuperAdmin) {
-            return Err(ServiceError::Forbidden("only a super admin may grant super_admin"));
+            return Err(ServiceError::Forbidden(
+                "only a super admin may grant super_admin",
+            ));
         }
         if body.roles.is_empty() {
-            return Err(ServiceError::invalid("invalid_user", "roles must name at least one role"));
+            return Err(ServiceError::invalid(
+                "invalid_user",
+                "roles must name at least one role",
+            ));
         }
         let email = validate_email(&body.email)?;
-        let display_name = body.display_name.as_deref().map(str::trim).filter(|d| !d.is_empty());
-        if display_name.is_some_and(|d| d.chars().count() > 200 || d.chars().any(char::is_control)) {
-            return Err(ServiceError::invalid("invalid_user", "display_name must be at most 200 printable characters"));
+        let display_name = body
+            .display_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty());
+        if display_name.is_some_and(|d| d.chars().count() > 200 || d.chars().any(char::is_control))
+        {
+            return Err(ServiceError::invalid(
+                "invalid_user",
+                "display_name must be at most 200 printable characters",
+            ));
         }
         check_password_policy(&body.password)?;
         if self.core.find_organization(org).await?.is_none() {
@@ -93,7 +121,10 @@ impl Clm {
             )
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(_) => ServiceError::conflict("duplicate_email", "a user with this email already exists"),
+                StoreError::Conflict(_) => ServiceError::conflict(
+                    "duplicate_email",
+                    "a user with this email already exists",
+                ),
                 other => other.into(),
             })?;
         Ok(user_json(&user))
@@ -101,7 +132,13 @@ impl Clm {
 
     pub async fn list_users(&self, p: &Principal) -> ServiceResult<Vec<serde_json::Value>> {
         p.require(Permission::ManageUsers)?;
-        Ok(self.core.list_users(p.scope()).await?.iter().map(user_json).collect())
+        Ok(self
+            .core
+            .list_users(p.scope())
+            .await?
+            .iter()
+            .map(user_json)
+            .collect())
     }
 
     /// A user the caller may administer; other organisations' are 404.
@@ -118,24 +155,44 @@ impl Clm {
         Ok(user_json(&self.managed_user(p, id).await?))
     }
 
-    pub async fn deactivate_user(&self, p: &Principal, id: UserId, ctx: &RequestContext) -> ServiceResult<()> {
+    pub async fn deactivate_user(
+        &self,
+        p: &Principal,
+        id: UserId,
+        ctx: &RequestContext,
+    ) -> ServiceResult<()> {
         let user = self.managed_user(p, id).await?;
         if user.id == p.user_id {
-            return Err(ServiceError::conflict("cannot_deactivate_self", "you cannot deactivate yourself"));
+            return Err(ServiceError::conflict(
+                "cannot_deactivate_self",
+                "you cannot deactivate yourself",
+            ));
         }
         if user.roles.contains(&Role::SuperAdmin) && !p.roles.contains(&Role::SuperAdmin) {
-            return Err(ServiceError::Forbidden("only a super admin may deactivate a super admin"));
+            return Err(ServiceError::Forbidden(
+                "only a super admin may deactivate a super admin",
+            ));
         }
         let event = AuditEvent::new(p.actor(), "user.deactivated", ctx)
             .org(Some(user.organization_id))
             .target("user", user.id);
-        self.core.deactivate_user(user.id, &event).await.map_err(|e| match e {
-            StoreError::Conflict(_) => ServiceError::conflict("already_deactivated", "the user is already deactivated"),
-            other => other.into(),
-        })
+        self.core
+            .deactivate_user(user.id, &event)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => {
+                    ServiceError::conflict("already_deactivated", "the user is already deactivated")
+                }
+                other => other.into(),
+            })
     }
 
-    pub async fn unlock_user(&self, p: &Principal, id: UserId, ctx: &RequestContext) -> ServiceResult<()> {
+    pub async fn unlock_user(
+        &self,
+        p: &Principal,
+        id: UserId,
+        ctx: &RequestContext,
+    ) -> ServiceResult<()> {
         let user = self.managed_user(p, id).await?;
         let event = AuditEvent::new(p.actor(), "user.unlocked", ctx)
             .org(Some(user.organization_id))
@@ -145,8 +202,17 @@ impl Clm {
 
     /// Changes the caller's own password; every session and API key of the
     /// caller ends, including the one used for this call.
-    pub async fn change_password(&self, p: &Principal, body: PasswordChange, ctx: &RequestContext) -> ServiceResult<()> {
-        let user = self.core.find_user(p.user_id).await?.ok_or(ServiceError::Unauthenticated)?;
+    pub async fn change_password(
+        &self,
+        p: &Principal,
+        body: PasswordChange,
+        ctx: &RequestContext,
+    ) -> ServiceResult<()> {
+        let user = self
+            .core
+            .find_user(p.user_id)
+            .await?
+            .ok_or(ServiceError::Unauthenticated)?;
         let (current, hash) = (body.current_password.clone(), user.password_hash.clone());
         let ok = tokio::task::spawn_blocking(move || verify_password(&current, &hash))
             .await
@@ -167,13 +233,82 @@ impl Clm {
     }
 }
 
+/// What `clm user add` did.
+pub struct AddedUser {
+    pub user: serde_json::Value,
+    /// Set when the password was generated; shown once to the operator.
+    pub generated_password: Option<Secret>,
+}
+
+impl Clm {
+    /// `clm user add`: an operator with access to the host creates a user in
+    /// the organisation with `org_slug`. Audited as a system action.
+    pub async fn add_user_as_operator(
+        &self,
+        email: &str,
+        roles: &[Role],
+        org_slug: &str,
+        password: Option<Secret>,
+    ) -> ServiceResult<AddedUser> {
+        let org = self
+            .core
+            .find_organization_by_slug(org_slug)
+            .await?
+            .ok_or(ServiceError::NotFound("organisation"))?;
+        let (password, generated) = match password {
+            Some(pw) => (pw, false),
+            None => (super::auth::generate_password(), true),
+        };
+        // The operator acts with every right inside the target organisation.
+        let operator = Principal {
+            user_id: UserId(uuid::Uuid::nil()),
+            organization_id: org.id,
+            email: "operator@localhost".into(),
+            roles: vec![Role::SuperAdmin],
+            session_id: None,
+            api_key_id: None,
+        };
+        let ctx = RequestContext {
+            request_id: Some(format!("cli-{}", uuid::Uuid::new_v4())),
+            user_agent: Some("clm user add".into()),
+            ..Default::default()
+        };
+        let user = self
+            .create_user(
+                &operator,
+                NewUserBody {
+                    email: email.to_string(),
+                    password: password.clone(),
+                    roles: roles.to_vec(),
+                    organization_id: Some(org.id.0),
+                    display_name: None,
+                },
+                &ctx,
+            )
+            .await?;
+        Ok(AddedUser {
+            user,
+            generated_password: generated.then_some(password),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn emails_are_checked_and_lower_cased() {
-        assert_eq!(super::validate_email(" Alice@Example.ORG ").unwrap(), "alice@example.org");
+        assert_eq!(
+            super::validate_email(" Alice@Example.ORG ").unwrap(),
+            "alice@example.org"
+        );
         assert!(super::validate_email("admin@localhost").is_ok());
-        for bad in ["", "no-at-sign", "@example.org", "a b@example.org", "x@nodot"] {
+        for bad in [
+            "",
+            "no-at-sign",
+            "@example.org",
+            "a b@example.org",
+            "x@nodot",
+        ] {
             assert!(super::validate_email(bad).is_err(), "{bad}");
         }
     }

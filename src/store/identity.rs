@@ -16,7 +16,11 @@ use crate::domain::model::{ApiKey, AuditEvent, Organization, User};
 use crate::domain::{ApiKeyId, OrganizationId, SessionId, UserId};
 
 /// Ends every session and API key of `user` (inside the caller's transaction).
-async fn revoke_credentials<C: ConnectionTrait>(db: &C, user: UserId, now: DateTime<Utc>) -> StoreResult<()> {
+async fn revoke_credentials<C: ConnectionTrait>(
+    db: &C,
+    user: UserId,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     sessions::Entity::update_many()
         .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))
         .filter(sessions::Column::UserId.eq(user.0))
@@ -56,7 +60,10 @@ impl CoreDb {
         if let Some(org) = scope {
             q = q.filter(users::Column::OrganizationId.eq(org.0));
         }
-        let rows = q.order_by_asc(users::Column::CreatedAt).all(&self.db).await?;
+        let rows = q
+            .order_by_asc(users::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             out.push(self.user_with_roles(r).await?);
@@ -76,7 +83,10 @@ impl CoreDb {
     ) -> StoreResult<bool> {
         let txn = self.db.begin().await?;
         users::Entity::update_many()
-            .col_expr(users::Column::FailedLoginCount, Expr::col(users::Column::FailedLoginCount).add(1))
+            .col_expr(
+                users::Column::FailedLoginCount,
+                Expr::col(users::Column::FailedLoginCount).add(1),
+            )
             .filter(users::Column::Id.eq(user.0))
             .exec(&txn)
             .await?;
@@ -97,7 +107,10 @@ impl CoreDb {
     pub async fn unlock_user(&self, user: UserId, event: &AuditEvent) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         users::Entity::update_many()
-            .col_expr(users::Column::LockedUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(
+                users::Column::LockedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
             .col_expr(users::Column::FailedLoginCount, Expr::value(0))
             .filter(users::Column::Id.eq(user.0))
             .exec(&txn)
@@ -127,7 +140,12 @@ impl CoreDb {
     }
 
     /// Replaces the password hash and ends every session and API key.
-    pub async fn set_password(&self, user: UserId, hash: &str, event: &AuditEvent) -> StoreResult<()> {
+    pub async fn set_password(
+        &self,
+        user: UserId,
+        hash: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         let now = Utc::now();
         users::Entity::update_many()
@@ -143,7 +161,12 @@ impl CoreDb {
     }
 
     /// Pushes a session's idle expiry forward.
-    pub async fn touch_session(&self, id: SessionId, now: DateTime<Utc>, idle_until: DateTime<Utc>) -> StoreResult<()> {
+    pub async fn touch_session(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_until: DateTime<Utc>,
+    ) -> StoreResult<()> {
         sessions::Entity::update_many()
             .col_expr(sessions::Column::LastSeenAt, Expr::value(now))
             .col_expr(sessions::Column::IdleExpiresAt, Expr::value(idle_until))
@@ -177,11 +200,19 @@ impl CoreDb {
     }
 
     /// The key with this digest if it is neither revoked nor expired.
-    pub async fn find_live_api_key(&self, digest: &str, now: DateTime<Utc>) -> StoreResult<Option<ApiKey>> {
+    pub async fn find_live_api_key(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ApiKey>> {
         api_keys::Entity::find()
             .filter(api_keys::Column::TokenDigest.eq(digest))
             .filter(api_keys::Column::RevokedAt.is_null())
-            .filter(api_keys::Column::ExpiresAt.is_null().or(api_keys::Column::ExpiresAt.gt(now)))
+            .filter(
+                api_keys::Column::ExpiresAt
+                    .is_null()
+                    .or(api_keys::Column::ExpiresAt.gt(now)),
+            )
             .one(&self.db)
             .await?
             .map(api_key_from)
@@ -200,7 +231,11 @@ impl CoreDb {
     }
 
     pub async fn find_api_key(&self, id: ApiKeyId) -> StoreResult<Option<ApiKey>> {
-        api_keys::Entity::find_by_id(id.0).one(&self.db).await?.map(api_key_from).transpose()
+        api_keys::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+            .map(api_key_from)
+            .transpose()
     }
 
     /// Compare-and-set: only a key that is not yet revoked is revoked.

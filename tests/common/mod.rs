@@ -99,6 +99,11 @@ impl TestApp {
     /// `None` only for PostgreSQL when it is unreachable and
     /// `CLM_TEST_REQUIRE_POSTGRES` is not set.
     pub async fn start(backend: Backend) -> Option<TestApp> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Like [`TestApp::start`], with extra `CLM_*` settings.
+    pub async fn start_with(backend: Backend, settings: &[(&str, &str)]) -> Option<TestApp> {
         let data_dir = tempfile::tempdir().unwrap();
         let mut pg_databases = Vec::new();
         let mut env: Vec<(String, String)> = Vec::new();
@@ -160,6 +165,7 @@ impl TestApp {
             ("CLM_LOG_FORMAT".into(), "json".into()),
             ("CLM_HSM_POOL_SIZE".into(), "4".into()),
         ]);
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         std::fs::write(
             data_dir.path().join("test.env"),
             env.iter()
@@ -281,6 +287,42 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Creates an organisation (as the bootstrap admin) and returns its id.
+    pub async fn create_org(&self, admin: &str, name: &str) -> String {
+        let r = self
+            .post(admin, "/api/v1/organizations", &json!({ "name": name }))
+            .await;
+        assert_eq!(r.status(), 201, "create organisation {name}");
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates a user with `roles` in `org` and returns (id, token).
+    pub async fn create_user(
+        &self,
+        admin: &str,
+        org: &str,
+        email: &str,
+        roles: &[&str],
+    ) -> (String, String) {
+        let password = "a sufficiently long passphrase";
+        let r = self
+            .post(
+                admin,
+                "/api/v1/users",
+                &json!({ "email": email, "password": password, "roles": roles, "organization_id": org }),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "create user {email}");
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (id, self.login(email, password).await)
+    }
+
     /// The system-wide profile `clm init` creates.
     pub async fn default_profile_id(&self, token: &str) -> String {
         let profiles: Value = self
@@ -320,7 +362,10 @@ impl TestApp {
 
     /// The token's user PIN (for outside tools and secret scans).
     pub fn pin(&self) -> String {
-        std::fs::read_to_string(self.path("softhsm/user.pin")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.path("softhsm/user.pin"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Runs `pkcs11-tool` against this app's token with its user PIN.
