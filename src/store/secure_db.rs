@@ -6,8 +6,8 @@
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -266,22 +266,17 @@ impl SecureDb {
     ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         certificate_active_model(cert).insert(&txn).await?;
-        let res = certificate_requests::Entity::update_many()
-            .col_expr(
-                certificate_requests::Column::Status,
-                Expr::value(RequestStatus::Issued.as_str()),
-            )
-            .col_expr(
+        move_request(
+            &txn,
+            request,
+            RequestStatus::Approved,
+            RequestStatus::Issued,
+            (
                 certificate_requests::Column::CertificateId,
                 Expr::value(Some(cert.id.0)),
-            )
-            .filter(certificate_requests::Column::Id.eq(request.0))
-            .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
-            .exec(&txn)
-            .await?;
-        if res.rows_affected == 0 {
-            return Err(StoreError::Conflict("request is no longer approved".into()));
-        }
+            ),
+        )
+        .await?;
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
         Ok(())
@@ -295,22 +290,17 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
-        let res = certificate_requests::Entity::update_many()
-            .col_expr(
-                certificate_requests::Column::Status,
-                Expr::value(RequestStatus::Failed.as_str()),
-            )
-            .col_expr(
+        move_request(
+            &txn,
+            request,
+            RequestStatus::Approved,
+            RequestStatus::Failed,
+            (
                 certificate_requests::Column::FailureReason,
                 Expr::value(Some(reason.to_string())),
-            )
-            .filter(certificate_requests::Column::Id.eq(request.0))
-            .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
-            .exec(&txn)
-            .await?;
-        if res.rows_affected == 0 {
-            return Err(StoreError::Conflict("request is no longer approved".into()));
-        }
+            ),
+        )
+        .await?;
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
         Ok(())
@@ -419,6 +409,31 @@ impl SecureDb {
             .map(certificate_from)
             .transpose()
     }
+}
+
+/// Compare-and-set of a request's status (and one more column): zero rows
+/// means somebody else moved it first, a [`StoreError::Conflict`].
+async fn move_request<C: ConnectionTrait>(
+    db: &C,
+    id: RequestId,
+    from: RequestStatus,
+    to: RequestStatus,
+    also: (certificate_requests::Column, Expr),
+) -> StoreResult<()> {
+    let res = certificate_requests::Entity::update_many()
+        .col_expr(
+            certificate_requests::Column::Status,
+            Expr::value(to.as_str()),
+        )
+        .col_expr(also.0, also.1)
+        .filter(certificate_requests::Column::Id.eq(id.0))
+        .filter(certificate_requests::Column::Status.eq(from.as_str()))
+        .exec(db)
+        .await?;
+    if res.rows_affected == 0 {
+        return Err(StoreError::Conflict(format!("request is no longer {from}")));
+    }
+    Ok(())
 }
 
 fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {

@@ -31,6 +31,8 @@ pub struct TestApp {
     pub admin_password: String,
     pg_databases: Vec<String>,
     child: Option<Child>,
+    /// Environment of the server, without its listen addresses.
+    env: Vec<(String, String)>,
 }
 
 /// Runs `body` against a fresh app on the given backend, or skips (with a
@@ -139,24 +141,11 @@ impl TestApp {
             .unwrap();
         assert!(status.success(), "softhsm/init-token.sh failed");
 
-        let (api_port, public_port) = (free_port(), free_port());
         let admin_password = format!("Adm1n-{}", uuid::Uuid::new_v4().simple());
+        let conf = data_dir.path().join("softhsm/softhsm2.conf");
         env.extend([
             ("CLM_DATA_DIR".into(), data_dir.path().display().to_string()),
-            (
-                "SOFTHSM2_CONF".into(),
-                data_dir
-                    .path()
-                    .join("softhsm/softhsm2.conf")
-                    .display()
-                    .to_string(),
-            ),
-            ("CLM_LISTEN".into(), format!("127.0.0.1:{api_port}")),
-            ("CLM_HTTP_LISTEN".into(), format!("127.0.0.1:{public_port}")),
-            (
-                "CLM_PUBLIC_URL".into(),
-                format!("http://127.0.0.1:{public_port}"),
-            ),
+            ("SOFTHSM2_CONF".into(), conf.display().to_string()),
             ("CLM_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
             (
                 "CLM_BOOTSTRAP_ADMIN_PASSWORD".into(),
@@ -166,45 +155,71 @@ impl TestApp {
             ("CLM_HSM_POOL_SIZE".into(), "4".into()),
         ]);
         env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        std::fs::write(
-            data_dir.path().join("test.env"),
-            env.iter()
-                .map(|(k, v)| format!("{k}={v}\n"))
-                .collect::<String>(),
-        )
-        .unwrap();
-
-        let log = std::fs::File::create(data_dir.path().join("server.log")).unwrap();
-        let out = std::fs::File::create(data_dir.path().join("server.out")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_clm"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(out)
-            .stderr(log)
-            .spawn()
-            .unwrap();
 
         let mut app = TestApp {
             backend,
-            api: format!("https://127.0.0.1:{api_port}"),
-            public: format!("http://127.0.0.1:{public_port}"),
+            api: String::new(),
+            public: String::new(),
             client: reqwest::Client::new(),
             admin_password,
             pg_databases,
-            child: Some(child),
+            child: None,
             data_dir,
+            env,
         };
         app.wait_until_serving().await;
         Some(app)
     }
 
+    /// Starts `clm serve` on two free ports.
+    fn spawn_server(&mut self) {
+        let (api_port, public_port) = (free_port(), free_port());
+        self.api = format!("https://127.0.0.1:{api_port}");
+        self.public = format!("http://127.0.0.1:{public_port}");
+        let mut env = self.env.clone();
+        env.extend([
+            ("CLM_LISTEN".to_string(), format!("127.0.0.1:{api_port}")),
+            (
+                "CLM_HTTP_LISTEN".to_string(),
+                format!("127.0.0.1:{public_port}"),
+            ),
+            ("CLM_PUBLIC_URL".to_string(), self.public.clone()),
+        ]);
+        std::fs::write(
+            self.path("test.env"),
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.path("server.log")).unwrap();
+        let out = std::fs::File::create(self.path("server.out")).unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_clm"))
+                .arg("serve")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdout(out)
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
     async fn wait_until_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let ca_path = self.data_dir.path().join("tls/ca.pem");
+        let mut spawns = 1;
+        self.spawn_server();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                // Another test may have taken a port between our probe and the bind.
+                if self.server_log().contains("cannot bind") && spawns < 3 {
+                    spawns += 1;
+                    self.spawn_server();
+                    continue;
+                }
                 panic!("clm serve exited early ({status}):\n{}", self.server_log());
             }
             if ca_path.exists() {
