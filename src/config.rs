@@ -52,6 +52,10 @@ pub struct Config {
     pub login_lockout_seconds: i64,
     /// Login attempts accepted per source address and minute.
     pub login_rate_per_minute: i64,
+    /// A request pending approval for longer expires.
+    pub request_ttl_seconds: i64,
+    /// How often background jobs (request expiry) run.
+    pub job_interval_seconds: i64,
     /// `json` (default) or `text`.
     pub log_format: String,
 }
@@ -80,6 +84,8 @@ struct FileConfig {
     login_max_failures: Option<i64>,
     login_lockout_seconds: Option<i64>,
     login_rate_per_minute: Option<i64>,
+    request_ttl_seconds: Option<i64>,
+    job_interval_seconds: Option<i64>,
     log_format: Option<String>,
 }
 
@@ -189,6 +195,13 @@ impl Config {
             positive("CLM_LOGIN_LOCKOUT_SECONDS", file.login_lockout_seconds, 900)?;
         let login_rate_per_minute =
             positive("CLM_LOGIN_RATE_PER_MINUTE", file.login_rate_per_minute, 30)?;
+        let request_ttl_seconds = positive(
+            "CLM_REQUEST_TTL_SECONDS",
+            file.request_ttl_seconds,
+            7 * 24 * 3600,
+        )?;
+        let job_interval_seconds =
+            positive("CLM_JOB_INTERVAL_SECONDS", file.job_interval_seconds, 30)?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -242,6 +255,8 @@ impl Config {
             login_max_failures,
             login_lockout_seconds,
             login_rate_per_minute,
+            request_ttl_seconds,
+            job_interval_seconds,
             log_format,
             data_dir,
         })

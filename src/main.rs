@@ -150,6 +150,7 @@ fn print_report(report: &InitReport) {
 
 async fn serve(cfg: &Config) -> CliResult<()> {
     let clm = init(cfg).await?;
+    spawn_jobs(clm.clone(), cfg.job_interval_seconds);
     let tls_dir = cfg.tls_dir();
     clm::http::serve(
         clm,
@@ -161,6 +162,22 @@ async fn serve(cfg: &Config) -> CliResult<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Periodic background work of this instance.
+fn spawn_jobs(clm: Clm, interval_seconds: i64) {
+    let period = std::time::Duration::from_secs(u64::try_from(interval_seconds).unwrap_or(30));
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(period);
+        loop {
+            tick.tick().await;
+            match clm.expire_overdue_requests().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "pending requests expired"),
+                Err(e) => tracing::warn!(error = %e.log_message(), "request expiry job failed"),
+            }
+        }
+    });
 }
 
 async fn migrate(cfg: &Config) -> CliResult<()> {

@@ -692,7 +692,7 @@ async fn lockout(app: &TestApp) {
         assert_eq!(login("wrong password!!").await.unwrap().status(), 401);
     }
     assert_eq!(login(PASSWORD).await.unwrap().status(), 401);
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(LOCKOUT_SECONDS + 1)).await;
     assert_eq!(
         login(PASSWORD).await.unwrap().status(),
         200,
@@ -712,10 +712,13 @@ async fn lockout(app: &TestApp) {
     assert!(r.headers().get("retry-after").is_some());
 }
 
+/// Long enough that a loaded CI machine locks and checks within it.
+const LOCKOUT_SECONDS: u64 = 10;
+
 async fn lockout_on(backend: Backend) {
     let settings = [
         ("CLM_LOGIN_MAX_FAILURES", "3"),
-        ("CLM_LOGIN_LOCKOUT_SECONDS", "2"),
+        ("CLM_LOGIN_LOCKOUT_SECONDS", &LOCKOUT_SECONDS.to_string()),
         ("CLM_LOGIN_RATE_PER_MINUTE", "20"),
     ];
     if let Some(app) = TestApp::start_with(backend, &settings).await {

@@ -251,3 +251,63 @@ impl AuditEvent {
         self
     }
 }
+
+/// The approval process of one request (clm_core `workflow_instances`).
+#[derive(Clone, Debug)]
+pub struct WorkflowInstance {
+    pub id: uuid::Uuid,
+    pub request_id: RequestId,
+    pub organization_id: OrganizationId,
+    pub requester_id: UserId,
+    pub status: RequestStatus,
+    pub approvals_required: u8,
+    pub approvals_count: u8,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One decision of an approver.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkflowStep {
+    pub actor_id: UserId,
+    pub decision: String,
+    pub comment: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message to one user.
+#[derive(Clone, Debug, Serialize)]
+pub struct Notification {
+    pub id: uuid::Uuid,
+    pub organization_id: OrganizationId,
+    pub user_id: UserId,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub data: serde_json::Value,
+    pub read_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Notification {
+    pub fn new(
+        org: OrganizationId,
+        user: UserId,
+        kind: &str,
+        title: String,
+        body: String,
+        data: serde_json::Value,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4(),
+            organization_id: org,
+            user_id: user,
+            kind: kind.to_string(),
+            title,
+            body,
+            data,
+            read_at: None,
+            created_at: Utc::now(),
+        }
+    }
+}

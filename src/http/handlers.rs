@@ -10,7 +10,7 @@ use super::extract::{Auth, Ctx, parse_id};
 use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
 use crate::service::{
-    CertificateQuery, Clm, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody,
+    CertificateQuery, Clm, Decision, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody,
     PasswordChange, SubmitRequest, page_of,
 };
 
@@ -231,6 +231,72 @@ pub async fn list_certificates(
     q: web::Query<CertificateQuery>,
 ) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.list_certificates(&p, q.into_inner()).await?))
+}
+
+pub async fn approve_request(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+    body: Option<web::Json<Decision>>,
+) -> Result<HttpResponse> {
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(clm.approve_request(&p, parse_id(&id)?, body, &ctx).await?))
+}
+
+pub async fn reject_request(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+    body: web::Json<Decision>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(
+        clm.reject_request(&p, parse_id(&id)?, body.into_inner(), &ctx)
+            .await?,
+    ))
+}
+
+pub async fn cancel_request(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.cancel_request(&p, parse_id(&id)?, &ctx).await?))
+}
+
+pub async fn retry_request(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.retry_request(&p, parse_id(&id)?, &ctx).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    #[serde(default)]
+    unread: bool,
+}
+
+pub async fn list_notifications(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    q: web::Query<NotificationQuery>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.notifications(&p, q.unread).await?))
+}
+
+pub async fn read_notification(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    clm.mark_notification_read(&p, parse_id(&id)?).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn get_request(

@@ -70,6 +70,27 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
             .route("/certificate-requests", web::get().to(list_requests))
             .route("/certificates", web::get().to(list_certificates))
             .route("/certificate-requests/{id}", web::get().to(get_request))
+            .route(
+                "/certificate-requests/{id}/approve",
+                web::post().to(approve_request),
+            )
+            .route(
+                "/certificate-requests/{id}/reject",
+                web::post().to(reject_request),
+            )
+            .route(
+                "/certificate-requests/{id}/cancel",
+                web::post().to(cancel_request),
+            )
+            .route(
+                "/certificate-requests/{id}/retry",
+                web::post().to(retry_request),
+            )
+            .route("/notifications", web::get().to(list_notifications))
+            .route(
+                "/notifications/{id}/read",
+                web::post().to(read_notification),
+            )
             .route("/certificates/{id}", web::get().to(get_certificate)),
     );
     public_routes(cfg);

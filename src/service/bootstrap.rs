@@ -507,6 +507,7 @@ impl Clm {
                 ca,
                 key,
                 Actor::SYSTEM,
+                super::issuance::Reservation::New,
                 ctx,
             )
             .await?;

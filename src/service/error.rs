@@ -66,7 +66,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound("object"),
-            StoreError::Conflict(m) => Self::Internal {
+            StoreError::Conflict(m) | StoreError::Duplicate(m) => Self::Internal {
                 log: format!("unexpected conflict: {m}"),
             },
             other => Self::internal(other),

@@ -51,6 +51,15 @@ pub struct RequestView {
     pub created_at: String,
 }
 
+/// How step 1 records the intent to issue.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Reservation {
+    /// A request that is not stored yet (auto-approved profiles).
+    New,
+    /// A stored request moving `from → approved` (final approval, retry).
+    Existing { from: RequestStatus },
+}
+
 /// Draws of a fresh serial before giving up: a collision of 127 random bits
 /// means something is wrong with the random source, not bad luck.
 const SERIAL_ATTEMPTS: usize = 3;
@@ -129,6 +138,11 @@ impl Clm {
                     serde_json::json!({ "profile_id": profile.id, "approvals_required": required }),
                 );
             self.insert_pending_request(&request, &event).await?;
+            if let Err(e) = self.open_workflow(&request, required, p, ctx).await {
+                // clm_secure holds the request; reconciliation reopens the
+                // workflow. The requester still gets the request's id.
+                tracing::error!(request = %request.id, error = %e.log_message(), "workflow not opened");
+            }
             return Ok((request_view(&request, required), true));
         }
 
@@ -142,6 +156,7 @@ impl Clm {
                 &ca,
                 key,
                 p.actor(),
+                Reservation::New,
                 ctx,
             )
             .await?;
@@ -162,7 +177,7 @@ impl Clm {
         match self.secure.insert_request(request, event).await {
             // The only unique key a pending request can hit is its
             // idempotency key: a concurrent retry of the same submission.
-            Err(StoreError::Conflict(_)) => Err(ServiceError::conflict(
+            Err(StoreError::Duplicate(_)) => Err(ServiceError::conflict(
                 "duplicate_request",
                 "a request with this Idempotency-Key is being processed",
             )),
@@ -180,6 +195,7 @@ impl Clm {
         ca: &CertificateAuthority,
         key: Arc<HsmKey>,
         actor: Actor,
+        reservation: Reservation,
         ctx: &RequestContext,
     ) -> ServiceResult<Certificate> {
         // Step 1: the intent, with a serial nobody else can take.
@@ -194,10 +210,25 @@ impl Clm {
                     "serial": request.reserved_serial_hex,
                     "profile_id": request.profile_id,
                 }));
-            match self.secure.insert_request(request, &event).await {
+            let reserved = match reservation {
+                Reservation::New => self.secure.insert_request(request, &event).await,
+                Reservation::Existing { from } => {
+                    let serial_hex = pki::serial_hex(&serial);
+                    self.secure
+                        .approve_request(request.id, from, &serial_hex, &event)
+                        .await
+                }
+            };
+            match reserved {
                 Ok(()) => break,
-                Err(StoreError::Conflict(_)) if attempt < SERIAL_ATTEMPTS => {
+                Err(StoreError::Duplicate(_)) if attempt < SERIAL_ATTEMPTS => {
                     serial = pki::random_serial()
+                }
+                Err(StoreError::Conflict(_)) => {
+                    return Err(ServiceError::conflict(
+                        "request_decided",
+                        "the request was already decided by someone else",
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -320,7 +351,10 @@ impl Clm {
             .await?
             .map(|pr| pr.rules.required_approvals)
             .unwrap_or(0);
-        Ok(request_view(&request, required))
+        Ok(RequestView {
+            approvals: self.approvals_of(id).await?,
+            ..request_view(&request, required)
+        })
     }
 }
 

@@ -15,6 +15,7 @@ mod organizations;
 mod principal;
 mod profiles;
 mod users;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use organizations::NewOrganization;
 pub use principal::Principal;
 pub use profiles::NewProfile;
 pub use users::{AddedUser, NewUserBody, PasswordChange};
+pub use workflow::Decision;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -49,6 +51,8 @@ pub struct Settings {
     pub login_max_failures: i64,
     pub login_lockout_seconds: i64,
     pub login_rate_per_minute: i64,
+    pub request_ttl_seconds: i64,
+    pub job_interval_seconds: i64,
     pub token_label: String,
 }
 
@@ -61,6 +65,8 @@ impl From<&Config> for Settings {
             login_max_failures: c.login_max_failures,
             login_lockout_seconds: c.login_lockout_seconds,
             login_rate_per_minute: c.login_rate_per_minute,
+            request_ttl_seconds: c.request_ttl_seconds,
+            job_interval_seconds: c.job_interval_seconds,
             token_label: c.pkcs11_token_label.clone(),
         }
     }

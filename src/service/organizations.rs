@@ -65,7 +65,7 @@ impl Clm {
             .details(serde_json::json!({ "name": name, "slug": slug }));
         match self.core.insert_organization(name, &slug, &event).await {
             Ok(org) => Ok(org),
-            Err(StoreError::Conflict(_)) => Err(ServiceError::conflict(
+            Err(StoreError::Duplicate(_)) => Err(ServiceError::conflict(
                 "duplicate_organization",
                 "an organisation with this name or slug already exists",
             )),

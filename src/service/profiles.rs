@@ -123,7 +123,7 @@ impl Clm {
             .details(serde_json::json!({ "name": profile.name, "ca_id": ca.id }));
         match self.core.insert_profile(&profile, &event).await {
             Ok(()) => Ok(ProfileView::from(&profile)),
-            Err(crate::store::StoreError::Conflict(_)) => Err(ServiceError::conflict(
+            Err(crate::store::StoreError::Duplicate(_)) => Err(ServiceError::conflict(
                 "duplicate_profile",
                 "a profile with this name already exists in your organisation",
             )),

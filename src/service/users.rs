@@ -121,7 +121,7 @@ impl Clm {
             )
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(_) => ServiceError::conflict(
+                StoreError::Duplicate(_) => ServiceError::conflict(
                     "duplicate_email",
                     "a user with this email already exists",
                 ),

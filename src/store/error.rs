@@ -7,9 +7,13 @@ use sea_orm::{DbErr, SqlErr};
 pub enum StoreError {
     #[error("not found")]
     NotFound,
-    /// A unique constraint or a compare-and-set precondition did not hold.
+    /// A compare-and-set precondition did not hold: somebody else changed
+    /// the row first.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A unique constraint refused the row.
+    #[error("duplicate: {0}")]
+    Duplicate(String),
     /// A stored value could not be read back into a domain type.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -20,7 +24,7 @@ pub enum StoreError {
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
         match e.sql_err() {
-            Some(SqlErr::UniqueConstraintViolation(m)) => StoreError::Conflict(m),
+            Some(SqlErr::UniqueConstraintViolation(m)) => StoreError::Duplicate(m),
             _ => StoreError::Database(e.to_string()),
         }
     }

@@ -271,12 +271,53 @@ impl SecureDb {
             request,
             RequestStatus::Approved,
             RequestStatus::Issued,
-            (
+            Some((
                 certificate_requests::Column::CertificateId,
                 Expr::value(Some(cert.id.0)),
-            ),
+            )),
         )
         .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a request `from → approved` and reserves its serial in the same
+    /// compare-and-set: of concurrent callers exactly one wins.
+    pub async fn approve_request(
+        &self,
+        request: RequestId,
+        from: RequestStatus,
+        serial_hex: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        move_request(
+            &txn,
+            request,
+            from,
+            RequestStatus::Approved,
+            Some((
+                certificate_requests::Column::ReservedSerialHex,
+                Expr::value(Some(serial_hex.to_string())),
+            )),
+        )
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Compare-and-set of a request's status, audited.
+    pub async fn move_request(
+        &self,
+        request: RequestId,
+        from: RequestStatus,
+        to: RequestStatus,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        move_request(&txn, request, from, to, None).await?;
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
         Ok(())
@@ -295,10 +336,10 @@ impl SecureDb {
             request,
             RequestStatus::Approved,
             RequestStatus::Failed,
-            (
+            Some((
                 certificate_requests::Column::FailureReason,
                 Expr::value(Some(reason.to_string())),
-            ),
+            )),
         )
         .await?;
         audit::insert_secure(&txn, event).await?;
@@ -418,14 +459,16 @@ async fn move_request<C: ConnectionTrait>(
     id: RequestId,
     from: RequestStatus,
     to: RequestStatus,
-    also: (certificate_requests::Column, Expr),
+    also: Option<(certificate_requests::Column, Expr)>,
 ) -> StoreResult<()> {
-    let res = certificate_requests::Entity::update_many()
-        .col_expr(
-            certificate_requests::Column::Status,
-            Expr::value(to.as_str()),
-        )
-        .col_expr(also.0, also.1)
+    let mut update = certificate_requests::Entity::update_many().col_expr(
+        certificate_requests::Column::Status,
+        Expr::value(to.as_str()),
+    );
+    if let Some((column, value)) = also {
+        update = update.col_expr(column, value);
+    }
+    let res = update
         .filter(certificate_requests::Column::Id.eq(id.0))
         .filter(certificate_requests::Column::Status.eq(from.as_str()))
         .exec(db)

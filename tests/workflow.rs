@@ -1,0 +1,433 @@
+//! Approval workflows with separation of duties, on both backends: 2-of-N
+//! approval, self-approval, double votes, rejection, cancellation, expiry,
+//! a race of final approvals, and who is told what.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Backend, TestApp, ec_csr};
+use serde_json::{Value, json};
+
+on_both_backends! {
+    two_of_n_approvals_issue_the_certificate => two_of_n;
+    separation_of_duties_is_enforced => separation_of_duties;
+    rejection_and_cancellation_end_the_workflow => reject_and_cancel;
+    parallel_final_approvals_issue_exactly_once => race;
+}
+
+struct Org {
+    admin: String,
+    requester: String,
+    approvers: Vec<String>,
+    profile: String,
+}
+
+/// An organisation with a requester, `n` approvers and a profile needing
+/// `required` approvals.
+async fn org(app: &TestApp, name: &str, n: usize, required: u8) -> Org {
+    let root = app.admin_token().await;
+    let org = app.create_org(&root, name).await;
+    let slug = name.to_lowercase();
+    let (_, admin) = app
+        .create_user(
+            &root,
+            &org,
+            &format!("admin@{slug}.test"),
+            &["org_admin", "ca_admin"],
+        )
+        .await;
+    let (_, requester) = app
+        .create_user(&root, &org, &format!("req@{slug}.test"), &["requester"])
+        .await;
+    let mut approvers = Vec::new();
+    for i in 0..n {
+        approvers.push(
+            app.create_user(&root, &org, &format!("appr{i}@{slug}.test"), &["approver"])
+                .await
+                .1,
+        );
+    }
+    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
+    let ca = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "intermediate")
+        .unwrap()["id"]
+        .clone();
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/profiles",
+            &json!({ "name": "approved-tls", "ca_id": ca, "key_algorithms": ["ecdsa-p256"],
+                     "allowed_dns_suffixes": [format!("{slug}.test")], "max_validity_days": 90,
+                     "extended_key_usages": ["serverAuth"], "required_approvals": required }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let profile = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Org {
+        admin,
+        requester,
+        approvers,
+        profile,
+    }
+}
+
+async fn submit(app: &TestApp, o: &Org, token: &str, name: &str) -> Value {
+    let r = app
+        .post(
+            token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": o.profile, "csr_pem": ec_csr(&[name]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "pending_approval", "{v}");
+    assert!(v["certificate_id"].is_null());
+    v
+}
+
+async fn decide(app: &TestApp, token: &str, id: &str, verb: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .post(
+            token,
+            &format!("/api/v1/certificate-requests/{id}/{verb}"),
+            &body,
+        )
+        .await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn kinds(app: &TestApp, token: &str) -> Vec<String> {
+    let v: Value = app
+        .get(token, "/api/v1/notifications")
+        .await
+        .json()
+        .await
+        .unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn two_of_n(app: &TestApp) {
+    let o = org(app, "Two", 3, 2).await;
+    let other = org(app, "Elsewhere", 1, 1).await;
+    let req = submit(app, &o, &o.requester, "www.two.test").await;
+    let id = req["id"].as_str().unwrap();
+    assert_eq!(req["approvals_required"], 2);
+
+    let (s, v) = decide(
+        app,
+        &o.approvers[0],
+        id,
+        "approve",
+        json!({ "comment": "looks right" }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "pending_approval");
+    assert_eq!(v["approvals"][0]["comment"], "looks right");
+    let (s, v) = decide(app, &o.approvers[1], id, "approve", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "issued", "{v}");
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 2);
+    let cert = app
+        .get(
+            &o.requester,
+            &format!(
+                "/api/v1/certificates/{}",
+                v["certificate_id"].as_str().unwrap()
+            ),
+        )
+        .await;
+    assert_eq!(cert.status(), 200);
+
+    // A third approval after completion is refused.
+    assert_eq!(
+        decide(app, &o.approvers[2], id, "approve", json!({}))
+            .await
+            .0,
+        409
+    );
+
+    // Approvers were told of the pending request, the requester of issuance;
+    // nobody else.
+    for a in &o.approvers {
+        assert!(kinds(app, a).await.contains(&"request.pending".to_string()));
+    }
+    assert_eq!(kinds(app, &o.requester).await, ["request.issued"]);
+    assert!(kinds(app, &other.approvers[0]).await.is_empty());
+    assert!(kinds(app, &o.admin).await.is_empty());
+
+    // Reading a notification marks it; someone else's is not found.
+    let list: Value = app
+        .get(&o.requester, "/api/v1/notifications")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let nid = list[0]["id"].as_str().unwrap();
+    let r = app
+        .post(
+            &o.requester,
+            &format!("/api/v1/notifications/{nid}/read"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let unread: Value = app
+        .get(&o.requester, "/api/v1/notifications?unread=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(unread.as_array().unwrap().is_empty());
+    let r = app
+        .post(
+            &o.approvers[0],
+            &format!("/api/v1/notifications/{nid}/read"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+}
+
+async fn separation_of_duties(app: &TestApp) {
+    let o = org(app, "Sod", 2, 2).await;
+    let root = app.admin_token().await;
+    let orgs: Value = app
+        .get(&root, "/api/v1/organizations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let org_id = orgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "Sod")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, both) = app
+        .create_user(&root, &org_id, "both@sod.test", &["requester", "approver"])
+        .await;
+    let req = submit(app, &o, &both, "self.sod.test").await;
+    let id = req["id"].as_str().unwrap();
+    assert_eq!(
+        decide(app, &both, id, "approve", json!({})).await.0,
+        403,
+        "self-approval"
+    );
+    assert_eq!(
+        decide(app, &o.requester, id, "approve", json!({})).await.0,
+        403,
+        "a requester is no approver"
+    );
+
+    assert_eq!(
+        decide(app, &o.approvers[0], id, "approve", json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        decide(app, &o.approvers[0], id, "approve", json!({}))
+            .await
+            .0,
+        409,
+        "double vote"
+    );
+    let v: Value = app
+        .get(&both, &format!("/api/v1/certificate-requests/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 1);
+
+    // Approvers of another organisation cannot even see it.
+    let other = org(app, "Foreign", 1, 1).await;
+    assert_eq!(
+        decide(app, &other.approvers[0], id, "approve", json!({}))
+            .await
+            .0,
+        404
+    );
+}
+
+async fn reject_and_cancel(app: &TestApp) {
+    let o = org(app, "Rej", 2, 1).await;
+    let req = submit(app, &o, &o.requester, "a.rej.test").await;
+    let id = req["id"].as_str().unwrap();
+    assert_eq!(
+        decide(app, &o.approvers[0], id, "reject", json!({}))
+            .await
+            .0,
+        400,
+        "a reason is required"
+    );
+    let (s, v) = decide(
+        app,
+        &o.approvers[0],
+        id,
+        "reject",
+        json!({ "reason": "unknown host" }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "rejected");
+    assert_eq!(
+        decide(app, &o.approvers[1], id, "approve", json!({}))
+            .await
+            .0,
+        409,
+        "approve after reject"
+    );
+    assert!(
+        kinds(app, &o.requester)
+            .await
+            .contains(&"request.rejected".to_string())
+    );
+
+    let req = submit(app, &o, &o.requester, "b.rej.test").await;
+    let id = req["id"].as_str().unwrap();
+    assert_eq!(
+        decide(app, &o.approvers[0], id, "cancel", json!({}))
+            .await
+            .0,
+        403,
+        "only the requester cancels"
+    );
+    let (s, v) = decide(app, &o.requester, id, "cancel", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"], "cancelled");
+    assert_eq!(
+        decide(app, &o.approvers[0], id, "approve", json!({}))
+            .await
+            .0,
+        409,
+        "approve after cancel"
+    );
+    assert_eq!(
+        decide(app, &o.requester, id, "cancel", json!({})).await.0,
+        409,
+        "cancel twice"
+    );
+}
+
+async fn race(app: &TestApp) {
+    let o = org(app, "Race", 10, 1).await;
+    let req = submit(app, &o, &o.requester, "race.race.test").await;
+    let id = req["id"].as_str().unwrap().to_string();
+    let calls = o.approvers.iter().map(|token| {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url(&format!("/api/v1/certificate-requests/{id}/approve")),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses: Vec<u16> = Vec::new();
+    for c in calls.collect::<Vec<_>>() {
+        statuses.push(c.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        9,
+        "{statuses:?}"
+    );
+    let certs: Value = app
+        .get(&o.requester, "/api/v1/certificates")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(certs["total"], 1, "exactly one certificate");
+    let v: Value = app
+        .get(&o.requester, &format!("/api/v1/certificate-requests/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "issued");
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 1);
+}
+
+async fn expiry(backend: Backend) {
+    let settings = [
+        ("CLM_REQUEST_TTL_SECONDS", "2"),
+        ("CLM_JOB_INTERVAL_SECONDS", "1"),
+    ];
+    let Some(app) = TestApp::start_with(backend, &settings).await else {
+        return;
+    };
+    let o = org(&app, "Late", 1, 1).await;
+    let req = submit(&app, &o, &o.requester, "late.late.test").await;
+    let id = req["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v: Value = app
+            .get(&o.requester, &format!("/api/v1/certificate-requests/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "expired" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never expired: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        decide(&app, &o.approvers[0], id, "approve", json!({}))
+            .await
+            .0,
+        409
+    );
+    assert!(
+        kinds(&app, &o.requester)
+            .await
+            .contains(&"request.expired".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_expire_sqlite() {
+    expiry(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_expire_postgres() {
+    expiry(Backend::Postgres).await;
+}
