@@ -56,6 +56,9 @@ pub struct Config {
     pub request_ttl_seconds: i64,
     /// How often background jobs (request expiry) run.
     pub job_interval_seconds: i64,
+    /// First wait before a failed webhook delivery is retried; doubles
+    /// with every attempt.
+    pub webhook_retry_base_seconds: i64,
     /// `json` (default) or `text`.
     pub log_format: String,
 }
@@ -86,6 +89,7 @@ struct FileConfig {
     login_rate_per_minute: Option<i64>,
     request_ttl_seconds: Option<i64>,
     job_interval_seconds: Option<i64>,
+    webhook_retry_base_seconds: Option<i64>,
     log_format: Option<String>,
 }
 
@@ -202,6 +206,11 @@ impl Config {
         )?;
         let job_interval_seconds =
             positive("CLM_JOB_INTERVAL_SECONDS", file.job_interval_seconds, 30)?;
+        let webhook_retry_base_seconds = positive(
+            "CLM_WEBHOOK_RETRY_BASE_SECONDS",
+            file.webhook_retry_base_seconds,
+            5,
+        )?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -257,6 +266,7 @@ impl Config {
             login_rate_per_minute,
             request_ttl_seconds,
             job_interval_seconds,
+            webhook_retry_base_seconds,
             log_format,
             data_dir,
         })

@@ -167,6 +167,27 @@ async fn serve(cfg: &Config) -> CliResult<()> {
 /// Periodic background work of this instance.
 fn spawn_jobs(clm: Clm, interval_seconds: i64) {
     let period = std::time::Duration::from_secs(u64::try_from(interval_seconds).unwrap_or(30));
+    // Webhooks are wanted soon after their event: at least every 5 seconds.
+    let hooks = clm.clone();
+    actix_web::rt::spawn(async move {
+        let client = match reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook client unavailable; deliveries stop");
+                return;
+            }
+        };
+        let mut tick = actix_web::rt::time::interval(period.min(std::time::Duration::from_secs(5)));
+        loop {
+            tick.tick().await;
+            if let Err(e) = hooks.deliver_webhooks(&client).await {
+                tracing::warn!(error = %e.log_message(), "webhook delivery job failed");
+            }
+        }
+    });
     actix_web::rt::spawn(async move {
         let mut tick = actix_web::rt::time::interval(period);
         loop {

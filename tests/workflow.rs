@@ -431,3 +431,218 @@ async fn pending_requests_expire_sqlite() {
 async fn pending_requests_expire_postgres() {
     expiry(Backend::Postgres).await;
 }
+
+/// A webhook receiver on loopback that records what it gets.
+struct Receiver {
+    got:
+        std::sync::Arc<std::sync::Mutex<Vec<(std::collections::HashMap<String, String>, Vec<u8>)>>>,
+}
+
+impl Receiver {
+    async fn start(port: u16) -> Receiver {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head_len, headers) = loop {
+                        let n = sock.read(&mut chunk).await.unwrap();
+                        assert!(n > 0, "connection closed mid-request");
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..pos]).to_string();
+                            let headers: std::collections::HashMap<String, String> = head
+                                .lines()
+                                .skip(1)
+                                .filter_map(|l| l.split_once(':'))
+                                .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+                                .collect();
+                            break (pos + 4, headers);
+                        }
+                    };
+                    let len: usize = headers.get("content-length").unwrap().parse().unwrap();
+                    while buf.len() < head_len + len {
+                        let n = sock.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push((headers, buf[head_len..head_len + len].to_vec()));
+                    sock.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await
+                    .unwrap();
+                });
+            }
+        });
+        Receiver { got }
+    }
+
+    /// Event types received so far, after checking every signature.
+    fn events(&self, secret: &str) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, body)| {
+                let ts = &h["x-clm-timestamp"];
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+                let expected = hex::encode(
+                    ring::hmac::sign(&key, &[ts.as_bytes(), b".", body].concat()).as_ref(),
+                );
+                assert_eq!(
+                    h["x-clm-signature"],
+                    format!("sha256={expected}"),
+                    "signature verifies"
+                );
+                let v: Value = serde_json::from_slice(body).unwrap();
+                assert_eq!(v["type"].as_str(), h.get("x-clm-event").map(String::as_str));
+                v["type"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn webhooks(backend: Backend) {
+    let settings = [
+        ("CLM_JOB_INTERVAL_SECONDS", "1"),
+        ("CLM_WEBHOOK_RETRY_BASE_SECONDS", "1"),
+    ];
+    let Some(app) = TestApp::start_with(backend, &settings).await else {
+        return;
+    };
+    let o = org(&app, "Hooked", 1, 1).await;
+    // A port nobody listens on yet: the receiver is "down".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = app
+        .post(
+            &o.admin,
+            "/api/v1/webhooks",
+            &json!({ "url": format!("http://127.0.0.1:{port}/hook") }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let hook: Value = r.json().await.unwrap();
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    let deliveries = format!(
+        "/api/v1/webhooks/{}/deliveries",
+        hook["id"].as_str().unwrap()
+    );
+
+    let req = submit(&app, &o, &o.requester, "hook.hooked.test").await;
+    let id = req["id"].as_str().unwrap().to_string();
+    // The first attempt fails and is scheduled again.
+    let mut failed_once = false;
+    for _ in 0..100 {
+        let list: Value = app.get(&o.admin, &deliveries).await.json().await.unwrap();
+        if list[0]["attempts"].as_i64().unwrap_or(0) >= 1 {
+            assert_eq!(list[0]["status"], "pending");
+            assert!(list[0]["last_error"].is_string());
+            failed_once = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(failed_once, "no failed attempt recorded");
+
+    // The receiver comes up: the queued event is redelivered, signed.
+    let receiver = Receiver::start(port).await;
+    wait_for("redelivery", || !receiver.events(&secret).is_empty()).await;
+    assert_eq!(receiver.events(&secret)[0], "request.created");
+
+    assert_eq!(
+        decide(&app, &o.approvers[0], &id, "approve", json!({}))
+            .await
+            .0,
+        200
+    );
+    wait_for("approval and issuance events", || {
+        receiver.events(&secret).len() >= 3
+    })
+    .await;
+    let events = receiver.events(&secret);
+    assert!(
+        events.contains(&"request.approved".to_string())
+            && events.contains(&"request.issued".to_string()),
+        "{events:?}"
+    );
+
+    let list: Value = app.get(&o.admin, &deliveries).await.json().await.unwrap();
+    let first = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event"] == "request.created")
+        .unwrap();
+    assert_eq!(first["status"], "delivered");
+    assert!(first["attempts"].as_i64().unwrap() >= 2, "{first}");
+
+    // Another organisation sees neither the webhook nor its deliveries.
+    let other = org(&app, "Unhooked", 1, 1).await;
+    let theirs: Value = app
+        .get(&other.admin, "/api/v1/webhooks")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(theirs.as_array().unwrap().is_empty());
+    assert_eq!(app.get(&other.admin, &deliveries).await.status(), 404);
+
+    // The secret is shown once and stored nowhere.
+    let hooks: Value = app
+        .get(&o.admin, "/api/v1/webhooks")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(!hooks.to_string().contains(&secret));
+    if backend == Backend::Sqlite {
+        for db in [
+            "clm_core.db",
+            "clm_secure.db",
+            "clm_core.db-wal",
+            "clm_secure.db-wal",
+        ] {
+            if let Ok(bytes) = std::fs::read(app.path(db)) {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "secret in {db}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_redelivered_sqlite() {
+    webhooks(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_redelivered_postgres() {
+    webhooks(Backend::Postgres).await;
+}

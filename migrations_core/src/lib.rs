@@ -7,6 +7,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
+mod m20261122_000002_webhooks;
 pub mod sql;
 
 pub struct Migrator;
@@ -14,7 +15,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_init::Migration)]
+        vec![
+            Box::new(m20261122_000001_init::Migration),
+            Box::new(m20261122_000002_webhooks::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

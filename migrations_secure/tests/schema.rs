@@ -25,6 +25,8 @@ const CORE_TABLES: &[&str] = &[
     "api_keys",
     "sessions",
     "certificate_metadata",
+    "webhooks",
+    "webhook_deliveries",
 ];
 const CORE_VIEWS: &[&str] = &[
     "active_users_with_roles",
@@ -98,7 +100,7 @@ async fn scenario(db: &DatabaseConnection) {
             .await
             .unwrap_or_else(|e| panic!("{rel} missing: {e}"));
     }
-    assert_eq!(count(db, "seaql_migrations_core").await.unwrap(), 1);
+    assert_eq!(count(db, "seaql_migrations_core").await.unwrap(), 2);
     assert_eq!(count(db, "seaql_migrations_secure").await.unwrap(), 1);
     assert_eq!(count(db, "roles").await.unwrap(), 6);
     for role in [

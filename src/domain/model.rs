@@ -311,3 +311,31 @@ impl Notification {
         }
     }
 }
+
+/// An organisation's webhook endpoint. Its signing secret is never stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Webhook {
+    pub id: uuid::Uuid,
+    pub organization_id: OrganizationId,
+    pub url: String,
+    /// Subscribed event names; empty means all.
+    pub events: Vec<String>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One event on its way to one webhook.
+#[derive(Clone, Debug, Serialize)]
+pub struct WebhookDelivery {
+    pub id: uuid::Uuid,
+    pub webhook_id: uuid::Uuid,
+    pub event: String,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}

@@ -11,7 +11,7 @@ use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
 use crate::service::{
     CertificateQuery, Clm, Decision, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody,
-    PasswordChange, SubmitRequest, page_of,
+    NewWebhook, PasswordChange, SubmitRequest, page_of,
 };
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -138,6 +138,37 @@ pub async fn revoke_api_key(
 ) -> Result<HttpResponse> {
     clm.revoke_api_key(&p, parse_id(&id)?, &ctx).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn list_webhooks(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.list_webhooks(&p).await?))
+}
+
+pub async fn create_webhook(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    body: web::Json<NewWebhook>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(clm.create_webhook(&p, body.into_inner(), &ctx).await?))
+}
+
+pub async fn disable_webhook(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    clm.disable_webhook(&p, parse_id(&id)?, &ctx).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn webhook_deliveries(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.webhook_deliveries(&p, parse_id(&id)?).await?))
 }
 
 pub async fn list_cas(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {

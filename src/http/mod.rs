@@ -87,6 +87,13 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
                 web::post().to(retry_request),
             )
             .route("/notifications", web::get().to(list_notifications))
+            .route("/webhooks", web::get().to(list_webhooks))
+            .route("/webhooks", web::post().to(create_webhook))
+            .route("/webhooks/{id}", web::delete().to(disable_webhook))
+            .route(
+                "/webhooks/{id}/deliveries",
+                web::get().to(webhook_deliveries),
+            )
             .route(
                 "/notifications/{id}/read",
                 web::post().to(read_notification),

@@ -143,11 +143,23 @@ impl Clm {
                 // workflow. The requester still gets the request's id.
                 tracing::error!(request = %request.id, error = %e.log_message(), "workflow not opened");
             }
+            self.emit(
+                request.organization_id,
+                "request.created",
+                event_data(&request),
+            )
+            .await;
             return Ok((request_view(&request, required), true));
         }
 
         request.status = RequestStatus::Approved;
         let key = self.signing_key(ca.id).await?;
+        self.emit(
+            request.organization_id,
+            "request.created",
+            event_data(&request),
+        )
+        .await;
         let cert = self
             .issue(
                 &mut request,
@@ -309,6 +321,12 @@ impl Clm {
             .await?;
         request.status = RequestStatus::Issued;
         request.certificate_id = Some(cert.id);
+        let mut data = event_data(request);
+        data["certificate_id"] = serde_json::json!(cert.id);
+        data["serial"] = serde_json::json!(cert.serial_hex);
+        data["not_after"] = serde_json::json!(rfc3339(cert.not_after));
+        self.emit(request.organization_id, "request.issued", data)
+            .await;
 
         // Step 4: clm_core follows. If this fails the certificate exists all
         // the same; reconciliation copies it over later.
@@ -356,6 +374,18 @@ impl Clm {
             ..request_view(&request, required)
         })
     }
+}
+
+/// What webhook events say about a request (names, never keys or CSRs).
+pub(super) fn event_data(r: &CertificateRequest) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": r.id,
+        "profile_id": r.profile_id,
+        "requester_id": r.requester_id,
+        "subject": r.subject,
+        "sans": r.sans.iter().map(San::to_string).collect::<Vec<_>>(),
+        "status": r.status,
+    })
 }
 
 fn request_view(r: &CertificateRequest, approvals_required: u8) -> RequestView {

@@ -15,6 +15,7 @@ mod organizations;
 mod principal;
 mod profiles;
 mod users;
+mod webhooks;
 mod workflow;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use organizations::NewOrganization;
 pub use principal::Principal;
 pub use profiles::NewProfile;
 pub use users::{AddedUser, NewUserBody, PasswordChange};
+pub use webhooks::NewWebhook;
 pub use workflow::Decision;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -53,6 +55,7 @@ pub struct Settings {
     pub login_rate_per_minute: i64,
     pub request_ttl_seconds: i64,
     pub job_interval_seconds: i64,
+    pub webhook_retry_base_seconds: i64,
     pub token_label: String,
 }
 
@@ -67,6 +70,7 @@ impl From<&Config> for Settings {
             login_rate_per_minute: c.login_rate_per_minute,
             request_ttl_seconds: c.request_ttl_seconds,
             job_interval_seconds: c.job_interval_seconds,
+            webhook_retry_base_seconds: c.webhook_retry_base_seconds,
             token_label: c.pkcs11_token_label.clone(),
         }
     }

@@ -162,6 +162,12 @@ impl Clm {
             .await
             .map_err(conflict)?;
         if approval.completed {
+            self.emit(
+                request.organization_id,
+                "request.approved",
+                super::issuance::event_data(&request),
+            )
+            .await;
             self.issue_approved(
                 request,
                 &workflow,
@@ -318,6 +324,11 @@ impl Clm {
             serde_json::json!({ "request_id": request.id }),
         );
         self.core.notify(&[notice]).await?;
+        let mut data = super::issuance::event_data(&request);
+        data["status"] = serde_json::json!(RequestStatus::Rejected);
+        data["reason"] = serde_json::json!(reason);
+        self.emit(request.organization_id, "request.rejected", data)
+            .await;
         self.get_request(p, id).await
     }
 

@@ -15,6 +15,7 @@ pub mod entity;
 mod error;
 mod identity;
 mod secure_db;
+mod webhooks;
 mod workflow;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
 pub use secure_db::SecureDb;
+pub use webhooks::AttemptResult;
 pub use workflow::Approval;
 
 use crate::domain::{CaId, CertificateStatus, Secret};

@@ -11,6 +11,8 @@ pub mod sessions;
 pub mod user_organizations;
 pub mod user_roles;
 pub mod users;
+pub mod webhook_deliveries;
+pub mod webhooks;
 pub mod workflow_instances;
 pub mod workflow_steps;
 pub mod workflows;
