@@ -434,9 +434,11 @@ async fn pending_requests_expire_postgres() {
 
 /// A webhook receiver on loopback that records what it gets.
 struct Receiver {
-    got:
-        std::sync::Arc<std::sync::Mutex<Vec<(std::collections::HashMap<String, String>, Vec<u8>)>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
 }
+
+/// Headers (lower-case names) and body of one received request.
+type Received = (std::collections::HashMap<String, String>, Vec<u8>);
 
 impl Receiver {
     async fn start(port: u16) -> Receiver {
