@@ -257,6 +257,47 @@ async fn separation_of_duties(app: &TestApp) {
         .unwrap();
     assert_eq!(v["approvals"].as_array().unwrap().len(), 1);
 
+    // A profile may name which roles approve: here ca_admin, not approver.
+    let cas: Value = app.get(&o.admin, "/api/v1/cas").await.json().await.unwrap();
+    let ca = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "intermediate")
+        .unwrap()["id"]
+        .clone();
+    let r = app
+        .post(
+            &o.admin,
+            "/api/v1/profiles",
+            &json!({ "name": "ca-approved", "ca_id": ca, "key_algorithms": ["ecdsa-p256"],
+                     "allowed_dns_suffixes": ["sod.test"], "max_validity_days": 30,
+                     "extended_key_usages": ["serverAuth"], "required_approvals": 1,
+                     "approver_roles": ["ca_admin"] }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let profile: Value = r.json().await.unwrap();
+    assert_eq!(profile["approver_roles"], json!(["ca_admin"]));
+    let r = app
+        .post(
+            &o.requester,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile["id"], "csr_pem": ec_csr(&["ca.sod.test"]) }),
+        )
+        .await;
+    let pending: Value = r.json().await.unwrap();
+    let pid = pending["id"].as_str().unwrap();
+    assert_eq!(
+        decide(app, &o.approvers[1], pid, "approve", json!({}))
+            .await
+            .0,
+        403,
+        "role not named by the profile"
+    );
+    let (s, v) = decide(app, &o.admin, pid, "approve", json!({})).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("issued")), "{v}");
+
     // Approvers of another organisation cannot even see it.
     let other = org(app, "Foreign", 1, 1).await;
     assert_eq!(

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::algorithm::{ExtendedKeyUsage, KeyAlgorithm};
+use super::role::Role;
 
 /// The longest CN X.509 allows (ub-common-name).
 pub const MAX_COMMON_NAME_LEN: usize = 64;
@@ -27,6 +28,8 @@ pub struct ProfileRules {
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     pub required_approvals: u8,
     pub allow_server_keygen: bool,
+    /// Roles whose holders may approve requests against the profile.
+    pub approver_roles: Vec<Role>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,6 +257,7 @@ mod tests {
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
             required_approvals: 0,
             allow_server_keygen: false,
+            approver_roles: vec![Role::Approver],
         }
     }
 

@@ -128,8 +128,15 @@ impl Clm {
         password: &Secret,
         ctx: &RequestContext,
     ) -> ServiceResult<LoginOutcome> {
-        self.login_limiter
-            .check(ctx.source_ip.as_deref().unwrap_or("unknown"))?;
+        if let Err(limited) = self
+            .login_limiter
+            .check(ctx.source_ip.as_deref().unwrap_or("unknown"))
+        {
+            let event = AuditEvent::new(Actor::ANONYMOUS, "auth.rate_limited", ctx)
+                .outcome(Outcome::Denied);
+            self.core.append_audit(&event).await?;
+            return Err(limited);
+        }
         let user = if email.len() <= 320 {
             self.core.find_user_by_email(email).await?
         } else {

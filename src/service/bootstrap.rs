@@ -388,6 +388,7 @@ impl Clm {
                 ],
                 required_approvals: 0,
                 allow_server_keygen: false,
+                approver_roles: vec![Role::Approver],
             },
             created_at: Utc::now(),
         };

@@ -138,7 +138,10 @@ impl Clm {
                     serde_json::json!({ "profile_id": profile.id, "approvals_required": required }),
                 );
             self.insert_pending_request(&request, &event).await?;
-            if let Err(e) = self.open_workflow(&request, required, p, ctx).await {
+            if let Err(e) = self
+                .open_workflow(&request, required, &profile.rules.approver_roles, p, ctx)
+                .await
+            {
                 // clm_secure holds the request; reconciliation reopens the
                 // workflow. The requester still gets the request's id.
                 tracing::error!(request = %request.id, error = %e.log_message(), "workflow not opened");

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
+use crate::domain::Role;
 use crate::domain::model::{AuditEvent, Profile, RequestContext};
 use crate::domain::profile::is_valid_dns_name;
 use crate::domain::{
@@ -35,6 +36,13 @@ pub struct NewProfile {
     pub required_approvals: u8,
     #[serde(default)]
     pub allow_server_keygen: bool,
+    /// Roles whose holders may approve; default `["approver"]`.
+    #[serde(default = "default_approver_roles")]
+    pub approver_roles: Vec<Role>,
+}
+
+fn default_approver_roles() -> Vec<Role> {
+    vec![Role::Approver]
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +58,7 @@ pub struct ProfileView {
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     pub required_approvals: u8,
     pub allow_server_keygen: bool,
+    pub approver_roles: Vec<Role>,
     pub created_at: String,
 }
 
@@ -67,6 +76,7 @@ impl From<&Profile> for ProfileView {
             extended_key_usages: p.rules.extended_key_usages.clone(),
             required_approvals: p.rules.required_approvals,
             allow_server_keygen: p.rules.allow_server_keygen,
+            approver_roles: p.rules.approver_roles.clone(),
             created_at: rfc3339(p.created_at),
         }
     }
@@ -113,6 +123,7 @@ impl Clm {
                 extended_key_usages: dedup(body.extended_key_usages),
                 required_approvals: body.required_approvals,
                 allow_server_keygen: body.allow_server_keygen,
+                approver_roles: dedup(body.approver_roles),
             },
             created_at: Utc::now(),
         };
@@ -163,6 +174,11 @@ fn validate(p: &Profile) -> ServiceResult<()> {
         return bad(format!(
             "required_approvals must be between 0 and {MAX_APPROVALS}"
         ));
+    }
+    if r.required_approvals > 0 && r.approver_roles.is_empty() {
+        return bad(
+            "approver_roles must name at least one role when approvals are required".into(),
+        );
     }
     if r.allowed_dns_suffixes.len() > 100 {
         return bad("at most 100 allowed_dns_suffixes".into());

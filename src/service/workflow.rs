@@ -15,7 +15,7 @@ use crate::domain::ApprovedCertificate;
 use crate::domain::model::{
     Actor, AuditEvent, CertificateRequest, Notification, Outcome, RequestContext, WorkflowInstance,
 };
-use crate::domain::{Permission, RequestId, RequestStatus, Role};
+use crate::domain::{RequestId, RequestStatus, Role};
 use crate::pki;
 use crate::store::StoreError;
 
@@ -65,6 +65,7 @@ impl Clm {
         &self,
         request: &CertificateRequest,
         required: u8,
+        approver_roles: &[Role],
         p: &Principal,
         ctx: &RequestContext,
     ) -> ServiceResult<()> {
@@ -80,10 +81,16 @@ impl Clm {
             expires_at: now + Duration::seconds(self.settings.request_ttl_seconds),
             created_at: now,
         };
-        let approvers = self
-            .core
-            .users_with_role(request.organization_id, Role::Approver)
-            .await?;
+        let mut approvers = Vec::new();
+        for role in approver_roles {
+            approvers.extend(
+                self.core
+                    .users_with_role(request.organization_id, *role)
+                    .await?,
+            );
+        }
+        approvers.sort();
+        approvers.dedup();
         let notices: Vec<Notification> = approvers
             .into_iter()
             .filter(|u| *u != request.requester_id)
@@ -114,13 +121,14 @@ impl Clm {
         Ok(())
     }
 
-    /// A request the caller may decide on, with its workflow.
+    /// A request the caller may decide on, with its workflow: same
+    /// organisation, not the requester, holding one of the profile's
+    /// approver roles (a super admin always may).
     async fn decidable(
         &self,
         p: &Principal,
         id: RequestId,
     ) -> ServiceResult<(CertificateRequest, WorkflowInstance)> {
-        p.require(Permission::ApproveRequests)?;
         let request = self
             .secure
             .find_request(id)
@@ -135,6 +143,21 @@ impl Clm {
         if request.requester_id == p.user_id {
             return Err(ServiceError::Forbidden(
                 "nobody may decide on their own request",
+            ));
+        }
+        let approver_roles = self
+            .core
+            .find_profile(request.profile_id)
+            .await?
+            .map(|pr| pr.rules.approver_roles)
+            .unwrap_or_else(|| vec![Role::Approver]);
+        if !p
+            .roles
+            .iter()
+            .any(|r| *r == Role::SuperAdmin || approver_roles.contains(r))
+        {
+            return Err(ServiceError::Forbidden(
+                "your roles may not approve requests of this profile",
             ));
         }
         let workflow = self.core.find_workflow(id).await?.ok_or_else(|| {

@@ -317,7 +317,7 @@ impl CoreDb {
                 r.extended_key_usages.iter().map(|e| e.as_str()),
             )),
             required_approvals: Set(i32::from(r.required_approvals)),
-            approver_roles: Set(json_strings([Role::Approver.as_str()])),
+            approver_roles: Set(json_strings(r.approver_roles.iter().map(|r| r.as_str()))),
             allow_server_keygen: Set(r.allow_server_keygen),
             allow_key_archival: Set(false),
             status: Set("active".into()),
@@ -436,6 +436,7 @@ fn profile_from(r: policies::Model) -> StoreResult<Profile> {
             required_approvals: u8::try_from(r.required_approvals)
                 .map_err(super::error::corrupt)?,
             allow_server_keygen: r.allow_server_keygen,
+            approver_roles: parse_all(&r.approver_roles)?,
         },
         created_at: r.created_at,
     })
