@@ -10,6 +10,9 @@ command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# For the README's curl walk-through.
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${CLM_DEPS_TEST:-0}" = 1 ]; then
   command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 fi
