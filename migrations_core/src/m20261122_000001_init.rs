@@ -1,207 +1,360 @@
 //! clm_core, first version: every table, index, constraint, trigger and
-//! view, and the six system roles. See docs/database-core.md.
+//! view, and the six system roles. docs/database-core.md says why each
+//! exists.
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    boolean, integer, json_binary, json_binary_null, text, text_null, text_uniq,
+    timestamp_with_time_zone as ts, timestamp_with_time_zone_null as ts_null, uuid, uuid_null,
+    uuid_uniq,
+};
 use sea_orm_migration::sea_orm::DatabaseBackend;
+use sea_orm_migration::sea_orm::prelude::{Json, Uuid};
 
-use crate::sql::{self, render, statements};
+use crate::sql::{self, audit_table, created_at, fk, id, index, one_of, rule, unique, updated_at};
 
 const PREFIX: &str = "clm_core";
 
-const TABLES: &str = r#"
-CREATE TABLE organizations (
-    id {uuid} PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    slug text NOT NULL UNIQUE,
-    status text NOT NULL CHECK (status IN ('active','suspended')),
-    settings {json} NOT NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL,
-    deleted_at {ts} NULL
-);
-CREATE TABLE users (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NOT NULL REFERENCES organizations(id),
-    email text NOT NULL UNIQUE CHECK (email = lower(email)),
-    display_name text NULL,
-    password_hash text NOT NULL,
-    status text NOT NULL CHECK (status IN ('active','disabled','locked')),
-    failed_login_count integer NOT NULL DEFAULT 0,
-    locked_until {ts} NULL,
-    last_login_at {ts} NULL,
-    password_changed_at {ts} NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL,
-    deleted_at {ts} NULL
-);
-CREATE INDEX idx_users_org ON users (organization_id);
-CREATE TABLE roles (
-    id {uuid} PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    description text NOT NULL,
-    permissions {json} NOT NULL,
-    is_system {bool} NOT NULL DEFAULT false,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE TABLE user_roles (
-    user_id {uuid} NOT NULL REFERENCES users(id),
-    role_id {uuid} NOT NULL REFERENCES roles(id),
-    granted_by {uuid} NULL,
-    created_at {ts} NOT NULL,
-    PRIMARY KEY (user_id, role_id)
-);
-CREATE TABLE user_organizations (
-    user_id {uuid} NOT NULL REFERENCES users(id),
-    organization_id {uuid} NOT NULL REFERENCES organizations(id),
-    created_at {ts} NOT NULL,
-    PRIMARY KEY (user_id, organization_id)
-);
-CREATE TABLE policies (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NULL REFERENCES organizations(id),
-    name text NOT NULL,
-    policy_type text NOT NULL CHECK (policy_type IN ('certificate_profile','security')),
-    ca_id {uuid} NOT NULL,
-    key_algorithms {json} NOT NULL,
-    allowed_dns_suffixes {json} NOT NULL,
-    allow_ip_sans {bool} NOT NULL DEFAULT false,
-    max_validity_days integer NOT NULL CHECK (max_validity_days > 0),
-    extended_key_usages {json} NOT NULL,
-    required_approvals integer NOT NULL DEFAULT 0 CHECK (required_approvals BETWEEN 0 AND 5),
-    approver_roles {json} NOT NULL,
-    allow_server_keygen {bool} NOT NULL DEFAULT false,
-    allow_key_archival {bool} NOT NULL DEFAULT false,
-    status text NOT NULL CHECK (status IN ('active','disabled')),
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL,
-    deleted_at {ts} NULL
-);
-CREATE UNIQUE INDEX uq_policies_org_name ON policies (organization_id, name);
-CREATE TABLE workflows (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NULL REFERENCES organizations(id),
-    policy_id {uuid} NULL REFERENCES policies(id),
-    name text NOT NULL,
-    required_approvals integer NOT NULL CHECK (required_approvals BETWEEN 0 AND 5),
-    approver_roles {json} NOT NULL,
-    timeout_hours integer NOT NULL DEFAULT 168 CHECK (timeout_hours > 0),
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE TABLE workflow_instances (
-    id {uuid} PRIMARY KEY,
-    workflow_id {uuid} NULL REFERENCES workflows(id),
-    organization_id {uuid} NOT NULL REFERENCES organizations(id),
-    request_id {uuid} NOT NULL UNIQUE,
-    requester_id {uuid} NOT NULL REFERENCES users(id),
-    status text NOT NULL CHECK (status IN ('pending_approval','approved','issued','rejected','cancelled','expired','failed')),
-    approvals_required integer NOT NULL CHECK (approvals_required BETWEEN 0 AND 5),
-    approvals_count integer NOT NULL DEFAULT 0,
-    expires_at {ts} NOT NULL,
-    completed_at {ts} NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE INDEX idx_workflow_instances_org_status ON workflow_instances (organization_id, status);
-CREATE TABLE workflow_steps (
-    id {uuid} PRIMARY KEY,
-    instance_id {uuid} NOT NULL REFERENCES workflow_instances(id),
-    actor_id {uuid} NOT NULL REFERENCES users(id),
-    decision text NOT NULL CHECK (decision IN ('approve','reject')),
-    comment text NULL,
-    created_at {ts} NOT NULL
-);
-CREATE UNIQUE INDEX uq_workflow_steps_actor ON workflow_steps (instance_id, actor_id);
-CREATE TABLE notifications (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NOT NULL REFERENCES organizations(id),
-    user_id {uuid} NOT NULL REFERENCES users(id),
-    kind text NOT NULL,
-    title text NOT NULL,
-    body text NOT NULL,
-    data {json} NOT NULL,
-    read_at {ts} NULL,
-    created_at {ts} NOT NULL
-);
-CREATE INDEX idx_notifications_user ON notifications (user_id, read_at, created_at);
-CREATE TABLE audit_log (
-    id {uuid} PRIMARY KEY,
-    occurred_at {ts} NOT NULL,
-    actor_id {uuid} NULL,
-    actor_kind text NOT NULL,
-    organization_id {uuid} NULL,
-    action text NOT NULL,
-    target_type text NULL,
-    target_id text NULL,
-    outcome text NOT NULL CHECK (outcome IN ('success','failure','denied')),
-    request_id text NULL,
-    source_ip text NULL,
-    user_agent text NULL,
-    details {json} NOT NULL
-);
-CREATE INDEX idx_audit_occurred ON audit_log (occurred_at);
-CREATE INDEX idx_audit_org ON audit_log (organization_id, occurred_at);
-CREATE INDEX idx_audit_actor ON audit_log (actor_id, occurred_at);
-CREATE TABLE api_keys (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NOT NULL REFERENCES organizations(id),
-    user_id {uuid} NOT NULL REFERENCES users(id),
-    name text NOT NULL,
-    token_digest text NOT NULL UNIQUE,
-    token_prefix text NOT NULL,
-    roles {json} NOT NULL,
-    expires_at {ts} NULL,
-    last_used_at {ts} NULL,
-    revoked_at {ts} NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE INDEX idx_api_keys_user ON api_keys (user_id);
-CREATE TABLE sessions (
-    id {uuid} PRIMARY KEY,
-    user_id {uuid} NOT NULL REFERENCES users(id),
-    token_digest text NOT NULL UNIQUE,
-    expires_at {ts} NOT NULL,
-    idle_expires_at {ts} NOT NULL,
-    last_seen_at {ts} NOT NULL,
-    revoked_at {ts} NULL,
-    source_ip text NULL,
-    user_agent text NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE INDEX idx_sessions_user ON sessions (user_id);
-CREATE TABLE certificate_metadata (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NULL,
-    ca_id {uuid} NOT NULL,
-    profile_id {uuid} NULL,
-    request_id {uuid} NULL,
-    owner_id {uuid} NULL,
-    common_name text NULL,
-    sans {json} NOT NULL,
-    serial_hex text NOT NULL,
-    not_before {ts} NOT NULL,
-    not_after {ts} NOT NULL,
-    status text NOT NULL CHECK (status IN ('valid','revoked','on_hold','expired')),
-    expiry_notices {json} NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE INDEX idx_certificate_metadata_org ON certificate_metadata (organization_id, status, not_after);
-CREATE VIEW active_users_with_roles AS
-    SELECT u.id AS user_id, u.organization_id, u.email, r.name AS role
-    FROM users u JOIN user_roles ur ON ur.user_id = u.id JOIN roles r ON r.id = ur.role_id
-    WHERE u.status = 'active' AND u.deleted_at IS NULL;
-CREATE VIEW pending_approvals AS
-    SELECT id, organization_id, request_id, requester_id, approvals_required, approvals_count, expires_at
-    FROM workflow_instances WHERE status = 'pending_approval';
-CREATE VIEW certificate_summary AS
-    SELECT organization_id, status, COUNT(*) AS certificates, MIN(not_after) AS next_expiry
-    FROM certificate_metadata GROUP BY organization_id, status;
-"#;
+/// Request statuses (API.md); a workflow instance mirrors its request.
+const REQUEST_STATUSES: &[&str] = &[
+    "pending_approval",
+    "approved",
+    "issued",
+    "rejected",
+    "cancelled",
+    "expired",
+    "failed",
+];
 
+const CERTIFICATE_STATUSES: &[&str] = &["valid", "revoked", "on_hold", "expired"];
+
+fn tables() -> Vec<TableCreateStatement> {
+    vec![
+        Table::create()
+            .table("organizations")
+            .col(id())
+            .col(text_uniq("name"))
+            .col(text_uniq("slug"))
+            .col(text("status"))
+            .col(json_binary("settings"))
+            .col(created_at())
+            .col(updated_at())
+            .col(ts_null("deleted_at"))
+            .check(one_of("organizations", "status", &["active", "suspended"]))
+            .to_owned(),
+        Table::create()
+            .table("users")
+            .col(id())
+            .col(uuid("organization_id"))
+            .col(text_uniq("email"))
+            .col(text_null("display_name"))
+            .col(text("password_hash"))
+            .col(text("status"))
+            .col(integer("failed_login_count").default(0))
+            .col(ts_null("locked_until"))
+            .col(ts_null("last_login_at"))
+            .col(ts_null("password_changed_at"))
+            .col(created_at())
+            .col(updated_at())
+            .col(ts_null("deleted_at"))
+            .foreign_key(&mut fk("users", "organization_id", "organizations"))
+            .check(one_of("users", "status", &["active", "disabled", "locked"]))
+            // Uniqueness of e-mail addresses is only meaningful if the
+            // store cannot hold two spellings of one address.
+            .check(rule("users", "email_lower", "email = lower(email)"))
+            .check(rule(
+                "users",
+                "failed_login_count",
+                "failed_login_count >= 0",
+            ))
+            .to_owned(),
+        Table::create()
+            .table("roles")
+            .col(id())
+            .col(text_uniq("name"))
+            .col(text("description"))
+            .col(json_binary("permissions"))
+            .col(boolean("is_system").default(false))
+            .col(created_at())
+            .col(updated_at())
+            .to_owned(),
+        Table::create()
+            .table("user_roles")
+            .col(uuid("user_id"))
+            .col(uuid("role_id"))
+            .col(uuid_null("granted_by"))
+            .col(created_at())
+            .primary_key(Index::create().col("user_id").col("role_id"))
+            .foreign_key(&mut fk("user_roles", "user_id", "users"))
+            .foreign_key(&mut fk("user_roles", "role_id", "roles"))
+            .to_owned(),
+        Table::create()
+            .table("user_organizations")
+            .col(uuid("user_id"))
+            .col(uuid("organization_id"))
+            .col(created_at())
+            .primary_key(Index::create().col("user_id").col("organization_id"))
+            .foreign_key(&mut fk("user_organizations", "user_id", "users"))
+            .foreign_key(&mut fk(
+                "user_organizations",
+                "organization_id",
+                "organizations",
+            ))
+            .to_owned(),
+        Table::create()
+            .table("policies")
+            .col(id())
+            .col(uuid_null("organization_id"))
+            .col(text("name"))
+            .col(text("policy_type"))
+            .col(uuid("ca_id"))
+            .col(json_binary("key_algorithms"))
+            .col(json_binary("allowed_dns_suffixes"))
+            .col(boolean("allow_ip_sans").default(false))
+            .col(integer("max_validity_days"))
+            .col(json_binary("extended_key_usages"))
+            .col(integer("required_approvals").default(0))
+            .col(json_binary("approver_roles"))
+            .col(boolean("allow_server_keygen").default(false))
+            .col(boolean("allow_key_archival").default(false))
+            .col(text("status"))
+            .col(created_at())
+            .col(updated_at())
+            .col(ts_null("deleted_at"))
+            .foreign_key(&mut fk("policies", "organization_id", "organizations"))
+            .check(one_of(
+                "policies",
+                "policy_type",
+                &["certificate_profile", "security"],
+            ))
+            .check(one_of("policies", "status", &["active", "disabled"]))
+            .check(rule(
+                "policies",
+                "max_validity_days",
+                "max_validity_days > 0",
+            ))
+            .check(rule(
+                "policies",
+                "required_approvals",
+                "required_approvals BETWEEN 0 AND 5",
+            ))
+            .to_owned(),
+        Table::create()
+            .table("workflows")
+            .col(id())
+            .col(uuid_null("organization_id"))
+            .col(uuid_null("policy_id"))
+            .col(text("name"))
+            .col(integer("required_approvals"))
+            .col(json_binary("approver_roles"))
+            .col(integer("timeout_hours").default(168))
+            .col(created_at())
+            .col(updated_at())
+            .foreign_key(&mut fk("workflows", "organization_id", "organizations"))
+            .foreign_key(&mut fk("workflows", "policy_id", "policies"))
+            .check(rule(
+                "workflows",
+                "required_approvals",
+                "required_approvals BETWEEN 0 AND 5",
+            ))
+            .check(rule("workflows", "timeout_hours", "timeout_hours > 0"))
+            .to_owned(),
+        Table::create()
+            .table("workflow_instances")
+            .col(id())
+            .col(uuid_null("workflow_id"))
+            .col(uuid("organization_id"))
+            // One approval process per request (a clm_secure id).
+            .col(uuid_uniq("request_id"))
+            .col(uuid("requester_id"))
+            .col(text("status"))
+            .col(integer("approvals_required"))
+            .col(integer("approvals_count").default(0))
+            .col(ts("expires_at"))
+            .col(ts_null("completed_at"))
+            .col(created_at())
+            .col(updated_at())
+            .foreign_key(&mut fk("workflow_instances", "workflow_id", "workflows"))
+            .foreign_key(&mut fk(
+                "workflow_instances",
+                "organization_id",
+                "organizations",
+            ))
+            .foreign_key(&mut fk("workflow_instances", "requester_id", "users"))
+            .check(one_of("workflow_instances", "status", REQUEST_STATUSES))
+            .check(rule(
+                "workflow_instances",
+                "approvals_required",
+                "approvals_required BETWEEN 0 AND 5",
+            ))
+            .check(rule(
+                "workflow_instances",
+                "approvals_count",
+                "approvals_count >= 0",
+            ))
+            .to_owned(),
+        Table::create()
+            .table("workflow_steps")
+            .col(id())
+            .col(uuid("instance_id"))
+            .col(uuid("actor_id"))
+            .col(text("decision"))
+            .col(text_null("comment"))
+            .col(created_at())
+            .foreign_key(&mut fk(
+                "workflow_steps",
+                "instance_id",
+                "workflow_instances",
+            ))
+            .foreign_key(&mut fk("workflow_steps", "actor_id", "users"))
+            .check(one_of("workflow_steps", "decision", &["approve", "reject"]))
+            .to_owned(),
+        Table::create()
+            .table("notifications")
+            .col(id())
+            .col(uuid("organization_id"))
+            .col(uuid("user_id"))
+            .col(text("kind"))
+            .col(text("title"))
+            .col(text("body"))
+            .col(json_binary("data"))
+            .col(ts_null("read_at"))
+            .col(created_at())
+            .foreign_key(&mut fk("notifications", "organization_id", "organizations"))
+            .foreign_key(&mut fk("notifications", "user_id", "users"))
+            .to_owned(),
+        audit_table("audit_log"),
+        Table::create()
+            .table("api_keys")
+            .col(id())
+            .col(uuid("organization_id"))
+            .col(uuid("user_id"))
+            .col(text("name"))
+            .col(text_uniq("token_digest"))
+            .col(text("token_prefix"))
+            .col(json_binary("roles"))
+            .col(ts_null("expires_at"))
+            .col(ts_null("last_used_at"))
+            .col(ts_null("revoked_at"))
+            .col(created_at())
+            .col(updated_at())
+            .foreign_key(&mut fk("api_keys", "organization_id", "organizations"))
+            .foreign_key(&mut fk("api_keys", "user_id", "users"))
+            .to_owned(),
+        Table::create()
+            .table("sessions")
+            .col(id())
+            .col(uuid("user_id"))
+            .col(text_uniq("token_digest"))
+            .col(ts("expires_at"))
+            .col(ts("idle_expires_at"))
+            .col(ts("last_seen_at"))
+            .col(ts_null("revoked_at"))
+            .col(text_null("source_ip"))
+            .col(text_null("user_agent"))
+            .col(created_at())
+            .col(updated_at())
+            .foreign_key(&mut fk("sessions", "user_id", "users"))
+            .to_owned(),
+        Table::create()
+            .table("certificate_metadata")
+            .col(id())
+            .col(uuid_null("organization_id"))
+            .col(uuid("ca_id"))
+            .col(uuid_null("profile_id"))
+            .col(uuid_null("request_id"))
+            .col(uuid_null("owner_id"))
+            .col(text_null("common_name"))
+            .col(json_binary("sans"))
+            .col(text("serial_hex"))
+            .col(ts("not_before"))
+            .col(ts("not_after"))
+            .col(text("status"))
+            .col(json_binary_null("expiry_notices"))
+            .col(created_at())
+            .col(updated_at())
+            .check(one_of(
+                "certificate_metadata",
+                "status",
+                CERTIFICATE_STATUSES,
+            ))
+            .to_owned(),
+    ]
+}
+
+fn indexes() -> Vec<IndexCreateStatement> {
+    vec![
+        index("idx_users_org", "users", &["organization_id"]),
+        unique(
+            "uq_policies_org_name",
+            "policies",
+            &["organization_id", "name"],
+        ),
+        index("idx_policies_ca", "policies", &["ca_id"]),
+        index(
+            "idx_workflow_instances_org_status",
+            "workflow_instances",
+            &["organization_id", "status"],
+        ),
+        index(
+            "idx_workflow_instances_status_expires",
+            "workflow_instances",
+            &["status", "expires_at"],
+        ),
+        // One vote per approver and request.
+        unique(
+            "uq_workflow_steps_actor",
+            "workflow_steps",
+            &["instance_id", "actor_id"],
+        ),
+        index(
+            "idx_notifications_user",
+            "notifications",
+            &["user_id", "read_at", "created_at"],
+        ),
+        index("idx_audit_occurred", "audit_log", &["occurred_at"]),
+        index(
+            "idx_audit_org",
+            "audit_log",
+            &["organization_id", "occurred_at"],
+        ),
+        index("idx_audit_actor", "audit_log", &["actor_id", "occurred_at"]),
+        index("idx_api_keys_user", "api_keys", &["user_id"]),
+        index("idx_sessions_user", "sessions", &["user_id"]),
+        index(
+            "idx_certificate_metadata_org",
+            "certificate_metadata",
+            &["organization_id", "status", "not_after"],
+        ),
+        index(
+            "idx_certificate_metadata_status_not_after",
+            "certificate_metadata",
+            &["status", "not_after"],
+        ),
+    ]
+}
+
+const VIEWS: &[(&str, &str)] = &[
+    (
+        "active_users_with_roles",
+        "SELECT u.id AS user_id, u.organization_id, u.email, r.name AS role \
+         FROM users u JOIN user_roles ur ON ur.user_id = u.id JOIN roles r ON r.id = ur.role_id \
+         WHERE u.status = 'active' AND u.deleted_at IS NULL",
+    ),
+    (
+        "pending_approvals",
+        "SELECT id, organization_id, request_id, requester_id, approvals_required, \
+         approvals_count, expires_at \
+         FROM workflow_instances WHERE status = 'pending_approval'",
+    ),
+    (
+        "certificate_summary",
+        "SELECT organization_id, status, COUNT(*) AS certificates, MIN(not_after) AS next_expiry \
+         FROM certificate_metadata GROUP BY organization_id, status",
+    ),
+];
+
+/// Tables whose rows change and so carry a maintained `updated_at`.
 const TOUCHED: &[&str] = &[
     "organizations",
     "users",
@@ -214,6 +367,7 @@ const TOUCHED: &[&str] = &[
     "certificate_metadata",
 ];
 
+/// Dependants before what they reference.
 const DROP_ORDER: &[&str] = &[
     "certificate_metadata",
     "sessions",
@@ -231,64 +385,103 @@ const DROP_ORDER: &[&str] = &[
     "organizations",
 ];
 
-/// The six system roles and what each may do (mirrors domain::role).
-const ROLES: &[(&str, &str, &str)] = &[
+/// The six system roles (API.md) and what each may do; the authoritative
+/// matrix is `domain::role`, this copy is for operators reading the table.
+const ROLES: &[(&str, &str, &[&str])] = &[
     (
         "super_admin",
         "Everything, across all organisations",
-        r#"["*"]"#,
+        &["*"],
     ),
     (
         "org_admin",
         "Manages the users of its own organisation",
-        r#"["users:manage","cas:read"]"#,
+        &["users:manage", "cas:read"],
     ),
     (
         "ca_admin",
         "Manages CAs and certificate profiles; revokes any certificate",
-        r#"["cas:manage","profiles:manage","cas:read","certificates:revoke"]"#,
+        &[
+            "cas:manage",
+            "profiles:manage",
+            "cas:read",
+            "certificates:revoke",
+        ],
     ),
     (
         "approver",
         "Approves or rejects certificate requests",
-        r#"["requests:approve","cas:read"]"#,
+        &["requests:approve", "cas:read"],
     ),
     (
         "requester",
         "Requests, renews and revokes own certificates",
-        r#"["requests:create","cas:read"]"#,
+        &["requests:create", "cas:read"],
     ),
     (
         "auditor",
         "Reads and verifies the audit trails",
-        r#"["audit:read","cas:read"]"#,
+        &["audit:read", "cas:read"],
     ),
 ];
 
-/// Deterministic ids for the system roles, so every installation agrees.
-fn role_id(n: usize) -> String {
-    format!("00000000-0000-4000-8000-{:012x}", n + 1)
+/// Fixed ids for the system roles, so that every installation agrees on
+/// them (`00000000-0000-4000-8000-00000000000N`).
+pub fn system_role_id(n: usize) -> Uuid {
+    Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0000 | (n as u128 + 1))
 }
 
-fn seed_roles(backend: DatabaseBackend) -> Vec<String> {
-    ROLES
-        .iter()
-        .enumerate()
-        .map(|(i, (name, description, permissions))| {
-            let (id, now, yes) = match backend {
-                DatabaseBackend::Postgres => (format!("'{}'::uuid", role_id(i)), "now()".to_string(), "true"),
-                _ => (
-                    format!("X'{}'", role_id(i).replace('-', "")),
-                    "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')".to_string(),
-                    "1",
-                ),
-            };
-            format!(
-                "INSERT INTO roles (id, name, description, permissions, is_system, created_at, updated_at) \
-                 VALUES ({id}, '{name}', '{description}', '{permissions}', {yes}, {now}, {now})"
-            )
-        })
-        .collect()
+async fn seed_roles(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
+    // Bound values, not SQL literals: the driver then stores ids and
+    // timestamps exactly as sea-orm will later read them.
+    let now = chrono::Utc::now();
+    let mut insert = Query::insert();
+    insert.into_table("roles").columns([
+        "id",
+        "name",
+        "description",
+        "permissions",
+        "is_system",
+        "created_at",
+        "updated_at",
+    ]);
+    for (n, (name, description, permissions)) in ROLES.iter().enumerate() {
+        let permissions = Json::Array(
+            permissions
+                .iter()
+                .map(|p| Json::String((*p).to_string()))
+                .collect(),
+        );
+        insert
+            .values([
+                system_role_id(n).into(),
+                (*name).into(),
+                (*description).into(),
+                permissions.into(),
+                true.into(),
+                now.into(),
+                now.into(),
+            ])
+            .map_err(|e| DbErr::Migration(e.to_string()))?;
+    }
+    manager.exec_stmt(insert).await
+}
+
+fn triggers(backend: DatabaseBackend) -> Vec<String> {
+    let mut all = Vec::new();
+    if backend == DatabaseBackend::Postgres {
+        all.extend(sql::pg_functions(PREFIX));
+    }
+    for table in TOUCHED {
+        all.extend(sql::touch_trigger(PREFIX, table, backend));
+    }
+    all.extend(sql::write_once_trigger(PREFIX, "audit_log", backend));
+    all.extend(sql::no_unrevoke_trigger(
+        PREFIX,
+        "certificate_metadata",
+        backend,
+    ));
+    all
 }
 
 pub struct Migration;
@@ -303,41 +496,23 @@ impl MigrationName for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let mut all = statements(&render(TABLES, backend));
-        all.extend(seed_roles(backend));
-        if backend == DatabaseBackend::Postgres {
-            all.extend(sql::pg_functions(PREFIX));
-        }
-        for table in TOUCHED {
-            all.extend(sql::touch_trigger(PREFIX, table, backend));
-        }
-        all.extend(sql::write_once_trigger(PREFIX, "audit_log", backend));
-        all.extend(sql::no_unrevoke_trigger(
-            PREFIX,
-            "certificate_metadata",
-            backend,
-        ));
-        sql::run(manager, &all).await
+        sql::create(manager, tables(), indexes()).await?;
+        seed_roles(manager).await?;
+        sql::run(manager, &triggers(backend)).await?;
+        let views: Vec<String> = VIEWS
+            .iter()
+            .map(|(name, body)| format!("CREATE VIEW {name} AS {body}"))
+            .collect();
+        sql::run(manager, &views).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let backend = manager.get_database_backend();
-        let mut all: Vec<String> = [
-            "certificate_summary",
-            "pending_approvals",
-            "active_users_with_roles",
-        ]
-        .iter()
-        .map(|v| format!("DROP VIEW IF EXISTS {v}"))
-        .collect();
-        all.extend(
-            DROP_ORDER
-                .iter()
-                .map(|t| format!("DROP TABLE IF EXISTS {t}")),
-        );
-        if backend == DatabaseBackend::Postgres {
-            all.extend(sql::drop_pg_functions(PREFIX));
+        let views: Vec<&str> = VIEWS.iter().rev().map(|(name, _)| *name).collect();
+        sql::drop_views(manager, &views).await?;
+        sql::drop_tables(manager, DROP_ORDER).await?;
+        if manager.get_database_backend() == DatabaseBackend::Postgres {
+            sql::run(manager, &sql::drop_pg_functions(PREFIX)).await?;
         }
-        sql::run(manager, &all).await
+        Ok(())
     }
 }

@@ -1,41 +1,76 @@
 //! Webhooks per organisation and their persistent delivery queue.
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    integer, integer_null, json_binary, text, text_null, timestamp_with_time_zone as ts,
+    timestamp_with_time_zone_null as ts_null, uuid, uuid_null,
+};
 
-use crate::sql::{self, render, statements};
+use crate::sql::{self, created_at, fk, id, index, one_of, rule, updated_at};
 
 const PREFIX: &str = "clm_core";
 
-const TABLES: &str = r#"
-CREATE TABLE webhooks (
-    id {uuid} PRIMARY KEY,
-    organization_id {uuid} NOT NULL REFERENCES organizations(id),
-    url text NOT NULL,
-    events {json} NOT NULL,
-    status text NOT NULL CHECK (status IN ('active','disabled')),
-    created_by {uuid} NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE INDEX idx_webhooks_org ON webhooks (organization_id, status);
-CREATE TABLE webhook_deliveries (
-    id {uuid} PRIMARY KEY,
-    webhook_id {uuid} NOT NULL REFERENCES webhooks(id),
-    organization_id {uuid} NOT NULL,
-    event text NOT NULL,
-    payload {json} NOT NULL,
-    status text NOT NULL CHECK (status IN ('pending','delivered','failed')),
-    attempts integer NOT NULL DEFAULT 0,
-    next_attempt_at {ts} NOT NULL,
-    last_status_code integer NULL,
-    last_error text NULL,
-    delivered_at {ts} NULL,
-    created_at {ts} NOT NULL,
-    updated_at {ts} NOT NULL
-);
-CREATE INDEX idx_webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
-CREATE INDEX idx_webhook_deliveries_hook ON webhook_deliveries (webhook_id, created_at);
-"#;
+fn tables() -> Vec<TableCreateStatement> {
+    vec![
+        Table::create()
+            .table("webhooks")
+            .col(id())
+            .col(uuid("organization_id"))
+            .col(text("url"))
+            .col(json_binary("events"))
+            .col(text("status"))
+            .col(uuid_null("created_by"))
+            .col(created_at())
+            .col(updated_at())
+            .foreign_key(&mut fk("webhooks", "organization_id", "organizations"))
+            .check(one_of("webhooks", "status", &["active", "disabled"]))
+            .to_owned(),
+        Table::create()
+            .table("webhook_deliveries")
+            .col(id())
+            .col(uuid("webhook_id"))
+            .col(uuid("organization_id"))
+            .col(text("event"))
+            .col(json_binary("payload"))
+            .col(text("status"))
+            .col(integer("attempts").default(0))
+            .col(ts("next_attempt_at"))
+            .col(integer_null("last_status_code"))
+            .col(text_null("last_error"))
+            .col(ts_null("delivered_at"))
+            .col(created_at())
+            .col(updated_at())
+            .foreign_key(&mut fk("webhook_deliveries", "webhook_id", "webhooks"))
+            .check(one_of(
+                "webhook_deliveries",
+                "status",
+                &["pending", "delivered", "failed"],
+            ))
+            .check(rule("webhook_deliveries", "attempts", "attempts >= 0"))
+            .to_owned(),
+    ]
+}
+
+fn indexes() -> Vec<IndexCreateStatement> {
+    vec![
+        index(
+            "idx_webhooks_org",
+            "webhooks",
+            &["organization_id", "status"],
+        ),
+        // The delivery worker's query: what is due now.
+        index(
+            "idx_webhook_deliveries_due",
+            "webhook_deliveries",
+            &["status", "next_attempt_at"],
+        ),
+        index(
+            "idx_webhook_deliveries_hook",
+            "webhook_deliveries",
+            &["webhook_id", "created_at"],
+        ),
+    ]
+}
 
 pub struct Migration;
 
@@ -49,19 +84,15 @@ impl MigrationName for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let mut all = statements(&render(TABLES, backend));
+        sql::create(manager, tables(), indexes()).await?;
+        let mut triggers = Vec::new();
         for table in ["webhooks", "webhook_deliveries"] {
-            all.extend(sql::touch_trigger(PREFIX, table, backend));
+            triggers.extend(sql::touch_trigger(PREFIX, table, backend));
         }
-        sql::run(manager, &all).await
+        sql::run(manager, &triggers).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let all = [
-            "DROP TABLE IF EXISTS webhook_deliveries",
-            "DROP TABLE IF EXISTS webhooks",
-        ]
-        .map(String::from);
-        sql::run(manager, &all).await
+        sql::drop_tables(manager, &["webhook_deliveries", "webhooks"]).await
     }
 }
