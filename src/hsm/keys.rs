@@ -1,52 +1,36 @@
-//! Key objects in the token: generation (CA key pairs, the AES key-encryption
-//! key, the HMAC audit key), lookup by `CKA_ID`, signing and MACs.
+//! Asymmetric key pairs in the token (CA and OCSP signing keys): generation,
+//! lookup by `CKA_ID`, the SubjectPublicKeyInfo built from token attributes,
+//! and signatures in the encoding X.509 expects.
 //!
-//! Every private or secret key is created `CKA_SENSITIVE=true`,
-//! `CKA_EXTRACTABLE=false`; labels are informative only (they are not unique),
-//! so keys are always found by `CKA_ID` and class.
+//! Private keys are created `CKA_SENSITIVE=true`, `CKA_EXTRACTABLE=false`:
+//! they can sign and nothing else leaves the token.
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use rand::RngCore;
 use sha2::{Digest, Sha256, Sha384};
 
-use super::{Hsm, HsmError, HsmResult};
+use super::{Hsm, HsmError, HsmResult, find_one, new_cka_id};
 use crate::domain::der;
 use crate::domain::{KeyAlgorithm, SignError, Signer};
 
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+pub(super) const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
-const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+pub(super) const OID_RSA_ENCRYPTION: &[u8] =
+    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 
 /// A private key in the token with its public half, usable as a [`Signer`].
 #[derive(Clone)]
 pub struct HsmKey {
-    hsm: Hsm,
-    algorithm: KeyAlgorithm,
-    cka_id: Vec<u8>,
-    label: String,
-    spki: Vec<u8>,
-    /// Object handles stay valid across sessions of one application; cached
-    /// to spare a find per signature.
-    handle: ObjectHandle,
-}
-
-/// A secret (AES or HMAC) key in the token.
-#[derive(Clone, Debug)]
-pub struct SecretKeyRef {
-    pub cka_id: Vec<u8>,
-    pub label: String,
-}
-
-/// Security attributes of a token object, as the token reports them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeyAttributes {
-    pub sensitive: bool,
-    pub extractable: bool,
-    pub always_sensitive: bool,
-    pub never_extractable: bool,
+    pub(super) hsm: Hsm,
+    pub(super) algorithm: KeyAlgorithm,
+    pub(super) cka_id: Vec<u8>,
+    pub(super) label: String,
+    pub(super) spki: Vec<u8>,
+    /// Object handles stay valid across the sessions of one application;
+    /// cached to spare a find per signature (re-found by id if stale).
+    pub(super) handle: ObjectHandle,
 }
 
 impl std::fmt::Debug for HsmKey {
@@ -55,17 +39,12 @@ impl std::fmt::Debug for HsmKey {
             .field("algorithm", &self.algorithm)
             .field("label", &self.label)
             .field("cka_id", &hex::encode(&self.cka_id))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-fn new_cka_id() -> Vec<u8> {
-    let mut id = vec![0u8; 16];
-    rand::rng().fill_bytes(&mut id);
-    id
-}
-
-fn curve_oid(alg: KeyAlgorithm) -> Option<&'static [u8]> {
+/// The DER `namedCurve` OID of an EC algorithm, `None` for RSA and Ed25519.
+pub(super) fn curve_oid(alg: KeyAlgorithm) -> Option<&'static [u8]> {
     match alg {
         KeyAlgorithm::EcdsaP256 => Some(OID_P256),
         KeyAlgorithm::EcdsaP384 => Some(OID_P384),
@@ -73,51 +52,91 @@ fn curve_oid(alg: KeyAlgorithm) -> Option<&'static [u8]> {
     }
 }
 
-fn find_one(session: &Session, template: &[Attribute]) -> HsmResult<ObjectHandle> {
-    session
-        .find_objects(template)?
-        .into_iter()
-        .next()
-        .ok_or(HsmError::KeyNotFound)
+/// Key type clm expects in the token for `alg`.
+pub(super) fn key_type(alg: KeyAlgorithm) -> HsmResult<KeyType> {
+    if curve_oid(alg).is_some() {
+        Ok(KeyType::EC)
+    } else if alg.rsa_bits().is_some() {
+        Ok(KeyType::RSA)
+    } else {
+        Err(HsmError::UnsupportedAlgorithm(alg.to_string()))
+    }
 }
 
-/// SubjectPublicKeyInfo of the public key object `public`.
+/// `AlgorithmIdentifier` of a public key of `alg`.
+pub(super) fn algorithm_identifier(alg: KeyAlgorithm) -> HsmResult<Vec<u8>> {
+    match curve_oid(alg) {
+        Some(curve) => Ok(der::sequence(&[
+            &der::tlv(0x06, OID_EC_PUBLIC_KEY),
+            &der::tlv(0x06, curve),
+        ])),
+        None if alg.rsa_bits().is_some() => Ok(der::sequence(&[
+            &der::tlv(0x06, OID_RSA_ENCRYPTION),
+            &der::NULL,
+        ])),
+        None => Err(HsmError::UnsupportedAlgorithm(alg.to_string())),
+    }
+}
+
+/// SubjectPublicKeyInfo of the public key object `public`, checked against
+/// `alg` (curve, or modulus size) so a key of the wrong shape is refused.
 fn read_spki(session: &Session, public: ObjectHandle, alg: KeyAlgorithm) -> HsmResult<Vec<u8>> {
-    if let Some(curve) = curve_oid(alg) {
-        let attrs = session.get_attributes(public, &[AttributeType::EcPoint])?;
-        let Some(Attribute::EcPoint(raw)) = attrs.into_iter().next() else {
-            return Err(HsmError::Encoding("no CKA_EC_POINT".into()));
-        };
-        // SoftHSM (like most tokens) returns the point wrapped in an OCTET STRING.
-        let point = match der::read_tlv(&raw) {
+    let key = if let Some(curve) = curve_oid(alg) {
+        let attrs =
+            session.get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])?;
+        let (mut params, mut raw) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::EcParams(v) => params = Some(v),
+                Attribute::EcPoint(v) => raw = Some(v),
+                _ => {}
+            }
+        }
+        if params != Some(der::tlv(0x06, curve)) {
+            return Err(HsmError::Encoding(format!(
+                "EC key is not on the curve of {alg}"
+            )));
+        }
+        let raw = raw.ok_or_else(|| HsmError::Encoding("EC key without CKA_EC_POINT".into()))?;
+        // PKCS#11 says CKA_EC_POINT is a DER OCTET STRING (SoftHSM follows
+        // it); some tokens return the bare uncompressed point.
+        match der::read_tlv(&raw) {
             Some((0x04, inner, rest)) if rest.is_empty() && inner.first() == Some(&0x04) => {
                 inner.to_vec()
             }
-            _ => raw,
-        };
-        let alg_id = der::sequence(&[&der::tlv(0x06, OID_EC_PUBLIC_KEY), &der::tlv(0x06, curve)]);
-        return Ok(der::sequence(&[&alg_id, &der::bit_string(&point)]));
-    }
-    let attrs = session.get_attributes(
-        public,
-        &[AttributeType::Modulus, AttributeType::PublicExponent],
-    )?;
-    let (mut n, mut e) = (None, None);
-    for a in attrs {
-        match a {
-            Attribute::Modulus(v) => n = Some(v),
-            Attribute::PublicExponent(v) => e = Some(v),
-            _ => {}
+            _ if raw.first() == Some(&0x04) => raw,
+            _ => return Err(HsmError::Encoding("unreadable CKA_EC_POINT".into())),
         }
-    }
-    let (Some(n), Some(e)) = (n, e) else {
-        return Err(HsmError::Encoding(
-            "RSA public key without modulus or exponent".into(),
-        ));
+    } else {
+        let attrs = session.get_attributes(
+            public,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )?;
+        let (mut n, mut e) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::Modulus(v) => n = Some(v),
+                Attribute::PublicExponent(v) => e = Some(v),
+                _ => {}
+            }
+        }
+        let (Some(n), Some(e)) = (n, e) else {
+            return Err(HsmError::Encoding(
+                "RSA key without modulus or exponent".into(),
+            ));
+        };
+        let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+        if Some(bits as u32) != alg.rsa_bits() {
+            return Err(HsmError::Encoding(format!(
+                "RSA modulus of {bits} bits is not {alg}"
+            )));
+        }
+        der::sequence(&[&der::unsigned_integer(&n), &der::unsigned_integer(&e)])
     };
-    let rsa_key = der::sequence(&[&der::unsigned_integer(&n), &der::unsigned_integer(&e)]);
-    let alg_id = der::sequence(&[&der::tlv(0x06, OID_RSA_ENCRYPTION), &der::NULL]);
-    Ok(der::sequence(&[&alg_id, &der::bit_string(&rsa_key)]))
+    Ok(der::sequence(&[
+        &algorithm_identifier(alg)?,
+        &der::bit_string(&key),
+    ]))
 }
 
 /// Raw `r‖s` (what `CKM_ECDSA` returns) to DER `SEQUENCE { r, s }` (what
@@ -137,106 +156,77 @@ fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, SignError> {
 }
 
 impl Hsm {
-    /// Generates a key pair in the token: private half sensitive and never
-    /// extractable, both halves sharing a fresh random `CKA_ID`.
+    /// Generates a key pair in the token: both halves token objects with the
+    /// same fresh random `CKA_ID` and `label`; the private half sensitive,
+    /// never extractable, allowed to sign only.
     pub fn generate_key_pair_blocking(&self, alg: KeyAlgorithm, label: &str) -> HsmResult<HsmKey> {
-        let id = new_cka_id();
-        let label_bytes = label.as_bytes().to_vec();
-        let private_template = vec![
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Id(id.clone()),
-            Attribute::Label(label_bytes.clone()),
-        ];
-        let mut public_template = vec![
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::Id(id.clone()),
-            Attribute::Label(label_bytes),
-        ];
+        let mut public_extra = Vec::new();
         let mechanism = if let Some(curve) = curve_oid(alg) {
-            public_template.push(Attribute::EcParams(der::tlv(0x06, curve)));
+            public_extra.push(Attribute::EcParams(der::tlv(0x06, curve)));
             Mechanism::EccKeyPairGen
         } else if let Some(bits) = alg.rsa_bits() {
-            public_template.push(Attribute::ModulusBits(u64::from(bits).into()));
-            public_template.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            public_extra.push(Attribute::ModulusBits(u64::from(bits).into()));
+            public_extra.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
             Mechanism::RsaPkcsKeyPairGen
         } else {
             return Err(HsmError::UnsupportedAlgorithm(alg.to_string()));
         };
-        let (spki, handle) = self
-            .with_session(|s| {
-                let (public, private) =
-                    s.generate_key_pair(&mechanism, &public_template, &private_template)?;
-                Ok((public, private))
-            })
-            .and_then(|(public, private)| {
-                let spki = self.with_session_h(|s| read_spki(s, public, alg))?;
-                Ok((spki, private))
-            })?;
+        let label_bytes = label.as_bytes().to_vec();
+        let (cka_id, spki, handle) = self.with_session(|s| {
+            // A fresh id per attempt: a retry must not leave two pairs
+            // sharing one id.
+            let id = new_cka_id();
+            let private_template = [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Id(id.clone()),
+                Attribute::Label(label_bytes.clone()),
+            ];
+            let mut public_template = vec![
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Id(id.clone()),
+                Attribute::Label(label_bytes.clone()),
+            ];
+            public_template.extend(public_extra.iter().cloned());
+            let (public, private) =
+                s.generate_key_pair(&mechanism, &public_template, &private_template)?;
+            Ok((id, read_spki(s, public, alg)?, private))
+        })?;
         Ok(HsmKey {
             hsm: self.clone(),
             algorithm: alg,
-            cka_id: id,
+            cka_id,
             label: label.to_string(),
             spki,
             handle,
         })
     }
 
-    /// Runs an operation whose errors are already [`HsmError`]s on a pooled
-    /// session (no retry: used for follow-up reads).
-    fn with_session_h<T>(&self, op: impl FnOnce(&Session) -> HsmResult<T>) -> HsmResult<T> {
-        let mut op = Some(op);
-        let mut out = None;
-        self.with_session(|s| {
-            if let Some(f) = op.take() {
-                out = Some(f(s));
-            }
-            Ok(())
-        })?;
-        out.unwrap_or(Err(HsmError::Pkcs11("operation not run".into())))
-    }
-
-    /// Loads a key pair by `CKA_ID`.
+    /// Loads the key pair with `cka_id`, checking that it is a key of `alg`.
     pub fn find_key_pair_blocking(&self, alg: KeyAlgorithm, cka_id: &[u8]) -> HsmResult<HsmKey> {
-        let (private, spki, label) = self.with_session_h(|s| {
-            let private = find_one(
-                s,
-                &[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::Id(cka_id.to_vec()),
-                ],
-            )?;
-            let public = find_one(
-                s,
-                &[
-                    Attribute::Class(ObjectClass::PUBLIC_KEY),
-                    Attribute::Id(cka_id.to_vec()),
-                ],
-            )?;
-            let key_type =
-                s.get_attributes(private, &[AttributeType::KeyType, AttributeType::Label])?;
+        let expected = key_type(alg)?;
+        let (private, spki, label) = self.with_session(|s| {
+            let private = find_one(s, ObjectClass::PRIVATE_KEY, cka_id)?;
+            let public = find_one(s, ObjectClass::PUBLIC_KEY, cka_id)?;
             let mut label = String::new();
-            for a in key_type {
+            for a in s.get_attributes(private, &[AttributeType::KeyType, AttributeType::Label])? {
                 match a {
-                    Attribute::KeyType(kt) => {
-                        let expected = if alg.rsa_bits().is_some() {
-                            KeyType::RSA
-                        } else {
-                            KeyType::EC
-                        };
-                        if kt != expected {
-                            return Err(HsmError::Encoding(format!(
-                                "key type {kt} does not match {alg}"
-                            )));
-                        }
+                    Attribute::KeyType(kt) if kt != expected => {
+                        return Err(HsmError::Encoding(format!(
+                            "key type {kt} does not match {alg}"
+                        )));
                     }
-                    Attribute::Label(l) => label = String::from_utf8_lossy(&l).to_string(),
+                    Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
                     _ => {}
                 }
             }
@@ -252,128 +242,6 @@ impl Hsm {
         })
     }
 
-    fn generate_secret_blocking(
-        &self,
-        label: &str,
-        mechanism: Mechanism,
-        extra: &[Attribute],
-    ) -> HsmResult<SecretKeyRef> {
-        let id = new_cka_id();
-        let mut template = vec![
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::ValueLen(32u64.into()),
-            Attribute::Id(id.clone()),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        template.extend_from_slice(extra);
-        self.with_session(|s| s.generate_key(&mechanism, &template))?;
-        Ok(SecretKeyRef {
-            cka_id: id,
-            label: label.to_string(),
-        })
-    }
-
-    /// AES-256 key-encryption key: wraps and unwraps, nothing else.
-    pub fn generate_kek_blocking(&self, label: &str) -> HsmResult<SecretKeyRef> {
-        self.generate_secret_blocking(
-            label,
-            Mechanism::AesKeyGen,
-            &[
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Wrap(true),
-                Attribute::Unwrap(true),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-            ],
-        )
-    }
-
-    /// 256-bit generic secret for HMAC-SHA-256 over audit entries.
-    pub fn generate_mac_key_blocking(&self, label: &str) -> HsmResult<SecretKeyRef> {
-        self.generate_secret_blocking(
-            label,
-            Mechanism::GenericSecretKeyGen,
-            &[
-                Attribute::KeyType(KeyType::GENERIC_SECRET),
-                Attribute::Sign(true),
-                Attribute::Verify(true),
-            ],
-        )
-    }
-
-    /// HMAC-SHA-256 of `data` under the secret key with `cka_id`.
-    pub fn hmac_sha256_blocking(&self, cka_id: &[u8], data: &[u8]) -> HsmResult<[u8; 32]> {
-        let mac = self.with_session_h(|s| {
-            let key = find_one(
-                s,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::Id(cka_id.to_vec()),
-                ],
-            )?;
-            Ok(s.sign(&Mechanism::Sha256Hmac, key, data)?)
-        })?;
-        mac.try_into()
-            .map_err(|_| HsmError::Encoding("HMAC of unexpected length".into()))
-    }
-
-    /// Whether any object with this `CKA_ID` exists in the token.
-    pub fn key_exists_blocking(&self, cka_id: &[u8]) -> HsmResult<bool> {
-        self.with_session(|s| s.find_objects(&[Attribute::Id(cka_id.to_vec())]))
-            .map(|found| !found.is_empty())
-    }
-
-    /// Security attributes of the private or secret key with `cka_id`.
-    pub fn key_attributes_blocking(&self, cka_id: &[u8]) -> HsmResult<KeyAttributes> {
-        self.with_session_h(|s| {
-            let key = find_one(
-                s,
-                &[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::Id(cka_id.to_vec()),
-                ],
-            )
-            .or_else(|_| {
-                find_one(
-                    s,
-                    &[
-                        Attribute::Class(ObjectClass::SECRET_KEY),
-                        Attribute::Id(cka_id.to_vec()),
-                    ],
-                )
-            })?;
-            let mut out = KeyAttributes {
-                sensitive: false,
-                extractable: true,
-                always_sensitive: false,
-                never_extractable: false,
-            };
-            let attrs = s.get_attributes(
-                key,
-                &[
-                    AttributeType::Sensitive,
-                    AttributeType::Extractable,
-                    AttributeType::AlwaysSensitive,
-                    AttributeType::NeverExtractable,
-                ],
-            )?;
-            for a in attrs {
-                match a {
-                    Attribute::Sensitive(v) => out.sensitive = v,
-                    Attribute::Extractable(v) => out.extractable = v,
-                    Attribute::AlwaysSensitive(v) => out.always_sensitive = v,
-                    Attribute::NeverExtractable(v) => out.never_extractable = v,
-                    _ => {}
-                }
-            }
-            Ok(out)
-        })
-    }
-
     pub async fn generate_key_pair(&self, alg: KeyAlgorithm, label: &str) -> HsmResult<HsmKey> {
         let label = label.to_string();
         self.run(move |h| h.generate_key_pair_blocking(alg, &label))
@@ -383,31 +251,6 @@ impl Hsm {
     pub async fn find_key_pair(&self, alg: KeyAlgorithm, cka_id: &[u8]) -> HsmResult<HsmKey> {
         let id = cka_id.to_vec();
         self.run(move |h| h.find_key_pair_blocking(alg, &id)).await
-    }
-
-    pub async fn generate_kek(&self, label: &str) -> HsmResult<SecretKeyRef> {
-        let label = label.to_string();
-        self.run(move |h| h.generate_kek_blocking(&label)).await
-    }
-
-    pub async fn generate_mac_key(&self, label: &str) -> HsmResult<SecretKeyRef> {
-        let label = label.to_string();
-        self.run(move |h| h.generate_mac_key_blocking(&label)).await
-    }
-
-    pub async fn hmac_sha256(&self, cka_id: &[u8], data: Vec<u8>) -> HsmResult<[u8; 32]> {
-        let id = cka_id.to_vec();
-        self.run(move |h| h.hmac_sha256_blocking(&id, &data)).await
-    }
-
-    pub async fn key_exists(&self, cka_id: &[u8]) -> HsmResult<bool> {
-        let id = cka_id.to_vec();
-        self.run(move |h| h.key_exists_blocking(&id)).await
-    }
-
-    pub async fn key_attributes(&self, cka_id: &[u8]) -> HsmResult<KeyAttributes> {
-        let id = cka_id.to_vec();
-        self.run(move |h| h.key_attributes_blocking(&id)).await
     }
 }
 
@@ -420,11 +263,19 @@ impl HsmKey {
         &self.label
     }
 
-    fn sign_blocking(&self, message: &[u8]) -> HsmResult<Vec<u8>> {
-        let handle = self.handle;
-        let id = self.cka_id.clone();
-        let alg = self.algorithm;
-        let (mechanism, input): (Mechanism, Vec<u8>) = match alg {
+    /// RFC 7512 URI of the private key.
+    pub fn pkcs11_uri(&self) -> String {
+        super::pkcs11_uri(
+            self.hsm.token_label(),
+            &self.label,
+            &self.cka_id,
+            Some("private"),
+        )
+    }
+
+    /// The raw token signature: `r‖s` for ECDSA, PKCS#1 v1.5 for RSA.
+    fn sign_raw(&self, message: &[u8]) -> HsmResult<Vec<u8>> {
+        let (mechanism, input) = match self.algorithm {
             // SoftHSM has no CKM_ECDSA_SHA256: hash here, sign the digest.
             KeyAlgorithm::EcdsaP256 => (Mechanism::Ecdsa, Sha256::digest(message).to_vec()),
             KeyAlgorithm::EcdsaP384 => (Mechanism::Ecdsa, Sha384::digest(message).to_vec()),
@@ -432,25 +283,25 @@ impl HsmKey {
             other => return Err(HsmError::UnsupportedAlgorithm(other.to_string())),
         };
         self.hsm
-            .with_session_h(|s| match s.sign(&mechanism, handle, &input) {
+            .with_session(|s| match s.sign(&mechanism, self.handle, &input) {
                 Ok(sig) => Ok(sig),
-                // The cached handle went stale (token re-initialised): find again.
-                Err(cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::KeyHandleInvalid
-                    | cryptoki::error::RvError::ObjectHandleInvalid,
-                    _,
-                )) => {
-                    let key = find_one(
-                        s,
-                        &[
-                            Attribute::Class(ObjectClass::PRIVATE_KEY),
-                            Attribute::Id(id.clone()),
-                        ],
-                    )?;
-                    Ok(s.sign(&mechanism, key, &input)?)
-                }
-                Err(e) => Err(e.into()),
+                // A stale cached handle (object re-created, token restored):
+                // the id is the key's real name.
+                Err(e) => match HsmError::from(e) {
+                    HsmError::KeyNotFound => {
+                        let key = find_one(s, ObjectClass::PRIVATE_KEY, &self.cka_id)?;
+                        Ok(s.sign(&mechanism, key, &input)?)
+                    }
+                    other => Err(other),
+                },
             })
+    }
+
+    pub async fn sign_async(&self, message: Vec<u8>) -> Result<Vec<u8>, SignError> {
+        let key = self.clone();
+        tokio::task::spawn_blocking(move || key.sign(&message))
+            .await
+            .map_err(|e| SignError::Failed(format!("HSM task failed: {e}")))?
     }
 }
 
@@ -464,7 +315,7 @@ impl Signer for HsmKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let raw = self.sign_blocking(message).map_err(|e| match e {
+        let raw = self.sign_raw(message).map_err(|e| match e {
             HsmError::Unavailable(m) => SignError::Unavailable(m),
             other => SignError::Failed(other.to_string()),
         })?;
@@ -476,57 +327,110 @@ impl Signer for HsmKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ring::signature::{self, UnparsedPublicKey};
     use x509_parser::prelude::FromDer;
     use x509_parser::x509::SubjectPublicKeyInfo;
 
-    use super::super::testing::fixture;
+    use super::super::testing::{LABEL, MODULE, fixture};
     use super::*;
 
-    fn verify(key: &HsmKey, msg: &[u8], sig: &[u8]) {
-        let (_, spki) = SubjectPublicKeyInfo::from_der(key.public_key_spki()).unwrap();
-        let alg: &dyn signature::VerificationAlgorithm = match key.algorithm() {
+    pub(crate) const CA_ALGORITHMS: [KeyAlgorithm; 5] = [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096,
+    ];
+
+    /// Verifies with `ring`, from the SPKI alone, as a relying party would.
+    pub(crate) fn verify(alg: KeyAlgorithm, spki_der: &[u8], msg: &[u8], sig: &[u8]) {
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(spki_der).expect("SPKI parses");
+        assert!(rest.is_empty(), "trailing bytes after the SPKI");
+        let ring_alg: &dyn signature::VerificationAlgorithm = match alg {
             KeyAlgorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
             KeyAlgorithm::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
             _ => &signature::RSA_PKCS1_2048_8192_SHA256,
         };
-        UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+        UnparsedPublicKey::new(ring_alg, spki.subject_public_key.data.as_ref())
             .verify(msg, sig)
             .expect("signature verifies with the exported public key");
+    }
+
+    fn check_spki_shape(alg: KeyAlgorithm, spki_der: &[u8]) {
+        use x509_parser::public_key::PublicKey;
+        let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).unwrap();
+        match (alg, spki.parsed().unwrap()) {
+            (KeyAlgorithm::EcdsaP256, PublicKey::EC(p)) => assert_eq!(p.key_size(), 256),
+            (KeyAlgorithm::EcdsaP384, PublicKey::EC(p)) => assert_eq!(p.key_size(), 384),
+            (a, PublicKey::RSA(k)) => {
+                assert_eq!(Some(k.key_size() as u32), a.rsa_bits());
+                assert_eq!(k.exponent, &[0x01, 0x00, 0x01]);
+                // rsaEncryption with explicit NULL parameters.
+                assert_eq!(
+                    spki.algorithm.algorithm.to_id_string(),
+                    "1.2.840.113549.1.1.1"
+                );
+                assert!(spki.algorithm.parameters.is_some());
+            }
+            (a, other) => panic!("{a}: unexpected key {other:?}"),
+        }
+        if let Some(curve) = curve_oid(alg) {
+            let params = spki.algorithm.parameters.as_ref().unwrap();
+            assert_eq!(params.data, curve);
+        }
     }
 
     #[test]
     fn every_ca_algorithm_generates_signs_and_verifies() {
         let hsm = &fixture().hsm;
-        for alg in [
-            KeyAlgorithm::EcdsaP256,
-            KeyAlgorithm::EcdsaP384,
-            KeyAlgorithm::Rsa2048,
-            KeyAlgorithm::Rsa3072,
-            KeyAlgorithm::Rsa4096,
-        ] {
+        for alg in CA_ALGORITHMS {
             let key = hsm
                 .generate_key_pair_blocking(alg, &format!("test-{alg}"))
                 .unwrap();
+            assert_eq!(key.cka_id().len(), 16);
+            check_spki_shape(alg, key.public_key_spki());
             let msg = b"to be signed";
             let sig = key.sign(msg).unwrap();
-            verify(&key, msg, &sig);
+            verify(alg, key.public_key_spki(), msg, &sig);
 
             let attrs = hsm.key_attributes_blocking(key.cka_id()).unwrap();
             assert!(
-                attrs.sensitive && !attrs.extractable && attrs.never_extractable,
+                attrs.sensitive
+                    && !attrs.extractable
+                    && attrs.never_extractable
+                    && attrs.always_sensitive,
                 "{alg}: {attrs:?}"
             );
 
             let again = hsm.find_key_pair_blocking(alg, key.cka_id()).unwrap();
             assert_eq!(again.public_key_spki(), key.public_key_spki());
-            verify(&again, b"other", &again.sign(b"other").unwrap());
+            assert_eq!(again.label(), format!("test-{alg}"));
+            verify(
+                alg,
+                again.public_key_spki(),
+                b"other",
+                &again.sign(b"other").unwrap(),
+            );
         }
+    }
+
+    #[test]
+    fn ed25519_and_mismatched_algorithms_are_refused() {
+        let hsm = &fixture().hsm;
         assert!(matches!(
             hsm.generate_key_pair_blocking(KeyAlgorithm::Ed25519, "x"),
             Err(HsmError::UnsupportedAlgorithm(_))
         ));
+        let ec = hsm
+            .generate_key_pair_blocking(KeyAlgorithm::EcdsaP256, "mismatch")
+            .unwrap();
+        for wrong in [KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+            assert!(matches!(
+                hsm.find_key_pair_blocking(wrong, ec.cka_id()),
+                Err(HsmError::Encoding(_))
+            ));
+        }
     }
 
     #[test]
@@ -539,47 +443,27 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn hmac_keys_are_deterministic_and_distinct() {
-        let hsm = &fixture().hsm;
-        let a = hsm.generate_mac_key_blocking("mac-a").unwrap();
-        let b = hsm.generate_mac_key_blocking("mac-b").unwrap();
-        let m1 = hsm.hmac_sha256_blocking(&a.cka_id, b"entry").unwrap();
-        assert_eq!(m1, hsm.hmac_sha256_blocking(&a.cka_id, b"entry").unwrap());
-        assert_ne!(m1, hsm.hmac_sha256_blocking(&b.cka_id, b"entry").unwrap());
-        assert_ne!(m1, hsm.hmac_sha256_blocking(&a.cka_id, b"entrY").unwrap());
-        let attrs = hsm.key_attributes_blocking(&a.cka_id).unwrap();
-        assert!(attrs.sensitive && !attrs.extractable);
-    }
-
-    #[test]
-    fn kek_is_sensitive_and_registered_by_id() {
-        let hsm = &fixture().hsm;
-        let kek = hsm.generate_kek_blocking("kek-test").unwrap();
-        assert!(hsm.key_exists_blocking(&kek.cka_id).unwrap());
-        let attrs = hsm.key_attributes_blocking(&kek.cka_id).unwrap();
-        assert!(attrs.sensitive && !attrs.extractable && attrs.never_extractable);
-        let uri = hsm.pkcs11_uri("kek-test", &kek.cka_id);
-        assert!(
-            uri.starts_with("pkcs11:token=clm;object=kek-test;id=%"),
-            "{uri}"
-        );
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_signing_through_the_pool() {
+        // More tasks than pooled sessions (4): the rest wait their turn.
         let hsm = fixture().hsm.clone();
         let key = hsm
             .generate_key_pair(KeyAlgorithm::EcdsaP256, "pool")
             .await
             .unwrap();
+        let rsa = hsm
+            .generate_key_pair(KeyAlgorithm::Rsa2048, "pool-rsa")
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for i in 0..16u8 {
-            let key = key.clone();
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let msg = [i; 32];
-                let sig = key.sign(&msg).unwrap();
-                verify(&key, &msg, &sig);
+            let key = if i % 4 == 0 { rsa.clone() } else { key.clone() };
+            tasks.push(tokio::spawn(async move {
+                for round in 0..8u8 {
+                    let msg = vec![i, round];
+                    let sig = key.sign_async(msg.clone()).await.unwrap();
+                    verify(key.algorithm(), key.public_key_spki(), &msg, &sig);
+                }
             }));
         }
         for t in tasks {
@@ -589,15 +473,30 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_token_is_named() {
+    fn pkcs11_tool_sees_a_sensitive_never_extractable_key() {
         let f = fixture();
-        let missing = Hsm::open(
-            std::path::Path::new("/usr/lib/softhsm/libsofthsm2.so"),
-            "no-such-token",
-            &crate::domain::Secret::new(f.pin.clone()),
-            1,
-        );
-        assert!(matches!(missing, Err(HsmError::TokenNotFound(t)) if t == "no-such-token"));
+        let key = f
+            .hsm
+            .generate_key_pair_blocking(KeyAlgorithm::EcdsaP256, "seen-from-outside")
+            .unwrap();
+        assert!(key.pkcs11_uri().ends_with(";type=private"));
+        let out = std::process::Command::new("pkcs11-tool")
+            .args(["--module", MODULE, "--token-label", LABEL, "--login"])
+            .args(["--pin", &f.pin])
+            .args(["--list-objects", "--type", "privkey"])
+            .args(["--id", &hex::encode(key.cka_id())])
+            .env("SOFTHSM2_CONF", &f.conf)
+            .output()
+            .expect("run pkcs11-tool");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("seen-from-outside"), "{text}");
+        let access = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("Access:"))
+            .unwrap_or_else(|| panic!("no access line in {text}"));
+        assert!(access.contains("sensitive"), "{access}");
+        assert!(access.contains("never extractable"), "{access}");
     }
 
     #[test]
@@ -606,6 +505,11 @@ mod tests {
         let der_sig = ecdsa_raw_to_der(&raw).unwrap();
         assert_eq!(der_sig[0], 0x30);
         assert_eq!(&der_sig[2..5], &[0x02, 0x21, 0x00]);
+        // Leading zero bytes of s are dropped: minimal encoding.
+        let mut zero_s = [[0x01u8; 32], [0u8; 32]].concat();
+        zero_s[63] = 5;
+        let der_sig = ecdsa_raw_to_der(&zero_s).unwrap();
+        assert!(der_sig.ends_with(&[0x02, 0x01, 0x05]));
         assert!(ecdsa_raw_to_der(&[1, 2, 3]).is_err());
     }
 }
