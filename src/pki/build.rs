@@ -1,22 +1,29 @@
 //! Building certificates with rcgen from what a profile approved — never by
 //! copying a CSR's extensions — and signing them through a [`Signer`].
-
-use std::sync::Mutex;
+//!
+//! Every builder comes in two halves: `prepare_*` returns the exact
+//! [`ToBeSigned`] bytes (so the caller can record them with the reserved
+//! serial first), and `build_*` prepares and signs in one call.
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType, SerialNumber,
-    SignatureAlgorithm,
 };
 use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::PkiError;
+use super::signer::{PublicKeyBits, ToBeSigned, key_identifier};
 use crate::domain::der;
-use crate::domain::{
-    ApprovedCertificate, CaId, ExtendedKeyUsage, KeyAlgorithm, San, Secret, SignError, Signer,
-};
+use crate::domain::profile::MAX_COMMON_NAME_LEN;
+use crate::domain::{ApprovedCertificate, CaId, ExtendedKeyUsage, San, Secret, Signer};
+
+const OID_AIA: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+/// id-ad-ocsp and id-ad-caIssuers, DER content octets.
+const ID_AD_OCSP: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+const ID_AD_CA_ISSUERS: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
 
 /// The URLs relying parties need, written into CRL DP and AIA.
 #[derive(Clone, Debug)]
@@ -60,148 +67,100 @@ pub fn serial_hex(serial: &[u8]) -> String {
     hex::encode(serial)
 }
 
-/// Adapts a clm [`Signer`] to rcgen. rcgen's error type cannot carry ours,
-/// so the signer's own error is kept aside for the caller.
-struct RcgenKey<'a> {
-    signer: &'a dyn Signer,
-    subject_public_key: Vec<u8>,
-    algorithm: &'static SignatureAlgorithm,
-    failure: Mutex<Option<SignError>>,
-}
-
-impl<'a> RcgenKey<'a> {
-    fn new(signer: &'a dyn Signer) -> Result<Self, PkiError> {
-        Ok(Self {
-            subject_public_key: subject_public_key_bits(signer.public_key_spki())?,
-            algorithm: signature_algorithm(signer.algorithm())?,
-            signer,
-            failure: Mutex::new(None),
-        })
+/// The serial must already be the content of a positive, minimal DER
+/// INTEGER of at most 20 octets, so that [`serial_hex`] of what was
+/// reserved equals the hex of what the certificate carries.
+fn serial_number(serial: &[u8]) -> Result<SerialNumber, PkiError> {
+    match serial.first() {
+        Some(0x01..=0x7f) if serial.len() <= 20 => Ok(SerialNumber::from_slice(serial)),
+        _ => Err(PkiError::encoding(
+            "a serial must be 1 to 20 bytes with a first byte in 01..7f",
+        )),
     }
-
-    /// The signer's error, if rcgen failed because of it.
-    fn take_failure(&self) -> Option<SignError> {
-        self.failure.lock().ok().and_then(|mut f| f.take())
-    }
-}
-
-impl rcgen::PublicKeyData for RcgenKey<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        &self.subject_public_key
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.algorithm
-    }
-}
-
-impl rcgen::SigningKey for RcgenKey<'_> {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.signer.sign(msg).map_err(|e| {
-            if let Ok(mut slot) = self.failure.lock() {
-                *slot = Some(e);
-            }
-            rcgen::Error::RemoteKeyError
-        })
-    }
-}
-
-/// A subject public key given as SPKI bytes (from a CSR or the token).
-struct SubjectKey {
-    bits: Vec<u8>,
-    algorithm: &'static SignatureAlgorithm,
-}
-
-impl rcgen::PublicKeyData for SubjectKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.bits
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.algorithm
-    }
-}
-
-fn signature_algorithm(alg: KeyAlgorithm) -> Result<&'static SignatureAlgorithm, PkiError> {
-    Ok(match alg {
-        KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
-            &rcgen::PKCS_RSA_SHA256
-        }
-        KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
-    })
-}
-
-/// The subjectPublicKey BIT STRING contents of an SPKI.
-fn subject_public_key_bits(spki: &[u8]) -> Result<Vec<u8>, PkiError> {
-    let bad = || PkiError::Encoding("malformed SubjectPublicKeyInfo".into());
-    let (tag, body, _) = der::read_tlv(spki).ok_or_else(bad)?;
-    if tag != 0x30 {
-        return Err(bad());
-    }
-    let (_, _, rest) = der::read_tlv(body).ok_or_else(bad)?; // AlgorithmIdentifier
-    let (tag, bits, _) = der::read_tlv(rest).ok_or_else(bad)?;
-    match (tag, bits.split_first()) {
-        (0x03, Some((0, key))) => Ok(key.to_vec()),
-        _ => Err(bad()),
-    }
-}
-
-/// RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits.
-fn key_identifier(subject_public_key: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, subject_public_key)
-        .as_ref()
-        .to_vec()
 }
 
 fn offset(t: DateTime<Utc>) -> Result<OffsetDateTime, PkiError> {
-    OffsetDateTime::from_unix_timestamp(t.timestamp())
-        .map_err(|e| PkiError::Encoding(e.to_string()))
+    OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(PkiError::encoding)
 }
 
-/// An issuing CA: its signer and its certificate (whose subject DN and
-/// SKI become the issued certificates' issuer DN and AKI).
+/// notAfter is inclusive (RFC 5280 §4.1.2.5): a period of `days` days ends
+/// one second before the same time `days` days later.
+fn end_of(not_before: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    not_before + chrono::Duration::days(i64::from(days)) - chrono::Duration::seconds(1)
+}
+
+/// An issuing CA: its signer and its certificate, whose subject DN and SKI
+/// become the issued certificates' issuer DN and AKI.
 pub struct Issuer<'a> {
     signer: &'a dyn Signer,
+    public: PublicKeyBits,
     certificate_der: Vec<u8>,
+    subject_raw: Vec<u8>,
     not_after: DateTime<Utc>,
 }
 
 impl<'a> Issuer<'a> {
+    /// Refuses a signer whose key is not the certificate's: everything it
+    /// signed would fail to verify.
     pub fn new(signer: &'a dyn Signer, ca_certificate_der: &[u8]) -> Result<Self, PkiError> {
-        let info = super::CertInfo::from_der(ca_certificate_der)?;
+        let (_, cert) =
+            X509Certificate::from_der(ca_certificate_der).map_err(PkiError::encoding)?;
+        let public = PublicKeyBits::new(signer.public_key_spki(), signer.algorithm())?;
+        if cert.public_key().subject_public_key.data.as_ref() != public.bits.as_slice() {
+            return Err(PkiError::KeyMismatch(
+                "the signer's key is not the CA certificate's key".into(),
+            ));
+        }
         Ok(Self {
-            signer,
+            not_after: super::inspect::utc(cert.validity().not_after)?,
             certificate_der: ca_certificate_der.to_vec(),
-            not_after: info.not_after,
+            subject_raw: cert.subject().as_raw().to_vec(),
+            public,
+            signer,
         })
     }
 
-    /// Signs `params` for `subject` with this CA's key.
-    fn sign(
+    /// The CA's notAfter, beyond which nothing it issues may be valid.
+    pub fn not_after(&self) -> DateTime<Utc> {
+        self.not_after
+    }
+
+    /// Encodes `params` for `subject_spki_der` as issued by this CA and
+    /// checks that what rcgen wrote is what was meant.
+    fn prepare(
         &self,
         params: &CertificateParams,
-        subject: &impl rcgen::PublicKeyData,
-    ) -> Result<Vec<u8>, PkiError> {
-        let key = RcgenKey::new(self.signer)?;
+        subject: &PublicKeyBits,
+        subject_spki_der: &[u8],
+    ) -> Result<ToBeSigned, PkiError> {
         let ca = rustls_pki_types::CertificateDer::from(self.certificate_der.as_slice());
-        let issuer = rcgen::Issuer::from_ca_cert_der(&ca, &key)?;
-        match params.signed_by(subject, &issuer) {
-            Ok(cert) => Ok(cert.der().to_vec()),
-            Err(e) => Err(key
-                .take_failure()
-                .map(PkiError::Signing)
-                .unwrap_or_else(|| e.into())),
-        }
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca, &self.public)?;
+        let unsigned = params.signed_by(subject, &issuer)?;
+        check_unsigned(unsigned.der(), subject_spki_der, Some(&self.subject_raw))?;
+        ToBeSigned::from_unsigned(unsigned.der(), &self.public)
     }
 }
 
-fn subject_key(spki_der: &[u8], alg: KeyAlgorithm) -> Result<SubjectKey, PkiError> {
-    Ok(SubjectKey {
-        bits: subject_public_key_bits(spki_der)?,
-        algorithm: signature_algorithm(alg)?,
-    })
+/// rcgen re-encodes the issuer DN from its parsed form and the SPKI from
+/// the key bits; both must come out byte-identical or relying parties will
+/// not chain the certificate or will see another key.
+fn check_unsigned(
+    unsigned: &[u8],
+    subject_spki_der: &[u8],
+    issuer_name: Option<&[u8]>,
+) -> Result<(), PkiError> {
+    let (_, cert) = X509Certificate::from_der(unsigned).map_err(PkiError::encoding)?;
+    if cert.public_key().raw != subject_spki_der {
+        return Err(PkiError::encoding(
+            "the subject public key did not survive encoding unchanged",
+        ));
+    }
+    if issuer_name.is_some_and(|name| cert.issuer().as_raw() != name) {
+        return Err(PkiError::encoding(
+            "the issuer name differs from the CA certificate's subject",
+        ));
+    }
+    Ok(())
 }
 
 fn ca_params(
@@ -211,92 +170,137 @@ fn ca_params(
     serial: &[u8],
     path_len: Option<u8>,
 ) -> Result<CertificateParams, PkiError> {
+    let cn = subject.common_name.trim();
+    if cn.is_empty() || cn.chars().count() > MAX_COMMON_NAME_LEN || cn.chars().any(char::is_control)
+    {
+        return Err(PkiError::InvalidSubject(
+            "a CA's common name must be 1 to 64 printable characters".into(),
+        ));
+    }
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    if let Some(o) = &subject.organization {
-        dn.push(DnType::OrganizationName, o.as_str());
+    if let Some(o) = subject.organization.as_deref().map(str::trim) {
+        if o.is_empty() || o.chars().count() > 64 || o.chars().any(char::is_control) {
+            return Err(PkiError::InvalidSubject(
+                "an organization name must be 1 to 64 printable characters".into(),
+            ));
+        }
+        dn.push(DnType::OrganizationName, o);
     }
-    dn.push(DnType::CommonName, subject.common_name.as_str());
+    dn.push(DnType::CommonName, cn);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(match path_len {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.serial_number = Some(SerialNumber::from_slice(serial));
+    params.serial_number = Some(serial_number(serial)?);
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(spki_bits));
     params.use_authority_key_identifier_extension = true;
     let now = Utc::now();
     params.not_before = offset(now)?;
-    params.not_after = offset(now + chrono::Duration::days(i64::from(validity_days)))?;
+    params.not_after = offset(end_of(now, validity_days))?;
     Ok(params)
 }
 
-/// A self-signed root CA certificate.
+/// The to-be-signed part of a self-signed root CA certificate for the key
+/// of `signer` (which is not asked to sign here).
+pub fn prepare_root_ca(
+    signer: &dyn Signer,
+    subject: &CaSubject,
+    validity_days: u32,
+    serial: &[u8],
+) -> Result<ToBeSigned, PkiError> {
+    let key = PublicKeyBits::new(signer.public_key_spki(), signer.algorithm())?;
+    let params = ca_params(subject, &key.bits, validity_days, serial, None)?;
+    let unsigned = params.self_signed(&key)?;
+    check_unsigned(unsigned.der(), signer.public_key_spki(), None)?;
+    ToBeSigned::from_unsigned(unsigned.der(), &key)
+}
+
+/// A self-signed root CA certificate. Blocking (it signs).
 pub fn build_root_ca(
     signer: &dyn Signer,
     subject: &CaSubject,
     validity_days: u32,
     serial: &[u8],
 ) -> Result<Vec<u8>, PkiError> {
-    let key = RcgenKey::new(signer)?;
-    let params = ca_params(
-        subject,
-        &key.subject_public_key,
-        validity_days,
-        serial,
-        None,
-    )?;
-    match params.self_signed(&key) {
-        Ok(cert) => Ok(cert.der().to_vec()),
-        Err(e) => Err(key
-            .take_failure()
-            .map(PkiError::Signing)
-            .unwrap_or_else(|| e.into())),
-    }
+    prepare_root_ca(signer, subject, validity_days, serial)?.sign(signer)
 }
 
-/// An intermediate CA certificate (path length 0) for the key `spki_der`,
-/// signed by `issuer`.
-pub fn build_intermediate_ca(
+/// The to-be-signed part of an intermediate CA certificate (path length
+/// 0: it issues end-entity certificates only) for the key `spki_der`.
+pub fn prepare_intermediate_ca(
     subject: &CaSubject,
     spki_der: &[u8],
-    key_algorithm: KeyAlgorithm,
+    key_algorithm: crate::domain::KeyAlgorithm,
     issuer: &Issuer<'_>,
     validity_days: u32,
     serial: &[u8],
     urls: Option<&PublicUrls>,
-) -> Result<Vec<u8>, PkiError> {
-    let subject_key = subject_key(spki_der, key_algorithm)?;
+) -> Result<ToBeSigned, PkiError> {
+    let subject_key = PublicKeyBits::new(spki_der, key_algorithm)?;
     let mut params = ca_params(subject, &subject_key.bits, validity_days, serial, Some(0))?;
     params.not_after = params.not_after.min(offset(issuer.not_after)?);
     if let Some(urls) = urls {
         add_urls(&mut params, urls);
     }
-    issuer.sign(&params, &subject_key)
+    issuer.prepare(&params, &subject_key, spki_der)
 }
 
-/// An end-entity certificate for `subject_spki_der`, exactly as `approved`
-/// says, valid from `not_before` and never beyond the issuer's notAfter.
-pub fn build_leaf(
+/// An intermediate CA certificate signed by `issuer`. Blocking (it signs).
+pub fn build_intermediate_ca(
+    subject: &CaSubject,
+    spki_der: &[u8],
+    key_algorithm: crate::domain::KeyAlgorithm,
+    issuer: &Issuer<'_>,
+    validity_days: u32,
+    serial: &[u8],
+    urls: Option<&PublicUrls>,
+) -> Result<Vec<u8>, PkiError> {
+    prepare_intermediate_ca(
+        subject,
+        spki_der,
+        key_algorithm,
+        issuer,
+        validity_days,
+        serial,
+        urls,
+    )?
+    .sign(issuer.signer)
+}
+
+/// The to-be-signed part of an end-entity certificate for
+/// `subject_spki_der`, exactly as `approved` says, valid from `not_before`
+/// and never beyond the issuer's notAfter.
+pub fn prepare_leaf(
     approved: &ApprovedCertificate,
     subject_spki_der: &[u8],
     issuer: &Issuer<'_>,
     serial: &[u8],
     not_before: DateTime<Utc>,
     urls: &PublicUrls,
-) -> Result<Vec<u8>, PkiError> {
-    let subject_key = subject_key(subject_spki_der, approved.key_algorithm)?;
+) -> Result<ToBeSigned, PkiError> {
+    let subject_key = PublicKeyBits::new(subject_spki_der, approved.key_algorithm)?;
     let mut params = CertificateParams::default();
-    // A certificate without a subject needs a critical SAN; repeating the
-    // first SAN as CN keeps the subject non-empty and readable.
-    let cn = approved
-        .common_name
-        .clone()
-        .or_else(|| approved.sans.first().map(San::to_string));
+    // Without a CN the first SAN is repeated as CN, which keeps the
+    // subject readable; a name too long for a CN leaves the subject empty
+    // and rcgen then marks the SAN extension critical, as RFC 5280 wants.
+    let cn = approved.common_name.clone().or_else(|| {
+        approved
+            .sans
+            .first()
+            .map(San::to_string)
+            .filter(|s| s.len() <= MAX_COMMON_NAME_LEN)
+    });
     let mut dn = DistinguishedName::new();
     if let Some(cn) = cn {
         dn.push(DnType::CommonName, cn);
+    }
+    if dn.iter().next().is_none() && approved.sans.is_empty() {
+        return Err(PkiError::InvalidSubject(
+            "the certificate would name nobody".into(),
+        ));
     }
     params.distinguished_name = dn;
     params.subject_alt_names = approved
@@ -307,10 +311,11 @@ pub fn build_leaf(
                 .as_str()
                 .try_into()
                 .map(SanType::DnsName)
-                .map_err(|_| PkiError::Encoding(format!("`{d}` is not IA5"))),
+                .map_err(|_| PkiError::InvalidSubject("a DNS name is not ASCII".into())),
             San::Ip(ip) => Ok(SanType::IpAddress(*ip)),
         })
         .collect::<Result<_, _>>()?;
+    // ExplicitNoCa writes basicConstraints cA=FALSE and, with it, the SKI.
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = match approved.key_algorithm.rsa_bits() {
         Some(_) => vec![
@@ -324,15 +329,31 @@ pub fn build_leaf(
         .iter()
         .map(|e| eku(*e))
         .collect();
-    params.serial_number = Some(SerialNumber::from_slice(serial));
+    params.serial_number = Some(serial_number(serial)?);
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(&subject_key.bits));
     params.use_authority_key_identifier_extension = true;
+    let not_after = end_of(not_before, approved.validity_days).min(issuer.not_after);
+    if not_after <= not_before {
+        return Err(PkiError::encoding(
+            "the issuing CA expires before the certificate would start",
+        ));
+    }
     params.not_before = offset(not_before)?;
-    let not_after = (not_before + chrono::Duration::days(i64::from(approved.validity_days)))
-        .min(issuer.not_after);
     params.not_after = offset(not_after)?;
     add_urls(&mut params, urls);
-    issuer.sign(&params, &subject_key)
+    issuer.prepare(&params, &subject_key, subject_spki_der)
+}
+
+/// An end-entity certificate; see [`prepare_leaf`]. Blocking (it signs).
+pub fn build_leaf(
+    approved: &ApprovedCertificate,
+    subject_spki_der: &[u8],
+    issuer: &Issuer<'_>,
+    serial: &[u8],
+    not_before: DateTime<Utc>,
+    urls: &PublicUrls,
+) -> Result<Vec<u8>, PkiError> {
+    prepare_leaf(approved, subject_spki_der, issuer, serial, not_before, urls)?.sign(issuer.signer)
 }
 
 fn eku(e: ExtendedKeyUsage) -> ExtendedKeyUsagePurpose {
@@ -352,22 +373,24 @@ fn add_urls(params: &mut CertificateParams, urls: &PublicUrls) {
     params.crl_distribution_points = vec![CrlDistributionPoint {
         uris: vec![urls.crl.clone()],
     }];
-    const ID_AD_OCSP: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
-    const ID_AD_CA_ISSUERS: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
-    // AccessDescription ::= SEQUENCE { accessMethod OID, accessLocation [6] IA5String URI }
-    let access = |method: &[u8], uri: &str| {
-        der::sequence(&[&der::tlv(0x06, method), &der::tlv(0x86, uri.as_bytes())])
-    };
-    let aia = der::sequence(&[
-        &access(ID_AD_OCSP, &urls.ocsp),
-        &access(ID_AD_CA_ISSUERS, &urls.ca_issuers),
-    ]);
     params
         .custom_extensions
         .push(CustomExtension::from_oid_content(
-            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
-            aia,
+            OID_AIA,
+            authority_info_access(&urls.ocsp, &urls.ca_issuers),
         ));
+}
+
+/// AuthorityInfoAccessSyntax ::= SEQUENCE OF AccessDescription, each
+/// `SEQUENCE { accessMethod OID, accessLocation [6] IMPLICIT IA5String }`.
+fn authority_info_access(ocsp: &str, ca_issuers: &str) -> Vec<u8> {
+    let access = |method: &[u8], uri: &str| {
+        der::sequence(&[&der::tlv(0x06, method), &der::tlv(0x86, uri.as_bytes())])
+    };
+    der::sequence(&[
+        &access(ID_AD_OCSP, ocsp),
+        &access(ID_AD_CA_ISSUERS, ca_issuers),
+    ])
 }
 
 /// A software key pair for a TLS server (the API listener's own key, which
@@ -397,54 +420,43 @@ impl TlsKey {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::process::Command;
 
-    use x509_parser::prelude::*;
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
 
     use super::*;
-    use crate::pki::csr::tests::csr_pem;
+    use crate::domain::KeyAlgorithm;
+    use crate::pki::testutil::{SoftSigner, csr_pem, openssl_csr, pkilint, tool_available};
     use crate::pki::{CertInfo, parse_csr, prove_key_matches, to_pem, verify_signed_by};
 
-    /// A software signer for unit tests of the encoding only; integration
-    /// tests sign with SoftHSM.
-    struct SoftSigner(rcgen::KeyPair, KeyAlgorithm);
-
-    impl Signer for SoftSigner {
-        fn algorithm(&self) -> KeyAlgorithm {
-            self.1
-        }
-        fn public_key_spki(&self) -> &[u8] {
-            Box::leak(rcgen::PublicKeyData::subject_public_key_info(&self.0).into_boxed_slice())
-        }
-        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-            rcgen::SigningKey::sign(&self.0, message).map_err(|e| SignError::Failed(e.to_string()))
-        }
-    }
-
-    fn soft(alg: &'static SignatureAlgorithm, k: KeyAlgorithm) -> SoftSigner {
-        SoftSigner(rcgen::KeyPair::generate_for(alg).unwrap(), k)
-    }
+    const BASE: &str = "http://127.0.0.1:8080/";
 
     struct Chain {
         root: Vec<u8>,
+        root_key: SoftSigner,
         intermediate: Vec<u8>,
         inter_key: SoftSigner,
+        inter_id: CaId,
     }
 
-    fn chain() -> Chain {
-        let root_key = soft(&rcgen::PKCS_ECDSA_P384_SHA384, KeyAlgorithm::EcdsaP384);
-        let inter_key = soft(&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256);
-        let subject = |cn: &str| CaSubject {
+    fn subject(cn: &str) -> CaSubject {
+        CaSubject {
             common_name: cn.into(),
             organization: Some("clm".into()),
-        };
+        }
+    }
+
+    fn chain_of(root_alg: KeyAlgorithm, inter_alg: KeyAlgorithm) -> Chain {
+        let root_key = SoftSigner::new(root_alg);
+        let inter_key = SoftSigner::new(inter_alg);
         let root = build_root_ca(&root_key, &subject("Test Root"), 3650, &random_serial()).unwrap();
         let issuer = Issuer::new(&root_key, &root).unwrap();
-        let urls = PublicUrls::new("http://127.0.0.1:8080", CaId::new());
+        let urls = PublicUrls::new(BASE, CaId::new());
         let intermediate = build_intermediate_ca(
             &subject("Test Intermediate"),
             inter_key.public_key_spki(),
-            KeyAlgorithm::EcdsaP256,
+            inter_alg,
             &issuer,
             1825,
             &random_serial(),
@@ -453,34 +465,83 @@ mod tests {
         .unwrap();
         Chain {
             root,
+            root_key,
             intermediate,
             inter_key,
+            inter_id: CaId::new(),
         }
     }
 
+    fn chain() -> Chain {
+        chain_of(KeyAlgorithm::EcdsaP384, KeyAlgorithm::EcdsaP256)
+    }
+
+    fn approved_from(
+        csr_text: &str,
+        days: u32,
+        ekus: &[ExtendedKeyUsage],
+    ) -> (ApprovedCertificate, Vec<u8>) {
+        let csr = parse_csr(csr_text).unwrap();
+        (
+            ApprovedCertificate {
+                common_name: csr.common_name.clone(),
+                sans: csr.sans.clone(),
+                key_algorithm: csr.key_algorithm,
+                validity_days: days,
+                extended_key_usages: ekus.to_vec(),
+            },
+            csr.spki_der,
+        )
+    }
+
     fn leaf(chain: &Chain, csr: &str, days: u32) -> Vec<u8> {
-        let csr = parse_csr(csr).unwrap();
-        let approved = ApprovedCertificate {
-            common_name: csr.common_name.clone(),
-            sans: csr.sans.clone(),
-            key_algorithm: csr.key_algorithm,
-            validity_days: days,
-            extended_key_usages: vec![
-                crate::domain::ExtendedKeyUsage::ServerAuth,
-                crate::domain::ExtendedKeyUsage::ClientAuth,
-            ],
-        };
+        let (approved, spki) = approved_from(
+            csr,
+            days,
+            &[ExtendedKeyUsage::ServerAuth, ExtendedKeyUsage::ClientAuth],
+        );
         let issuer = Issuer::new(&chain.inter_key, &chain.intermediate).unwrap();
-        let urls = PublicUrls::new("http://127.0.0.1:8080/", CaId::new());
         build_leaf(
             &approved,
-            &csr.spki_der,
+            &spki,
             &issuer,
             &random_serial(),
             Utc::now(),
-            &urls,
+            &PublicUrls::new(BASE, chain.inter_id),
         )
         .unwrap()
+    }
+
+    fn ext<'a>(
+        cert: &'a X509Certificate<'a>,
+        oid: &str,
+    ) -> Option<&'a x509_parser::extensions::X509Extension<'a>> {
+        cert.extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == oid)
+    }
+
+    fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+        cert.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            })
+    }
+
+    fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+        cert.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    // keyIdentifier only: issuer name and serial would pin the
+                    // CA certificate and break rollover.
+                    assert!(a.authority_cert_issuer.is_none() && a.authority_cert_serial.is_none());
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
     }
 
     #[test]
@@ -490,6 +551,39 @@ mod tests {
         assert!((0x40..=0x7f).contains(&a[0]));
         assert_ne!(a, random_serial());
         assert_eq!(serial_hex(&[0x4a, 0x01]), "4a01");
+        for bad in [&[][..], &[0x00, 0x01], &[0x80], &[0x01; 21]] {
+            assert!(serial_number(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ca_certificates_have_the_ca_extensions() {
+        let chain = chain();
+        let (_, root) = X509Certificate::from_der(&chain.root).unwrap();
+        let (_, inter) = X509Certificate::from_der(&chain.intermediate).unwrap();
+        assert_eq!(root.subject().to_string(), "O=clm, CN=Test Root");
+        assert_eq!(root.issuer().as_raw(), root.subject().as_raw());
+        assert_eq!(inter.issuer().as_raw(), root.subject().as_raw());
+        for (cert, path_len) in [(&root, None), (&inter, Some(0))] {
+            let bc = cert.basic_constraints().unwrap().unwrap();
+            assert!(bc.critical && bc.value.ca);
+            assert_eq!(bc.value.path_len_constraint, path_len);
+            let ku = cert.key_usage().unwrap().unwrap();
+            assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+            assert!(!ku.value.digital_signature());
+            assert_eq!(
+                ski(cert).unwrap(),
+                key_identifier(&cert.public_key().subject_public_key.data)
+            );
+        }
+        assert_eq!(aki(&root), ski(&root));
+        assert_eq!(aki(&inter), ski(&root));
+        assert!(ext(&root, "1.3.6.1.5.5.7.1.1").is_none());
+        assert!(ext(&inter, "1.3.6.1.5.5.7.1.1").is_some());
+        assert_eq!(inter.public_key().raw, chain.inter_key.public_key_spki());
+        verify_signed_by(&chain.root, &chain.root).unwrap();
+        verify_signed_by(&chain.intermediate, &chain.root).unwrap();
+        prove_key_matches(&chain.root_key, &chain.root).unwrap();
     }
 
     #[test]
@@ -507,44 +601,143 @@ mod tests {
             rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
         );
         verify_signed_by(&der, &chain.intermediate).unwrap();
-        verify_signed_by(&chain.intermediate, &chain.root).unwrap();
-        assert!(verify_signed_by(&der, &chain.root).is_err());
+        assert!(matches!(
+            verify_signed_by(&der, &chain.root),
+            Err(PkiError::NotIssuedBy(_))
+        ));
 
         let (_, inter) = X509Certificate::from_der(&chain.intermediate).unwrap();
         assert_eq!(cert.issuer().as_raw(), inter.subject().as_raw());
-        let ski = inter
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-                _ => None,
-            });
-        let aki = cert
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(a) => {
-                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+        assert_eq!(cert.subject().to_string(), "CN=www.clm.test");
+        assert_eq!(aki(&cert), ski(&inter));
+        assert_eq!(
+            ski(&cert).unwrap(),
+            key_identifier(rcgen::PublicKeyData::der_bytes(&key))
+        );
+
+        let bc = cert.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && !bc.value.ca && bc.value.path_len_constraint.is_none());
+        let ku = cert.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.digital_signature());
+        assert!(!ku.value.key_encipherment() && !ku.value.key_cert_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap();
+        assert!(!eku.critical);
+        assert!(eku.value.server_auth && eku.value.client_auth && !eku.value.code_signing);
+        let sans = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(!sans.critical);
+        assert_eq!(
+            sans.value.general_names,
+            vec![
+                GeneralName::DNSName("www.clm.test"),
+                GeneralName::IPAddress(&[10, 1, 2, 3]),
+            ]
+        );
+
+        let crl_url = format!("http://127.0.0.1:8080/crl/{}.crl", chain.inter_id);
+        match ext(&cert, "2.5.29.31").map(|e| e.parsed_extension()) {
+            Some(ParsedExtension::CRLDistributionPoints(dps)) => {
+                assert_eq!(dps.points.len(), 1);
+                match &dps.points[0].distribution_point {
+                    Some(DistributionPointName::FullName(names)) => {
+                        assert_eq!(names, &vec![GeneralName::URI(&crl_url)])
+                    }
+                    other => panic!("{other:?}"),
                 }
-                _ => None,
-            });
-        assert_eq!(ski, aki);
-        assert!(!cert.is_ca());
-        let eku = cert.extended_key_usage().unwrap().unwrap().value;
-        assert!(eku.server_auth && eku.client_auth && !eku.code_signing);
-        let sans = cert.subject_alternative_name().unwrap().unwrap().value;
-        assert_eq!(sans.general_names.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let aia = ext(&cert, "1.3.6.1.5.5.7.1.1").unwrap();
+        assert!(!aia.critical);
+        match aia.parsed_extension() {
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                let found: Vec<(String, GeneralName<'_>)> = aia
+                    .accessdescs
+                    .iter()
+                    .map(|d| (d.access_method.to_id_string(), d.access_location.clone()))
+                    .collect();
+                let issuers = format!("http://127.0.0.1:8080/ca/{}.der", chain.inter_id);
+                assert_eq!(
+                    found,
+                    vec![
+                        (
+                            "1.3.6.1.5.5.7.48.1".to_string(),
+                            GeneralName::URI("http://127.0.0.1:8080/ocsp")
+                        ),
+                        ("1.3.6.1.5.5.7.48.2".to_string(), GeneralName::URI(&issuers)),
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
         let info = CertInfo::from_der(&der).unwrap();
-        assert_eq!((info.not_after - info.not_before).num_days(), 90);
-        assert!(cert.raw_serial()[0] & 0x80 == 0);
-        let has = |oid: &str| {
-            cert.extensions()
-                .iter()
-                .any(|e| e.oid.to_id_string() == oid)
-        };
-        assert!(has("2.5.29.31"), "CRL distribution point");
-        assert!(has("1.3.6.1.5.5.7.1.1"), "authority information access");
-        assert!(has("2.5.29.14"), "subject key identifier");
+        assert_eq!(
+            info.not_after - info.not_before,
+            chrono::Duration::days(90) - chrono::Duration::seconds(1)
+        );
+        let serial = cert.raw_serial();
+        assert!(serial[0] & 0x80 == 0 && serial[0] != 0 && serial.len() * 8 >= 64);
+        assert_eq!(info.serial_hex.len(), 32);
+    }
+
+    #[test]
+    fn rsa_keys_and_rsa_cas() {
+        let chain = chain_of(KeyAlgorithm::Rsa3072, KeyAlgorithm::Rsa2048);
+        prove_key_matches(&chain.inter_key, &chain.intermediate).unwrap();
+        let csr = openssl_csr(
+            &["-newkey", "rsa:2048"],
+            "/CN=rsa.clm.test",
+            Some("DNS:rsa.clm.test"),
+        );
+        let der = leaf(&chain, &csr, 30);
+        verify_signed_by(&der, &chain.intermediate).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            parse_csr(&csr).unwrap().spki_der.as_slice()
+        );
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && ku.key_encipherment());
+        assert_eq!(
+            cert.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.113549.1.1.11"
+        );
+    }
+
+    #[test]
+    fn a_leaf_without_a_cn_takes_its_first_san_or_none() {
+        let chain = chain();
+        let issuer = Issuer::new(&chain.inter_key, &chain.intermediate).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let long = format!("{}.clm.test", "a".repeat(60));
+        for (first, expected_subject, critical) in [
+            ("short.clm.test", "CN=short.clm.test", false),
+            (long.as_str(), "", true),
+        ] {
+            let approved = ApprovedCertificate {
+                common_name: None,
+                sans: vec![San::Dns(first.into())],
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                validity_days: 10,
+                extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
+            };
+            let der = build_leaf(
+                &approved,
+                &spki,
+                &issuer,
+                &random_serial(),
+                Utc::now(),
+                &PublicUrls::new(BASE, chain.inter_id),
+            )
+            .unwrap();
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            assert_eq!(cert.subject().to_string(), expected_subject);
+            assert_eq!(
+                cert.subject_alternative_name().unwrap().unwrap().critical,
+                critical
+            );
+        }
     }
 
     #[test]
@@ -554,41 +747,102 @@ mod tests {
         let der = leaf(&chain, &csr_pem(&key, "a.clm.test", &["a.clm.test"]), 3000);
         let inter = CertInfo::from_der(&chain.intermediate).unwrap();
         assert_eq!(CertInfo::from_der(&der).unwrap().not_after, inter.not_after);
+
+        let issuer = Issuer::new(&chain.inter_key, &chain.intermediate).unwrap();
+        let (approved, spki) = approved_from(&csr_pem(&key, "b.clm.test", &["b.clm.test"]), 1, &[]);
+        let late = issuer.not_after() + chrono::Duration::days(1);
+        assert!(matches!(
+            build_leaf(
+                &approved,
+                &spki,
+                &issuer,
+                &random_serial(),
+                late,
+                &PublicUrls::new(BASE, chain.inter_id)
+            ),
+            Err(PkiError::Encoding(_))
+        ));
+    }
+
+    #[test]
+    fn the_prepared_bytes_are_what_gets_signed() {
+        let chain = chain();
+        let issuer = Issuer::new(&chain.inter_key, &chain.intermediate).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let (approved, spki) = approved_from(
+            &csr_pem(&key, "t.clm.test", &["t.clm.test"]),
+            5,
+            &[ExtendedKeyUsage::ClientAuth],
+        );
+        let serial = random_serial();
+        let tbs = prepare_leaf(
+            &approved,
+            &spki,
+            &issuer,
+            &serial,
+            Utc::now(),
+            &PublicUrls::new(BASE, chain.inter_id),
+        )
+        .unwrap();
+        // Another key — even the root's — cannot sign it.
+        assert!(matches!(
+            tbs.sign(&chain.root_key),
+            Err(PkiError::KeyMismatch(_))
+        ));
+        let der = tbs.sign(&chain.inter_key).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(cert.tbs_certificate.as_ref(), tbs.tbs_der());
+        assert_eq!(cert.raw_serial(), serial.as_slice());
+        verify_signed_by(&der, &chain.intermediate).unwrap();
+    }
+
+    #[test]
+    fn a_signer_for_another_key_is_refused() {
+        let chain = chain();
+        assert!(matches!(
+            Issuer::new(&chain.root_key, &chain.intermediate),
+            Err(PkiError::KeyMismatch(_))
+        ));
+        assert!(matches!(
+            build_root_ca(&chain.root_key, &subject(" "), 10, &random_serial()),
+            Err(PkiError::InvalidSubject(_))
+        ));
     }
 
     #[test]
     fn key_proofs_detect_a_foreign_key() {
         let chain = chain();
         prove_key_matches(&chain.inter_key, &chain.intermediate).unwrap();
-        let other = soft(&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256);
+        let other = SoftSigner::new(KeyAlgorithm::EcdsaP256);
         assert!(matches!(
             prove_key_matches(&other, &chain.intermediate),
             Err(PkiError::KeyMismatch(_))
         ));
     }
 
+    fn write_pem(dir: &tempfile::TempDir, name: &str, der: &[u8]) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, to_pem("CERTIFICATE", der)).unwrap();
+        p
+    }
+
     #[test]
-    fn openssl_and_pkilint_accept_the_chain() {
-        let chain = chain();
-        let key = rcgen::KeyPair::generate().unwrap();
+    fn openssl_verifies_the_chain() {
+        let chain = chain_of(KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let der = leaf(
             &chain,
             &csr_pem(&key, "svc.clm.test", &["svc.clm.test"]),
             90,
         );
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, der: &[u8]| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, to_pem("CERTIFICATE", der)).unwrap();
-            p
-        };
         let (root, inter, leaf) = (
-            write("root.pem", &chain.root),
-            write("inter.pem", &chain.intermediate),
-            write("leaf.pem", &der),
+            write_pem(&dir, "root.pem", &chain.root),
+            write_pem(&dir, "inter.pem", &chain.intermediate),
+            write_pem(&dir, "leaf.pem", &der),
         );
         let out = Command::new("openssl")
-            .args(["verify", "-CAfile"])
+            .args(["verify", "-x509_strict", "-purpose", "sslserver", "-CAfile"])
             .arg(&root)
             .arg("-untrusted")
             .arg(&inter)
@@ -597,33 +851,57 @@ mod tests {
             .unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
 
-        if Command::new("lint_pkix_cert")
-            .arg("--help")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CLM_TEST_REQUIRE_TOOLS").is_err(),
-                "pkilint is required"
-            );
+    /// pkilint's RFC 5280 linter on each certificate and on each
+    /// issuer/subject pair. Only findings of WARNING and above count;
+    /// pkilint reports nothing below that for a clean certificate.
+    #[test]
+    fn pkilint_finds_nothing() {
+        if !tool_available("lint_pkix_cert", &["--help"]) {
             return;
         }
-        for p in [&root, &inter, &leaf] {
-            let out = Command::new("lint_pkix_cert")
-                .arg("lint")
-                .arg(p)
-                .output()
-                .unwrap();
-            let report = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                !report.contains("ERROR") && !report.contains("FATAL"),
-                "{}:\n{report}",
-                p.display()
+        let dir = tempfile::tempdir().unwrap();
+        for (root_alg, inter_alg, leaf_args) in [
+            (
+                KeyAlgorithm::EcdsaP384,
+                KeyAlgorithm::EcdsaP256,
+                vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            ),
+            (
+                KeyAlgorithm::Rsa4096,
+                KeyAlgorithm::Rsa2048,
+                vec!["-newkey", "rsa:2048"],
+            ),
+        ] {
+            let chain = chain_of(root_alg, inter_alg);
+            let csr = openssl_csr(
+                &leaf_args,
+                "/CN=lint.clm.test",
+                Some("DNS:lint.clm.test,IP:192.0.2.1"),
             );
+            let der = leaf(&chain, &csr, 90);
+            let tag = format!("{root_alg}-{inter_alg}");
+            let root = write_pem(&dir, &format!("root-{tag}.pem"), &chain.root);
+            let inter = write_pem(&dir, &format!("inter-{tag}.pem"), &chain.intermediate);
+            let leaf = write_pem(&dir, &format!("leaf-{tag}.pem"), &der);
+            for file in [&root, &inter, &leaf] {
+                let report = pkilint("lint_pkix_cert", &[file]);
+                assert!(report.trim().is_empty(), "{}:\n{report}", file.display());
+            }
+            for (issuer, subject) in [(&root, &root), (&root, &inter), (&inter, &leaf)] {
+                let report = pkilint("lint_pkix_signer_signee_cert_chain", &[issuer, subject]);
+                assert!(
+                    report.trim().is_empty(),
+                    "{} -> {}:\n{report}",
+                    issuer.display(),
+                    subject.display()
+                );
+            }
         }
     }
 }

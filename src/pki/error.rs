@@ -1,11 +1,15 @@
-//! The PKI room's error type. Variants with a [`PkiError::user_code`] are
-//! the requester's fault and are reported as such; the rest are internal.
+//! The PKI room's error type.
+//!
+//! Variants with a [`PkiError::user_code`] are the requester's fault: their
+//! messages are written for the requester and become 4xx answers. The rest
+//! are internal and their text goes to the log only. No message ever
+//! carries key material; at most an OID, a size or a PEM label.
 
 use crate::domain::SignError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("csr_pem is not a PEM document")]
+    #[error("the CSR is neither a PEM document nor base64-encoded DER")]
     NotPem,
     #[error("the PEM document is a {0}, not a certificate signing request")]
     NotACsr(String),
@@ -13,16 +17,22 @@ pub enum PkiError {
     MalformedCsr(String),
     #[error("the CSR's signature does not verify with its own public key")]
     BadCsrSignature,
-    #[error("RSA keys must have at least 2048 bits; this one has {0}")]
-    WeakRsaKey(usize),
+    #[error("the CSR is signed with {0}, which is not accepted")]
+    UnsupportedCsrSignature(String),
+    #[error("RSA keys must have at least 2048 bits; this one has {bits}")]
+    WeakRsaKey { bits: usize },
     #[error("unsupported public key: {0}")]
     UnsupportedKey(String),
+    #[error("invalid subject: {0}")]
+    InvalidSubject(String),
     #[error(transparent)]
     Signing(#[from] SignError),
     #[error("certificate encoding failed: {0}")]
     Encoding(String),
     #[error("the key does not match the certificate: {0}")]
     KeyMismatch(String),
+    #[error("the certificate was not issued by that CA: {0}")]
+    NotIssuedBy(String),
 }
 
 impl PkiError {
@@ -33,19 +43,29 @@ impl PkiError {
             PkiError::NotPem | PkiError::MalformedCsr(_) => Some("invalid_csr"),
             PkiError::NotACsr(_) => Some("not_a_csr"),
             PkiError::BadCsrSignature => Some("bad_csr_signature"),
-            PkiError::WeakRsaKey(_) => Some("weak_key"),
+            PkiError::UnsupportedCsrSignature(_) => Some("unsupported_csr_signature"),
+            PkiError::WeakRsaKey { .. } => Some("weak_key"),
             PkiError::UnsupportedKey(_) => Some("unsupported_key"),
-            PkiError::Signing(_) | PkiError::Encoding(_) | PkiError::KeyMismatch(_) => None,
+            PkiError::InvalidSubject(_) => Some("invalid_subject"),
+            PkiError::Signing(_)
+            | PkiError::Encoding(_)
+            | PkiError::KeyMismatch(_)
+            | PkiError::NotIssuedBy(_) => None,
         }
+    }
+
+    pub(crate) fn encoding(what: impl std::fmt::Display) -> Self {
+        PkiError::Encoding(what.to_string())
     }
 }
 
 impl From<rcgen::Error> for PkiError {
     fn from(e: rcgen::Error) -> Self {
         match e {
-            // Our signer's error comes back wrapped by rcgen.
+            // Only `SignerKey` reports this, and it has lost the cause by
+            // then; certificates are signed outside rcgen so they keep it.
             rcgen::Error::RemoteKeyError => {
-                PkiError::Signing(SignError::Failed("remote key error".into()))
+                PkiError::Signing(SignError::Failed("the signer refused".into()))
             }
             other => PkiError::Encoding(other.to_string()),
         }

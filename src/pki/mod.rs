@@ -2,16 +2,27 @@
 //! rcgen, and the checks that bind keys to certificates. It signs only
 //! through [`crate::domain::Signer`] and knows nothing of PKCS#11, SQL or
 //! HTTP.
+//!
+//! Errors: [`PkiError::user_code`] separates the requester's mistakes
+//! (4xx, message safe to show) from internal failures (5xx, log only).
+//! Signing is blocking; callers run builders on the blocking pool.
 
 mod build;
 mod csr;
 mod error;
 mod inspect;
+mod signer;
+#[cfg(test)]
+mod testutil;
 
 pub use build::{
     CaSubject, Issuer, PublicUrls, TlsKey, build_intermediate_ca, build_leaf, build_root_ca,
-    random_serial, serial_hex,
+    prepare_intermediate_ca, prepare_leaf, prepare_root_ca, random_serial, serial_hex,
 };
-pub use csr::{ParsedCsr, parse_csr};
+pub use csr::{MAX_CSR_TEXT_LEN, ParsedCsr, parse_csr, parse_csr_der};
 pub use error::PkiError;
-pub use inspect::{CertInfo, prove_key_matches, to_pem, verify_signed_by};
+pub use inspect::{
+    CertInfo, fingerprint_sha256_hex, not_after, not_before, prove_key_matches, spki_of,
+    spki_sha256_hex, subject_string, to_pem, verify_signed_by,
+};
+pub use signer::{SignerKey, ToBeSigned};
