@@ -224,7 +224,7 @@ impl Clm {
             .csr_der
             .clone()
             .ok_or_else(|| ServiceError::internal("pending request without a CSR"))?;
-        let csr = pki::parse_csr(&pki::to_pem("CERTIFICATE REQUEST", &csr_der))?;
+        let csr = pki::parse_csr_der(&csr_der)?;
         let approved = ApprovedCertificate {
             common_name: Some(request.subject.clone()).filter(|s| !s.is_empty()),
             sans: request.sans.clone(),
