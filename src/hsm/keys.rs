@@ -472,6 +472,7 @@ pub(crate) mod tests {
         hsm.health_check().await.unwrap();
     }
 
+    /// An outside judge: OpenSC reads the token files on its own.
     #[test]
     fn pkcs11_tool_sees_a_sensitive_never_extractable_key() {
         let f = fixture();
@@ -489,7 +490,11 @@ pub(crate) mod tests {
             .output()
             .expect("run pkcs11-tool");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}");
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("seen-from-outside"), "{text}");
         let access = text
             .lines()

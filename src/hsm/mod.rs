@@ -314,16 +314,18 @@ pub(crate) mod testing {
     pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
     pub(crate) const LABEL: &str = "clm";
     /// A second token of the same directory that no test logs in to with its
-    /// right PIN, so the token itself judges a wrong one.
-    pub(crate) const SPARE_LABEL: &str = "clm-spare";
+    /// right PIN, so the token itself judges a wrong one. Extra labels must
+    /// not start with `clm`: `pkcs11-tool --token-label` matches prefixes.
+    pub(crate) const SPARE_LABEL: &str = "spare-token";
     /// A third token for tests that log the application out: logins are
     /// per token, so the shared `clm` login of parallel tests is untouched.
-    pub(crate) const RELOGIN_LABEL: &str = "clm-relogin";
+    pub(crate) const RELOGIN_LABEL: &str = "relogin-token";
     pub(crate) const RELOGIN_PIN: &str = "relogin-user-pin";
 
     pub(crate) struct Fixture {
         pub hsm: Hsm,
         pub pin: String,
+        /// `SOFTHSM2_CONF` of the token directory, for outside tools.
         pub conf: PathBuf,
         /// Keeps the token directory alive for the whole test process.
         _dir: tempfile::TempDir,
