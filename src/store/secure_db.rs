@@ -291,21 +291,12 @@ impl SecureDb {
         serial_hex: &str,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
-        move_request(
-            &txn,
-            request,
-            from,
-            RequestStatus::Approved,
-            Some((
-                certificate_requests::Column::ReservedSerialHex,
-                Expr::value(Some(serial_hex.to_string())),
-            )),
-        )
-        .await?;
-        audit::insert_secure(&txn, event).await?;
-        txn.commit().await?;
-        Ok(())
+        let serial = (
+            certificate_requests::Column::ReservedSerialHex,
+            Expr::value(Some(serial_hex.to_string())),
+        );
+        self.transition(request, from, RequestStatus::Approved, Some(serial), event)
+            .await
     }
 
     /// Compare-and-set of a request's status, audited.
@@ -316,11 +307,7 @@ impl SecureDb {
         to: RequestStatus,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
-        move_request(&txn, request, from, to, None).await?;
-        audit::insert_secure(&txn, event).await?;
-        txn.commit().await?;
-        Ok(())
+        self.transition(request, from, to, None, event).await
     }
 
     /// `approved → failed` with the reason, audited.
@@ -330,18 +317,31 @@ impl SecureDb {
         reason: &str,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
-        move_request(
-            &txn,
+        let why = (
+            certificate_requests::Column::FailureReason,
+            Expr::value(Some(reason.to_string())),
+        );
+        self.transition(
             request,
             RequestStatus::Approved,
             RequestStatus::Failed,
-            Some((
-                certificate_requests::Column::FailureReason,
-                Expr::value(Some(reason.to_string())),
-            )),
+            Some(why),
+            event,
         )
-        .await?;
+        .await
+    }
+
+    /// One audited compare-and-set of a request, in its own transaction.
+    async fn transition(
+        &self,
+        request: RequestId,
+        from: RequestStatus,
+        to: RequestStatus,
+        also: Option<(certificate_requests::Column, Expr)>,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        move_request(&txn, request, from, to, also).await?;
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
         Ok(())
