@@ -125,6 +125,17 @@ async fn two_of_n(app: &TestApp) {
     let req = submit(app, &o, &o.requester, "www.two.test").await;
     let id = req["id"].as_str().unwrap();
     assert_eq!(req["approvals_required"], 2);
+    let listed: Value = app
+        .get(
+            &o.requester,
+            "/api/v1/certificate-requests?status=pending_approval",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["items"][0]["approvals_required"], 2, "{listed}");
 
     let (s, v) = decide(
         app,

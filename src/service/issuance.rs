@@ -346,14 +346,23 @@ impl Clm {
         page: Page,
     ) -> ServiceResult<Listing<RequestView>> {
         let (rows, total) = self.secure.list_requests(p.scope(), status, page).await?;
+        // A page names few profiles: look each up once, not once per row.
+        let mut required_by_profile = std::collections::HashMap::new();
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
-            let required = self
-                .core
-                .find_profile(r.profile_id)
-                .await?
-                .map(|pr| pr.rules.required_approvals)
-                .unwrap_or(0);
+            let required = match required_by_profile.get(&r.profile_id) {
+                Some(n) => *n,
+                None => {
+                    let n = self
+                        .core
+                        .find_profile(r.profile_id)
+                        .await?
+                        .map(|pr| pr.rules.required_approvals)
+                        .unwrap_or(0);
+                    required_by_profile.insert(r.profile_id, n);
+                    n
+                }
+            };
             items.push(request_view(r, required));
         }
         Ok(Listing::new(items, page, total))
