@@ -19,4 +19,6 @@ pub use profile::{ApprovedCertificate, ProfileRules, ProfileViolation, Requested
 pub use role::{Permission, Role};
 pub use secret::Secret;
 pub use signer::{SignError, Signer};
-pub use status::{CaKind, CertificateStatus, KeyPurpose, KeyStatus, RequestStatus};
+pub use status::{
+    CaKind, CertificateStatus, KeyPurpose, KeyStatus, RequestStatus, RevocationReason,
+};

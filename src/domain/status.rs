@@ -137,9 +137,55 @@ named_enum!(
     }
 );
 
+named_enum!(
+    /// RFC 5280 CRLReason, by the camelCase names the API and the schema use.
+    RevocationReason {
+        Unspecified => "unspecified",
+        KeyCompromise => "keyCompromise",
+        CaCompromise => "cACompromise",
+        AffiliationChanged => "affiliationChanged",
+        Superseded => "superseded",
+        CessationOfOperation => "cessationOfOperation",
+        CertificateHold => "certificateHold",
+        PrivilegeWithdrawn => "privilegeWithdrawn",
+    }
+);
+
+impl RevocationReason {
+    /// The CRLReason code (RFC 5280 section 5.3.1); 7 is unused there.
+    pub fn code(self) -> u8 {
+        use RevocationReason::*;
+        match self {
+            Unspecified => 0,
+            KeyCompromise => 1,
+            CaCompromise => 2,
+            AffiliationChanged => 3,
+            Superseded => 4,
+            CessationOfOperation => 5,
+            CertificateHold => 6,
+            PrivilegeWithdrawn => 9,
+        }
+    }
+
+    /// A hold is the one revocation that may be lifted.
+    pub fn is_hold(self) -> bool {
+        self == RevocationReason::CertificateHold
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocation_reasons_round_trip_with_rfc5280_codes() {
+        for r in RevocationReason::ALL {
+            assert_eq!(r.as_str().parse::<RevocationReason>().unwrap(), *r);
+        }
+        assert_eq!(RevocationReason::PrivilegeWithdrawn.code(), 9);
+        assert_eq!(RevocationReason::CaCompromise.as_str(), "cACompromise");
+        assert!("removeFromCRL".parse::<RevocationReason>().is_err());
+    }
 
     #[test]
     fn revoked_is_final() {
