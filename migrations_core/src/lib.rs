@@ -8,6 +8,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
 mod m20261122_000002_webhooks;
+mod m20261122_000010_renewal;
 pub mod sql;
 
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000002_webhooks::Migration),
+            Box::new(m20261122_000010_renewal::Migration),
         ]
     }
 

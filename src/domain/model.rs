@@ -132,6 +132,10 @@ pub struct CertificateRequest {
     pub certificate_id: Option<CertificateId>,
     pub failure_reason: Option<String>,
     pub idempotency_key: Option<String>,
+    /// A renewal names the certificate it replaces.
+    pub replaces_certificate_id: Option<CertificateId>,
+    /// Revoke the replaced certificate as `superseded` once this one is issued.
+    pub supersede_replaced: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -155,6 +159,7 @@ pub struct Certificate {
     pub fingerprint_sha256: String,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revocation_reason: Option<String>,
+    pub replaces_certificate_id: Option<CertificateId>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -28,6 +28,9 @@ pub struct ProfileRules {
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     pub required_approvals: u8,
     pub allow_server_keygen: bool,
+    /// Renewal may certify the replaced certificate's key again, without a
+    /// new CSR.
+    pub allow_key_reuse: bool,
     /// Roles whose holders may approve requests against the profile.
     pub approver_roles: Vec<Role>,
 }
@@ -257,6 +260,7 @@ mod tests {
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
             required_approvals: 0,
             allow_server_keygen: false,
+            allow_key_reuse: false,
             approver_roles: vec![Role::Approver],
         }
     }

@@ -333,6 +333,7 @@ impl Clm {
             fingerprint_sha256: info.fingerprint_sha256,
             revoked_at: None,
             revocation_reason: None,
+            replaces_certificate_id: None,
             created_at: Utc::now(),
         };
         let event = AuditEvent::new(Actor::SYSTEM, "ca.created", ctx)
@@ -388,6 +389,7 @@ impl Clm {
                 ],
                 required_approvals: 0,
                 allow_server_keygen: false,
+                allow_key_reuse: false,
                 approver_roles: vec![Role::Approver],
             },
             created_at: Utc::now(),
@@ -497,6 +499,8 @@ impl Clm {
             certificate_id: None,
             failure_reason: None,
             idempotency_key: None,
+            replaces_certificate_id: None,
+            supersede_replaced: false,
             created_at: Utc::now(),
         };
         let key = self.signing_key(ca.id).await?;

@@ -127,6 +127,8 @@ impl Clm {
             certificate_id: None,
             failure_reason: None,
             idempotency_key,
+            replaces_certificate_id: None,
+            supersede_replaced: false,
             created_at: Utc::now(),
         };
         let required = profile.rules.required_approvals;
@@ -307,6 +309,7 @@ impl Clm {
             fingerprint_sha256: info.fingerprint_sha256,
             revoked_at: None,
             revocation_reason: None,
+            replaces_certificate_id: request.replaces_certificate_id,
             created_at: Utc::now(),
         };
         let event = AuditEvent::new(actor.clone(), "certificate.issued", ctx)

@@ -36,6 +36,9 @@ pub struct NewProfile {
     pub required_approvals: u8,
     #[serde(default)]
     pub allow_server_keygen: bool,
+    /// Renewal may certify the same key again without a new CSR.
+    #[serde(default)]
+    pub allow_key_reuse: bool,
     /// Roles whose holders may approve; default `["approver"]`.
     #[serde(default = "default_approver_roles")]
     pub approver_roles: Vec<Role>,
@@ -58,6 +61,7 @@ pub struct ProfileView {
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     pub required_approvals: u8,
     pub allow_server_keygen: bool,
+    pub allow_key_reuse: bool,
     pub approver_roles: Vec<Role>,
     pub created_at: String,
 }
@@ -76,6 +80,7 @@ impl From<&Profile> for ProfileView {
             extended_key_usages: p.rules.extended_key_usages.clone(),
             required_approvals: p.rules.required_approvals,
             allow_server_keygen: p.rules.allow_server_keygen,
+            allow_key_reuse: p.rules.allow_key_reuse,
             approver_roles: p.rules.approver_roles.clone(),
             created_at: rfc3339(p.created_at),
         }
@@ -123,6 +128,7 @@ impl Clm {
                 extended_key_usages: dedup(body.extended_key_usages),
                 required_approvals: body.required_approvals,
                 allow_server_keygen: body.allow_server_keygen,
+                allow_key_reuse: body.allow_key_reuse,
                 approver_roles: dedup(body.approver_roles),
             },
             created_at: Utc::now(),

@@ -245,6 +245,8 @@ impl SecureDb {
             certificate_id: Set(None),
             failure_reason: Set(None),
             idempotency_key: Set(r.idempotency_key.clone()),
+            replaces_certificate_id: Set(r.replaces_certificate_id.map(Into::into)),
+            supersede_replaced: Set(r.supersede_replaced),
             created_at: Set(r.created_at),
             updated_at: Set(r.created_at),
             ..Default::default()
@@ -497,7 +499,7 @@ fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {
         is_ca: Set(c.is_ca),
         certificate_der: Set(c.certificate_der.clone()),
         fingerprint_sha256: Set(c.fingerprint_sha256.clone()),
-        replaces_certificate_id: Set(None),
+        replaces_certificate_id: Set(c.replaces_certificate_id.map(Into::into)),
         revoked_at: Set(c.revoked_at),
         revocation_reason: Set(c.revocation_reason.clone()),
         created_at: Set(c.created_at),
@@ -539,6 +541,8 @@ fn request_from(r: certificate_requests::Model) -> StoreResult<CertificateReques
         certificate_id: r.certificate_id.map(CertificateId),
         failure_reason: r.failure_reason,
         idempotency_key: r.idempotency_key,
+        replaces_certificate_id: r.replaces_certificate_id.map(CertificateId),
+        supersede_replaced: r.supersede_replaced,
         created_at: r.created_at,
     })
 }
@@ -563,6 +567,7 @@ fn certificate_from(r: certificates::Model) -> StoreResult<Certificate> {
         fingerprint_sha256: r.fingerprint_sha256,
         revoked_at: r.revoked_at,
         revocation_reason: r.revocation_reason,
+        replaces_certificate_id: r.replaces_certificate_id.map(CertificateId),
         created_at: r.created_at,
     })
 }

@@ -20,6 +20,7 @@ pub struct Model {
     pub approver_roles: Json,
     pub allow_server_keygen: bool,
     pub allow_key_archival: bool,
+    pub allow_key_reuse: bool,
     pub status: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

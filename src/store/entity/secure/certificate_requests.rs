@@ -23,6 +23,7 @@ pub struct Model {
     pub replaces_certificate_id: Option<Uuid>,
     pub failure_reason: Option<String>,
     pub idempotency_key: Option<String>,
+    pub supersede_replaced: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
