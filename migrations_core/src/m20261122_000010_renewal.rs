@@ -1,9 +1,12 @@
 //! clm_core, renewal and expiry: profiles may allow renewal with the same
-//! key, and the expiry job scans certificate metadata by status and notAfter.
+//! key; the expiry job scans certificate metadata by status and notAfter and
+//! records each notice it sent in a table whose primary key makes "once
+//! each" hold even with several instances (it replaces the JSON column the
+//! first version had for this).
 
-use crate::sql::index;
+use crate::sql::{self, index};
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::boolean;
+use sea_orm_migration::schema::{boolean, integer, json_binary_null, timestamp_with_time_zone, uuid};
 
 pub struct Migration;
 
@@ -25,12 +28,40 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(index(
+            .alter_table(
+                Table::alter()
+                    .table("certificate_metadata")
+                    .drop_column("expiry_notices")
+                    .to_owned(),
+            )
+            .await?;
+        sql::create(
+            manager,
+            vec![
+                Table::create()
+                    .table("certificate_expiry_notices")
+                    .col(uuid("certificate_id"))
+                    .col(integer("days_before"))
+                    .col(timestamp_with_time_zone("sent_at"))
+                    .primary_key(
+                        Index::create()
+                            .col("certificate_id")
+                            .col("days_before"),
+                    )
+                    .foreign_key(&mut sql::fk(
+                        "certificate_expiry_notices",
+                        "certificate_id",
+                        "certificate_metadata",
+                    ))
+                    .to_owned(),
+            ],
+            vec![index(
                 "idx_certificate_metadata_expiry",
                 "certificate_metadata",
                 &["status", "not_after"],
-            ))
-            .await
+            )],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -39,6 +70,15 @@ impl MigrationTrait for Migration {
                 Index::drop()
                     .name("idx_certificate_metadata_expiry")
                     .table("certificate_metadata")
+                    .to_owned(),
+            )
+            .await?;
+        sql::drop_tables(manager, &["certificate_expiry_notices"]).await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("certificate_metadata")
+                    .add_column(json_binary_null("expiry_notices"))
                     .to_owned(),
             )
             .await?;

@@ -13,7 +13,9 @@ mod audit;
 mod core_db;
 pub mod entity;
 mod error;
+mod expiry;
 mod identity;
+mod revocation;
 mod secure_db;
 mod webhooks;
 mod workflow;
@@ -24,6 +26,8 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
+pub use expiry::ExpiringCertificate;
+pub use revocation::{Revocation, RevokedSerial, SerialStatus, StoredCrl};
 pub use secure_db::SecureDb;
 pub use webhooks::AttemptResult;
 pub use workflow::Approval;

@@ -29,7 +29,7 @@ use crate::domain::{
 /// Handle on clm_secure.
 #[derive(Clone, Debug)]
 pub struct SecureDb {
-    db: DatabaseConnection,
+    pub(super) db: DatabaseConnection,
 }
 
 impl SecureDb {
@@ -481,7 +481,7 @@ async fn move_request<C: ConnectionTrait>(
     Ok(())
 }
 
-fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {
+pub(super) fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {
     certificates::ActiveModel {
         id: Set(c.id.0),
         organization_id: Set(c.organization_id.map(Into::into)),
@@ -507,7 +507,7 @@ fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {
     }
 }
 
-fn key_from(r: encryption_keys::Model) -> StoreResult<KeyReference> {
+pub(super) fn key_from(r: encryption_keys::Model) -> StoreResult<KeyReference> {
     Ok(KeyReference {
         id: KeyId(r.id),
         label: r.label,
@@ -547,7 +547,7 @@ fn request_from(r: certificate_requests::Model) -> StoreResult<CertificateReques
     })
 }
 
-fn certificate_from(r: certificates::Model) -> StoreResult<Certificate> {
+pub(super) fn certificate_from(r: certificates::Model) -> StoreResult<Certificate> {
     Ok(Certificate {
         id: CertificateId(r.id),
         organization_id: r.organization_id.map(OrganizationId),

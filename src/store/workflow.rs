@@ -28,7 +28,7 @@ pub struct Approval {
     pub completed: bool,
 }
 
-async fn insert_notifications<C: ConnectionTrait>(
+pub(super) async fn insert_notifications<C: ConnectionTrait>(
     db: &C,
     items: &[Notification],
 ) -> StoreResult<()> {

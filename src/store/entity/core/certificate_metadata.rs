@@ -18,7 +18,6 @@ pub struct Model {
     pub not_before: DateTimeUtc,
     pub not_after: DateTimeUtc,
     pub status: String,
-    pub expiry_notices: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

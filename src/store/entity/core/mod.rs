@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit_log;
+pub mod certificate_expiry_notices;
 pub mod certificate_metadata;
 pub mod notifications;
 pub mod organizations;

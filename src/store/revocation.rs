@@ -1,0 +1,398 @@
+//! clm_secure's side of revocation: certificate status changes with their
+//! `certificate_revocations` rows, the per-CA CRL with its monotonic number,
+//! the delegated OCSP signers, and the expiry sweep.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::entity::secure::{
+    ca_crls, certificate_authorities, certificate_revocations, certificates, encryption_keys,
+    ocsp_signers,
+};
+use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
+use crate::domain::model::{AuditEvent, Certificate, KeyReference};
+use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, UserId};
+
+/// One line of a CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedSerial {
+    pub serial_hex: String,
+    pub revoked_at: DateTime<Utc>,
+    pub reason: RevocationReason,
+}
+
+/// What OCSP needs to know about one serial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialStatus {
+    pub status: CertificateStatus,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub reason: Option<RevocationReason>,
+}
+
+/// A signed CRL as stored.
+#[derive(Clone, Debug)]
+pub struct StoredCrl {
+    pub ca_id: CaId,
+    pub crl_number: i64,
+    pub this_update: DateTime<Utc>,
+    pub next_update: DateTime<Utc>,
+    pub entry_count: i64,
+    pub der: Vec<u8>,
+}
+
+/// A revocation (or hold) to record.
+pub struct Revocation {
+    pub certificate: CertificateId,
+    pub from: CertificateStatus,
+    pub reason: RevocationReason,
+    pub at: DateTime<Utc>,
+    pub by: Option<UserId>,
+}
+
+impl SecureDb {
+    /// `from → revoked` (or `→ on_hold` for a hold), compare-and-set, with
+    /// its revocation row and audit entry in one transaction. A hold made
+    /// final replaces the hold's row.
+    pub async fn revoke(&self, r: &Revocation, event: &AuditEvent) -> StoreResult<Certificate> {
+        let to = if r.reason.is_hold() {
+            CertificateStatus::OnHold
+        } else {
+            CertificateStatus::Revoked
+        };
+        let txn = self.db.begin().await?;
+        let res = certificates::Entity::update_many()
+            .col_expr(certificates::Column::Status, Expr::value(to.as_str()))
+            .col_expr(certificates::Column::RevokedAt, Expr::value(Some(r.at)))
+            .col_expr(
+                certificates::Column::RevocationReason,
+                Expr::value(Some(r.reason.as_str())),
+            )
+            .col_expr(certificates::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(certificates::Column::Id.eq(r.certificate.0))
+            .filter(certificates::Column::Status.eq(r.from.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict(format!(
+                "certificate is no longer {}",
+                r.from
+            )));
+        }
+        let cert = certificates::Entity::find_by_id(r.certificate.0)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| StoreError::NotFound)?;
+        certificate_revocations::Entity::delete_many()
+            .filter(certificate_revocations::Column::CertificateId.eq(r.certificate.0))
+            .exec(&txn)
+            .await?;
+        certificate_revocations::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            certificate_id: Set(cert.id),
+            ca_id: Set(cert.ca_id),
+            serial_hex: Set(cert.serial_hex.clone()),
+            reason: Set(r.reason.as_str().to_string()),
+            revoked_at: Set(r.at),
+            invalidity_date: Set(None),
+            revoked_by: Set(r.by.map(Into::into)),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        super::secure_db::certificate_from(cert)
+    }
+
+    /// `on_hold → valid`: the hold's revocation row goes with it.
+    pub async fn release_hold(
+        &self,
+        id: CertificateId,
+        event: &AuditEvent,
+    ) -> StoreResult<Certificate> {
+        let txn = self.db.begin().await?;
+        let res = certificates::Entity::update_many()
+            .col_expr(
+                certificates::Column::Status,
+                Expr::value(CertificateStatus::Valid.as_str()),
+            )
+            .col_expr(
+                certificates::Column::RevokedAt,
+                Expr::value(None::<DateTime<Utc>>),
+            )
+            .col_expr(
+                certificates::Column::RevocationReason,
+                Expr::value(None::<String>),
+            )
+            .col_expr(certificates::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(certificates::Column::Id.eq(id.0))
+            .filter(certificates::Column::Status.eq(CertificateStatus::OnHold.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict("certificate is not on hold".into()));
+        }
+        certificate_revocations::Entity::delete_many()
+            .filter(certificate_revocations::Column::CertificateId.eq(id.0))
+            .exec(&txn)
+            .await?;
+        let cert = certificates::Entity::find_by_id(id.0)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| StoreError::NotFound)?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        super::secure_db::certificate_from(cert)
+    }
+
+    /// Every revocation (and hold) of certificates issued by `ca`, for its CRL.
+    pub async fn revoked_serials(&self, ca: CaId) -> StoreResult<Vec<RevokedSerial>> {
+        let rows: Vec<(String, DateTime<Utc>, String)> =
+            certificate_revocations::Entity::find()
+                .select_only()
+                .column(certificate_revocations::Column::SerialHex)
+                .column(certificate_revocations::Column::RevokedAt)
+                .column(certificate_revocations::Column::Reason)
+                .filter(certificate_revocations::Column::CaId.eq(ca.0))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+        rows.into_iter()
+            .map(|(serial_hex, revoked_at, reason)| {
+                Ok(RevokedSerial {
+                    serial_hex,
+                    revoked_at,
+                    reason: parse_one(&reason)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The status of the certificate `ca` issued with `serial_hex`, if any.
+    pub async fn serial_status(
+        &self,
+        ca: CaId,
+        serial_hex: &str,
+    ) -> StoreResult<Option<SerialStatus>> {
+        let row: Option<(String, Option<DateTime<Utc>>, Option<String>)> =
+            certificates::Entity::find()
+                .select_only()
+                .column(certificates::Column::Status)
+                .column(certificates::Column::RevokedAt)
+                .column(certificates::Column::RevocationReason)
+                .filter(certificates::Column::CaId.eq(ca.0))
+                .filter(certificates::Column::SerialHex.eq(serial_hex))
+                .into_tuple()
+                .one(&self.db)
+                .await?;
+        row.map(|(status, revoked_at, reason)| {
+            Ok(SerialStatus {
+                status: parse_one(&status)?,
+                revoked_at,
+                reason: reason.as_deref().map(parse_one).transpose()?,
+            })
+        })
+        .transpose()
+    }
+
+    /// (CA, serial, updated_at) of certificates changed after `since`, oldest
+    /// first: how caches elsewhere learn of revocations made by another
+    /// instance.
+    pub async fn certificates_changed_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<(CaId, String, DateTime<Utc>)>> {
+        let rows: Vec<(Uuid, String, DateTime<Utc>)> = certificates::Entity::find()
+            .select_only()
+            .column(certificates::Column::CaId)
+            .column(certificates::Column::SerialHex)
+            .column(certificates::Column::UpdatedAt)
+            .filter(certificates::Column::UpdatedAt.gt(since))
+            .order_by_asc(certificates::Column::UpdatedAt)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(ca, serial, at)| (CaId(ca), serial, at))
+            .collect())
+    }
+
+    /// The CRL number the next CRL of `ca` must carry.
+    pub async fn next_crl_number(&self, ca: CaId) -> StoreResult<i64> {
+        let current: Option<i64> = certificate_authorities::Entity::find_by_id(ca.0)
+            .select_only()
+            .column(certificate_authorities::Column::CrlNumber)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        current
+            .map(|n| n + 1)
+            .ok_or_else(|| StoreError::NotFound)
+    }
+
+    /// Stores a signed CRL if its number is still the next one (compare-and-
+    /// set on the CA's counter, so numbers only grow even with several
+    /// writers); otherwise [`StoreError::Conflict`] and nothing changes.
+    pub async fn store_crl(&self, crl: &StoredCrl, event: &AuditEvent) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let res = certificate_authorities::Entity::update_many()
+            .col_expr(
+                certificate_authorities::Column::CrlNumber,
+                Expr::value(crl.crl_number),
+            )
+            .filter(certificate_authorities::Column::Id.eq(crl.ca_id.0))
+            .filter(certificate_authorities::Column::CrlNumber.eq(crl.crl_number - 1))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict(
+                "another CRL with this number was stored first".into(),
+            ));
+        }
+        ca_crls::Entity::delete_by_id(crl.ca_id.0).exec(&txn).await?;
+        let now = Utc::now();
+        ca_crls::ActiveModel {
+            ca_id: Set(crl.ca_id.0),
+            crl_number: Set(crl.crl_number),
+            this_update: Set(crl.this_update),
+            next_update: Set(crl.next_update),
+            entry_count: Set(crl.entry_count),
+            crl_der: Set(crl.der.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn latest_crl(&self, ca: CaId) -> StoreResult<Option<StoredCrl>> {
+        Ok(ca_crls::Entity::find_by_id(ca.0)
+            .one(&self.db)
+            .await?
+            .map(|r| StoredCrl {
+                ca_id: CaId(r.ca_id),
+                crl_number: r.crl_number,
+                this_update: r.this_update,
+                next_update: r.next_update,
+                entry_count: r.entry_count,
+                der: r.crl_der,
+            }))
+    }
+
+    /// The CRL number of `ca`'s stored CRL, without its bytes.
+    pub async fn latest_crl_number(&self, ca: CaId) -> StoreResult<Option<i64>> {
+        Ok(ca_crls::Entity::find_by_id(ca.0)
+            .select_only()
+            .column(ca_crls::Column::CrlNumber)
+            .into_tuple()
+            .one(&self.db)
+            .await?)
+    }
+
+    /// The newest OCSP signer of `ca`: its key and its certificate.
+    pub async fn ocsp_signer(&self, ca: CaId) -> StoreResult<Option<(KeyReference, Certificate)>> {
+        let Some(row) = ocsp_signers::Entity::find()
+            .filter(ocsp_signers::Column::CaId.eq(ca.0))
+            .order_by_desc(ocsp_signers::Column::NotAfter)
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = encryption_keys::Entity::find_by_id(row.key_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("OCSP signer names a missing key".into()))?;
+        let cert = certificates::Entity::find_by_id(row.certificate_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("OCSP signer names a missing certificate".into()))?;
+        Ok(Some((
+            super::secure_db::key_from(key)?,
+            super::secure_db::certificate_from(cert)?,
+        )))
+    }
+
+    /// Registers a new OCSP signer: its certificate and the link, one
+    /// transaction. The key is registered beforehand (it may sign several
+    /// certificates over time).
+    pub async fn insert_ocsp_signer(
+        &self,
+        ca: CaId,
+        key: &KeyReference,
+        cert: &Certificate,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        super::secure_db::certificate_active_model(cert)
+            .insert(&txn)
+            .await?;
+        ocsp_signers::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            ca_id: Set(ca.0),
+            key_id: Set(key.id.0),
+            certificate_id: Set(cert.id.0),
+            not_after: Set(cert.not_after),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Certificates past their notAfter that still say `valid`, oldest
+    /// first, at most `limit`. Held ones stay `on_hold`: they are on the CRL
+    /// with the time of the hold, which the schema keeps only for holds and
+    /// revocations.
+    pub async fn overdue_certificates(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<Certificate>> {
+        certificates::Entity::find()
+            .filter(certificates::Column::NotAfter.lt(now))
+            .filter(certificates::Column::Status.eq(CertificateStatus::Valid.as_str()))
+            .order_by_asc(certificates::Column::NotAfter)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(super::secure_db::certificate_from)
+            .collect()
+    }
+
+    /// `valid → expired`, compare-and-set, audited.
+    pub async fn mark_expired(&self, id: CertificateId, event: &AuditEvent) -> StoreResult<()> {
+        let from = CertificateStatus::Valid;
+        let txn = self.db.begin().await?;
+        let res = certificates::Entity::update_many()
+            .col_expr(
+                certificates::Column::Status,
+                Expr::value(CertificateStatus::Expired.as_str()),
+            )
+            .col_expr(certificates::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(certificates::Column::Id.eq(id.0))
+            .filter(certificates::Column::Status.eq(from.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict(format!("certificate is no longer {from}")));
+        }
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
