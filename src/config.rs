@@ -59,6 +59,17 @@ pub struct Config {
     /// First wait before a failed webhook delivery is retried; doubles
     /// with every attempt.
     pub webhook_retry_base_seconds: i64,
+    /// A CRL's nextUpdate is this long after its thisUpdate; it is
+    /// re-signed once half of that has passed.
+    pub crl_validity_seconds: i64,
+    /// Lifetime of an OCSP response (nextUpdate − thisUpdate); cached
+    /// responses are re-signed once half of it has passed.
+    pub ocsp_validity_seconds: i64,
+    /// Validity of the delegated OCSP signing certificates; renewed when a
+    /// third is left.
+    pub ocsp_signer_days: i64,
+    /// Owners are notified this many days before notAfter, once each.
+    pub expiry_notice_days: Vec<u32>,
     /// `json` (default) or `text`.
     pub log_format: String,
 }
@@ -90,6 +101,10 @@ struct FileConfig {
     request_ttl_seconds: Option<i64>,
     job_interval_seconds: Option<i64>,
     webhook_retry_base_seconds: Option<i64>,
+    crl_validity_seconds: Option<i64>,
+    ocsp_validity_seconds: Option<i64>,
+    ocsp_signer_days: Option<i64>,
+    expiry_notice_days: Option<String>,
     log_format: Option<String>,
 }
 
@@ -211,6 +226,22 @@ impl Config {
             file.webhook_retry_base_seconds,
             5,
         )?;
+        let crl_validity_seconds = positive(
+            "CLM_CRL_VALIDITY_SECONDS",
+            file.crl_validity_seconds,
+            24 * 3600,
+        )?;
+        let ocsp_validity_seconds = positive(
+            "CLM_OCSP_VALIDITY_SECONDS",
+            file.ocsp_validity_seconds,
+            3600,
+        )?;
+        let ocsp_signer_days = positive("CLM_OCSP_SIGNER_DAYS", file.ocsp_signer_days, 30)?;
+        let expiry_notice_days = notice_days(
+            &var("CLM_EXPIRY_NOTICE_DAYS")
+                .or(file.expiry_notice_days)
+                .unwrap_or_else(|| "30,7,1".into()),
+        )?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -267,6 +298,10 @@ impl Config {
             request_ttl_seconds,
             job_interval_seconds,
             webhook_retry_base_seconds,
+            crl_validity_seconds,
+            ocsp_validity_seconds,
+            ocsp_signer_days,
+            expiry_notice_days,
             log_format,
             data_dir,
         })
@@ -281,6 +316,24 @@ impl Config {
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
     }
+}
+
+/// "30,7,1" → [30, 7, 1]: distinct whole days, largest first.
+fn notice_days(text: &str) -> Result<Vec<u32>, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        key: "CLM_EXPIRY_NOTICE_DAYS",
+        message: "expected a comma-separated list of days between 1 and 3650".into(),
+    };
+    let mut days = text
+        .split(',')
+        .map(|d| d.trim().parse::<u32>().map_err(|_| invalid()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if days.iter().any(|d| !(1..=3650).contains(d)) {
+        return Err(invalid());
+    }
+    days.sort_unstable_by(|a, b| b.cmp(a));
+    days.dedup();
+    Ok(days)
 }
 
 fn read_pin(path: &Path) -> Result<Secret, ConfigError> {
@@ -363,6 +416,24 @@ mod tests {
         let printed = format!("{c:?}");
         for secret in ["pin-4711", "hunter2hunter2", "dbpass"] {
             assert!(!printed.contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn expiry_notice_days_are_sorted_and_checked() {
+        let c = Config::from_sources(&env(&[("CLM_EXPIRY_NOTICE_DAYS", "1, 30,7,7")]), None, None)
+            .unwrap();
+        assert_eq!(c.expiry_notice_days, vec![30, 7, 1]);
+        assert_eq!(
+            Config::from_sources(&env(&[]), None, None)
+                .unwrap()
+                .expiry_notice_days,
+            vec![30, 7, 1]
+        );
+        for bad in ["0", "x", "7,,1", "99999"] {
+            let err = Config::from_sources(&env(&[("CLM_EXPIRY_NOTICE_DAYS", bad)]), None, None)
+                .unwrap_err();
+            assert!(err.to_string().contains("CLM_EXPIRY_NOTICE_DAYS"), "{bad}");
         }
     }
 

@@ -6,7 +6,9 @@
 
 use crate::sql::{self, index};
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{boolean, integer, json_binary_null, timestamp_with_time_zone, uuid};
+use sea_orm_migration::schema::{
+    boolean, integer, json_binary_null, timestamp_with_time_zone, uuid,
+};
 
 pub struct Migration;
 
@@ -43,11 +45,7 @@ impl MigrationTrait for Migration {
                     .col(uuid("certificate_id"))
                     .col(integer("days_before"))
                     .col(timestamp_with_time_zone("sent_at"))
-                    .primary_key(
-                        Index::create()
-                            .col("certificate_id")
-                            .col("days_before"),
-                    )
+                    .primary_key(Index::create().col("certificate_id").col("days_before"))
                     .foreign_key(&mut sql::fk(
                         "certificate_expiry_notices",
                         "certificate_id",

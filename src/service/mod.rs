@@ -56,6 +56,10 @@ pub struct Settings {
     pub request_ttl_seconds: i64,
     pub job_interval_seconds: i64,
     pub webhook_retry_base_seconds: i64,
+    pub crl_validity_seconds: i64,
+    pub ocsp_validity_seconds: i64,
+    pub ocsp_signer_days: i64,
+    pub expiry_notice_days: Vec<u32>,
     pub token_label: String,
 }
 
@@ -71,6 +75,10 @@ impl From<&Config> for Settings {
             request_ttl_seconds: c.request_ttl_seconds,
             job_interval_seconds: c.job_interval_seconds,
             webhook_retry_base_seconds: c.webhook_retry_base_seconds,
+            crl_validity_seconds: c.crl_validity_seconds,
+            ocsp_validity_seconds: c.ocsp_validity_seconds,
+            ocsp_signer_days: c.ocsp_signer_days,
+            expiry_notice_days: c.expiry_notice_days.clone(),
             token_label: c.pkcs11_token_label.clone(),
         }
     }

@@ -79,7 +79,10 @@ impl CoreDb {
             .into_tuple()
             .all(&self.db)
             .await?;
-        Ok(days.into_iter().filter_map(|d| u32::try_from(d).ok()).collect())
+        Ok(days
+            .into_iter()
+            .filter_map(|d| u32::try_from(d).ok())
+            .collect())
     }
 
     /// Records that the `days_before` notice for `id` went out, with its

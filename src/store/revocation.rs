@@ -152,16 +152,15 @@ impl SecureDb {
 
     /// Every revocation (and hold) of certificates issued by `ca`, for its CRL.
     pub async fn revoked_serials(&self, ca: CaId) -> StoreResult<Vec<RevokedSerial>> {
-        let rows: Vec<(String, DateTime<Utc>, String)> =
-            certificate_revocations::Entity::find()
-                .select_only()
-                .column(certificate_revocations::Column::SerialHex)
-                .column(certificate_revocations::Column::RevokedAt)
-                .column(certificate_revocations::Column::Reason)
-                .filter(certificate_revocations::Column::CaId.eq(ca.0))
-                .into_tuple()
-                .all(&self.db)
-                .await?;
+        let rows: Vec<(String, DateTime<Utc>, String)> = certificate_revocations::Entity::find()
+            .select_only()
+            .column(certificate_revocations::Column::SerialHex)
+            .column(certificate_revocations::Column::RevokedAt)
+            .column(certificate_revocations::Column::Reason)
+            .filter(certificate_revocations::Column::CaId.eq(ca.0))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
         rows.into_iter()
             .map(|(serial_hex, revoked_at, reason)| {
                 Ok(RevokedSerial {
@@ -233,9 +232,7 @@ impl SecureDb {
             .into_tuple()
             .one(&self.db)
             .await?;
-        current
-            .map(|n| n + 1)
-            .ok_or_else(|| StoreError::NotFound)
+        current.map(|n| n + 1).ok_or_else(|| StoreError::NotFound)
     }
 
     /// Stores a signed CRL if its number is still the next one (compare-and-
@@ -257,7 +254,9 @@ impl SecureDb {
                 "another CRL with this number was stored first".into(),
             ));
         }
-        ca_crls::Entity::delete_by_id(crl.ca_id.0).exec(&txn).await?;
+        ca_crls::Entity::delete_by_id(crl.ca_id.0)
+            .exec(&txn)
+            .await?;
         let now = Utc::now();
         ca_crls::ActiveModel {
             ca_id: Set(crl.ca_id.0),
@@ -389,7 +388,9 @@ impl SecureDb {
             .exec(&txn)
             .await?;
         if res.rows_affected == 0 {
-            return Err(StoreError::Conflict(format!("certificate is no longer {from}")));
+            return Err(StoreError::Conflict(format!(
+                "certificate is no longer {from}"
+            )));
         }
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
