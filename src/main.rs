@@ -164,38 +164,74 @@ async fn serve(cfg: &Config) -> CliResult<()> {
     Ok(())
 }
 
-/// Periodic background work of this instance.
+/// Periodic background work of this instance. Every job is safe to run
+/// on several instances at once (compare-and-set in the databases).
 fn spawn_jobs(clm: Clm, interval_seconds: i64) {
-    let period = std::time::Duration::from_secs(u64::try_from(interval_seconds).unwrap_or(30));
+    use std::time::Duration;
+    let period = Duration::from_secs(u64::try_from(interval_seconds).unwrap_or(30));
     // Webhooks are wanted soon after their event: at least every 5 seconds.
     let hooks = clm.clone();
-    actix_web::rt::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "webhook client unavailable; deliveries stop");
-                return;
-            }
-        };
-        let mut tick = actix_web::rt::time::interval(period.min(std::time::Duration::from_secs(5)));
-        loop {
-            tick.tick().await;
-            if let Err(e) = hooks.deliver_webhooks(&client).await {
-                tracing::warn!(error = %e.log_message(), "webhook delivery job failed");
-            }
-        }
+    match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(client) => every(
+            period.min(Duration::from_secs(5)),
+            "webhook delivery",
+            move || {
+                let (hooks, client) = (hooks.clone(), client.clone());
+                async move { hooks.deliver_webhooks(&client).await }
+            },
+        ),
+        Err(e) => tracing::error!(error = %e, "webhook client unavailable; deliveries stop"),
+    }
+    let c = clm.clone();
+    every(period, "request expiry", move || {
+        let c = c.clone();
+        async move { c.expire_overdue_requests().await }
     });
+    let c = clm.clone();
+    every(period, "certificate expiry", move || {
+        let c = c.clone();
+        async move { c.expiry_sweep().await.map(|r| r.notices + r.expired) }
+    });
+    let c = clm.clone();
+    every(period, "CRL refresh", move || {
+        let c = c.clone();
+        async move { c.refresh_due_crls().await }
+    });
+    // Other instances' revocations reach this cache through this poll.
+    let c = clm.clone();
+    every(Duration::from_secs(2), "OCSP cache refresh", move || {
+        let c = c.clone();
+        async move { c.refresh_ocsp_cache().await }
+    });
+    every(
+        Duration::from_secs(3600),
+        "OCSP responder renewal",
+        move || {
+            let c = clm.clone();
+            async move { c.ensure_ocsp_signers().await }
+        },
+    );
+}
+
+/// Runs `job` every `period`, logging what it did and why it failed.
+fn every<F, Fut>(period: std::time::Duration, name: &'static str, job: F)
+where
+    F: Fn() -> Fut + 'static,
+    Fut: std::future::Future<Output = clm::service::ServiceResult<usize>>,
+{
     actix_web::rt::spawn(async move {
         let mut tick = actix_web::rt::time::interval(period);
         loop {
             tick.tick().await;
-            match clm.expire_overdue_requests().await {
+            match job().await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "pending requests expired"),
-                Err(e) => tracing::warn!(error = %e.log_message(), "request expiry job failed"),
+                Ok(n) => tracing::info!(job = name, items = n, "background job"),
+                Err(e) => {
+                    tracing::warn!(job = name, error = %e.log_message(), "background job failed")
+                }
             }
         }
     });

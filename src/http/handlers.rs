@@ -11,7 +11,7 @@ use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
 use crate::service::{
     CertificateQuery, Clm, Decision, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody,
-    NewWebhook, PasswordChange, SubmitRequest, page_of,
+    NewWebhook, PasswordChange, RenewBody, RevokeBody, SubmitRequest, page_of,
 };
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -213,8 +213,25 @@ pub async fn submit_request(
     req: HttpRequest,
     body: web::Json<SubmitRequest>,
 ) -> Result<HttpResponse> {
-    let idempotency_key = match req.headers().get("idempotency-key") {
-        Some(v) => Some(
+    let idempotency_key = idempotency_key(&req)?;
+    let (view, created) = clm
+        .submit_request(&p, body.into_inner(), idempotency_key, &ctx)
+        .await?;
+    Ok(HttpResponse::build(created_or_ok(created)).json(view))
+}
+
+/// 201 for a request made now, 200 for the replay of an earlier one.
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>> {
+    match req.headers().get("idempotency-key") {
+        Some(v) => Ok(Some(
             v.to_str()
                 .ok()
                 .filter(|s| !s.is_empty() && s.len() <= 128)
@@ -225,18 +242,47 @@ pub async fn submit_request(
                     )
                 })?
                 .to_string(),
-        ),
-        None => None,
-    };
+        )),
+        None => Ok(None),
+    }
+}
+
+pub async fn renew_certificate(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: Option<web::Json<RenewBody>>,
+) -> Result<HttpResponse> {
+    let idempotency_key = idempotency_key(&req)?;
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
     let (view, created) = clm
-        .submit_request(&p, body.into_inner(), idempotency_key, &ctx)
+        .renew_certificate(&p, parse_id(&id)?, body, idempotency_key, &ctx)
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(HttpResponse::build(status).json(view))
+    Ok(HttpResponse::build(created_or_ok(created)).json(view))
+}
+
+pub async fn revoke_certificate(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+    body: web::Json<RevokeBody>,
+) -> Result<HttpResponse> {
+    let view = clm
+        .revoke_certificate(&p, parse_id(&id)?, body.into_inner(), &ctx)
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn release_hold(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.release_hold(&p, parse_id(&id)?, &ctx).await?))
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@
 mod extract;
 mod handlers;
 mod problem;
+mod relying;
 
 use std::path::Path;
 
@@ -98,7 +99,19 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
                 "/notifications/{id}/read",
                 web::post().to(read_notification),
             )
-            .route("/certificates/{id}", web::get().to(get_certificate)),
+            .route("/certificates/{id}", web::get().to(get_certificate))
+            .route(
+                "/certificates/{id}/revoke",
+                web::post().to(revoke_certificate),
+            )
+            .route(
+                "/certificates/{id}/release-hold",
+                web::post().to(release_hold),
+            )
+            .route(
+                "/certificates/{id}/renew",
+                web::post().to(renew_certificate),
+            ),
     );
     public_routes(cfg);
 }
@@ -108,7 +121,11 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
     use handlers::*;
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/ca/{file}", web::get().to(ca_certificate_der));
+        .route("/ca/{file}", web::get().to(ca_certificate_der))
+        .route("/crl/{file}", web::get().to(relying::crl))
+        .route("/ocsp", web::post().to(relying::ocsp_post))
+        // Base64 may contain `/`: the request is the rest of the path.
+        .route("/ocsp/{request:.*}", web::get().to(relying::ocsp_get));
 }
 
 /// Serves until the process is asked to stop.

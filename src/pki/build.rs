@@ -125,6 +125,21 @@ impl<'a> Issuer<'a> {
         self.not_after
     }
 
+    pub(crate) fn signer(&self) -> &dyn Signer {
+        self.signer
+    }
+
+    /// The CA's subject Name, DER, as issued certificates and CRLs name
+    /// their issuer.
+    pub(crate) fn subject_raw(&self) -> &[u8] {
+        &self.subject_raw
+    }
+
+    /// What the CA's certificates and CRLs carry as AuthorityKeyIdentifier.
+    pub(crate) fn key_identifier(&self) -> Vec<u8> {
+        key_identifier(&self.public.bits)
+    }
+
     /// Encodes `params` for `subject_spki_der` as issued by this CA and
     /// checks that what rcgen wrote is what was meant.
     fn prepare(
@@ -354,6 +369,50 @@ pub fn build_leaf(
     urls: &PublicUrls,
 ) -> Result<Vec<u8>, PkiError> {
     prepare_leaf(approved, subject_spki_der, issuer, serial, not_before, urls)?.sign(issuer.signer)
+}
+
+/// id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): relying parties need not
+/// check the responder certificate's own revocation status.
+const OID_OCSP_NOCHECK: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5];
+
+/// The certificate of a CA's delegated OCSP responder: id-kp-OCSPSigning
+/// only, digitalSignature, id-pkix-ocsp-nocheck, no CRL DP or AIA (it is
+/// short-lived and renewed instead of revoked).
+pub fn prepare_ocsp_signer(
+    issuer: &Issuer<'_>,
+    common_name: &str,
+    subject_spki_der: &[u8],
+    subject_algorithm: crate::domain::KeyAlgorithm,
+    serial: &[u8],
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+) -> Result<ToBeSigned, PkiError> {
+    let subject_key = PublicKeyBits::new(subject_spki_der, subject_algorithm)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+    params.serial_number = Some(serial_number(serial)?);
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(&subject_key.bits));
+    params.use_authority_key_identifier_extension = true;
+    let not_after = not_after.min(issuer.not_after);
+    if not_after <= not_before {
+        return Err(PkiError::encoding(
+            "the issuing CA expires before the responder certificate would start",
+        ));
+    }
+    params.not_before = offset(not_before)?;
+    params.not_after = offset(not_after)?;
+    params
+        .custom_extensions
+        .push(CustomExtension::from_oid_content(
+            OID_OCSP_NOCHECK,
+            der::NULL.to_vec(),
+        ));
+    issuer.prepare(&params, &subject_key, subject_spki_der)
 }
 
 fn eku(e: ExtendedKeyUsage) -> ExtendedKeyUsagePurpose {

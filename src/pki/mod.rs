@@ -8,17 +8,21 @@
 //! Signing is blocking; callers run builders on the blocking pool.
 
 mod build;
+mod crl;
 mod csr;
 mod error;
 mod inspect;
+pub mod ocsp;
 mod signer;
 #[cfg(test)]
 mod testutil;
 
 pub use build::{
     CaSubject, Issuer, PublicUrls, TlsKey, build_intermediate_ca, build_leaf, build_root_ca,
-    prepare_intermediate_ca, prepare_leaf, prepare_root_ca, random_serial, serial_hex,
+    prepare_intermediate_ca, prepare_leaf, prepare_ocsp_signer, prepare_root_ca, random_serial,
+    serial_hex,
 };
+pub use crl::{CrlEntry, prepare_crl};
 pub use csr::{MAX_CSR_TEXT_LEN, ParsedCsr, parse_csr, parse_csr_der};
 pub use error::PkiError;
 pub use inspect::{

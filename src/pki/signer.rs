@@ -30,6 +30,24 @@ pub(crate) fn rcgen_algorithm(alg: KeyAlgorithm) -> &'static rcgen::SignatureAlg
     }
 }
 
+/// The AlgorithmIdentifier DER of the signature a key of `alg` makes
+/// (ECDSA and Ed25519 without parameters, RSA with NULL, RFC 5758/8410/4055).
+pub(crate) fn algorithm_identifier(alg: KeyAlgorithm) -> &'static [u8] {
+    match alg {
+        KeyAlgorithm::EcdsaP256 => &[
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+        ],
+        KeyAlgorithm::EcdsaP384 => &[
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+        ],
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => &[
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
+            0x00,
+        ],
+        KeyAlgorithm::Ed25519 => &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70],
+    }
+}
+
 /// The ring algorithm that verifies what a key of `alg` signs.
 pub(crate) fn verification_algorithm(alg: KeyAlgorithm) -> &'static dyn VerificationAlgorithm {
     match alg {
@@ -139,6 +157,26 @@ impl ToBeSigned {
         })
     }
 
+    /// A structure this room encoded itself (CRLs, OCSP responses) whose
+    /// signatureAlgorithm is the one `signer_spki` signs with.
+    pub(crate) fn new(
+        tbs: Vec<u8>,
+        signer_spki: &[u8],
+        signer_algorithm: KeyAlgorithm,
+    ) -> Result<Self, PkiError> {
+        Ok(Self {
+            tbs,
+            signature_algorithm: algorithm_identifier(signer_algorithm).to_vec(),
+            signer_key_bits: subject_public_key_bits(signer_spki)?,
+            signer_algorithm,
+        })
+    }
+
+    /// The AlgorithmIdentifier DER of the signature.
+    pub(crate) fn signature_algorithm(&self) -> &[u8] {
+        &self.signature_algorithm
+    }
+
     /// The TBSCertificate (or TBSCertList) DER, to be recorded before signing.
     pub fn tbs_der(&self) -> &[u8] {
         &self.tbs
@@ -155,6 +193,17 @@ impl ToBeSigned {
     /// (raw `r‖s`, say) fails here rather than in a relying party.
     /// Blocking: the signer is.
     pub fn sign(&self, signer: &dyn Signer) -> Result<Vec<u8>, PkiError> {
+        let signature = self.signature(signer)?;
+        Ok(der::sequence(&[
+            &self.tbs,
+            &self.signature_algorithm,
+            &der::bit_string(&signature),
+        ]))
+    }
+
+    /// The verified signature alone, for structures that carry more after
+    /// it (a BasicOCSPResponse's certificates). Blocking.
+    pub(crate) fn signature(&self, signer: &dyn Signer) -> Result<Vec<u8>, PkiError> {
         if signer.algorithm() != self.signer_algorithm
             || subject_public_key_bits(signer.public_key_spki())? != self.signer_key_bits
         {
@@ -169,11 +218,7 @@ impl ToBeSigned {
         )
         .verify(&self.tbs, &signature)
         .map_err(|_| PkiError::KeyMismatch("the signer's signature does not verify".into()))?;
-        Ok(der::sequence(&[
-            &self.tbs,
-            &self.signature_algorithm,
-            &der::bit_string(&signature),
-        ]))
+        Ok(signature)
     }
 }
 

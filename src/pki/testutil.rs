@@ -132,3 +132,15 @@ pub(crate) fn pkilint(program: &str, files: &[&Path]) -> String {
     );
     report
 }
+
+/// A software root CA of `alg`: its signer and certificate.
+pub(crate) fn test_ca(alg: KeyAlgorithm) -> (SoftSigner, Vec<u8>) {
+    let signer = SoftSigner::new(alg);
+    let subject = crate::pki::CaSubject {
+        common_name: "Test CA".into(),
+        organization: Some("clm tests".into()),
+    };
+    let der =
+        crate::pki::build_root_ca(&signer, &subject, 30, &crate::pki::random_serial()).unwrap();
+    (signer, der)
+}

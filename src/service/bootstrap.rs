@@ -105,6 +105,12 @@ impl Clm {
                 "CA {id} cannot sign: {why}"
             )));
         }
+        let issued = self.ensure_ocsp_signers().await?;
+        if issued > 0 {
+            report
+                .actions
+                .push(format!("issued {issued} OCSP responder certificate(s)"));
+        }
         let profile = self
             .ensure_default_profile(&intermediate, &mut report, &ctx)
             .await?;

@@ -25,6 +25,8 @@ pub struct CertificateView {
     pub profile_id: Option<ProfileId>,
     pub request_id: Option<RequestId>,
     pub fingerprint_sha256: String,
+    /// The certificate this one renewed.
+    pub replaces_certificate_id: Option<CertificateId>,
     pub certificate_pem: String,
     /// Issuer certificates from the issuing CA up to and including the root.
     pub chain_pem: String,
@@ -97,6 +99,8 @@ impl Clm {
             not_after_before: q
                 .expiring_within_days
                 .map(|d| Utc::now() + Duration::days(i64::from(d))),
+            // "Expiring" means not expired yet.
+            not_after_after: q.expiring_within_days.map(|_| Utc::now()),
             text: q.q.filter(|t| !t.is_empty()),
         };
         let (rows, total) = self
@@ -136,6 +140,7 @@ impl Clm {
             profile_id: cert.profile_id,
             request_id: cert.request_id,
             fingerprint_sha256: cert.fingerprint_sha256,
+            replaces_certificate_id: cert.replaces_certificate_id,
             certificate_pem: pki::to_pem("CERTIFICATE", &cert.certificate_der),
             chain_pem,
         })

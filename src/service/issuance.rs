@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Listing, Principal, rfc3339};
 use crate::domain::model::{
-    Actor, AuditEvent, Certificate, CertificateAuthority, CertificateRequest, Outcome,
+    Actor, AuditEvent, Certificate, CertificateAuthority, CertificateRequest, Outcome, Profile,
     RequestContext,
 };
 use crate::domain::{
@@ -51,6 +51,21 @@ pub struct RequestView {
     pub created_at: String,
 }
 
+/// The key a request certifies, and the CSR that proved possession of it
+/// (none when a renewal reuses the replaced certificate's key).
+pub(super) struct SubjectKey {
+    pub csr_der: Option<Vec<u8>>,
+    pub spki_der: Vec<u8>,
+}
+
+/// A request that renews an existing certificate.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Renewal {
+    pub replaces: CertificateId,
+    /// Revoke the replaced certificate as `superseded` once issued.
+    pub supersede: bool,
+}
+
 /// How step 1 records the intent to issue.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Reservation {
@@ -76,15 +91,11 @@ impl Clm {
         ctx: &RequestContext,
     ) -> ServiceResult<(RequestView, bool)> {
         p.require(Permission::RequestCertificates)?;
-        if let Some(key) = &idempotency_key
-            && let Some(existing) = self
-                .secure
-                .find_request_by_idempotency_key(p.user_id, key)
-                .await?
+        if let Some(existing) = self
+            .idempotent_replay(p, idempotency_key.as_deref())
+            .await?
         {
-            let profile = self.core.find_profile(existing.profile_id).await?;
-            let required = profile.map(|p| p.rules.required_approvals).unwrap_or(0);
-            return Ok((request_view(&existing, required), false));
+            return Ok((existing, false));
         }
 
         let profile = self
@@ -100,14 +111,36 @@ impl Clm {
             )
         })?;
         let csr = pki::parse_csr(&csr_pem)?;
+        let wanted = RequestedCertificate {
+            common_name: csr.common_name.clone(),
+            sans: csr.sans.clone(),
+            key_algorithm: csr.key_algorithm,
+            validity_days: body.validity_days,
+        };
+        let key = SubjectKey {
+            csr_der: Some(csr.der),
+            spki_der: csr.spki_der,
+        };
+        self.file_request(p, &profile, &wanted, key, None, idempotency_key, ctx)
+            .await
+    }
+
+    /// Checks `wanted` against the profile and files the request: pending
+    /// approval when the profile needs approvals, otherwise issued at once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn file_request(
+        &self,
+        p: &Principal,
+        profile: &Profile,
+        wanted: &RequestedCertificate,
+        key: SubjectKey,
+        renewal: Option<Renewal>,
+        idempotency_key: Option<String>,
+        ctx: &RequestContext,
+    ) -> ServiceResult<(RequestView, bool)> {
         let approved = profile
             .rules
-            .check(&RequestedCertificate {
-                common_name: csr.common_name.clone(),
-                sans: csr.sans.clone(),
-                key_algorithm: csr.key_algorithm,
-                validity_days: body.validity_days,
-            })
+            .check(wanted)
             .map_err(|v| ServiceError::invalid("profile_violation", v.to_string()))?;
         let ca = self.usable_ca(profile.ca_id).await?;
 
@@ -118,7 +151,7 @@ impl Clm {
             requester_id: p.user_id,
             ca_id: ca.id,
             status: RequestStatus::PendingApproval,
-            csr_der: Some(csr.der.clone()),
+            csr_der: key.csr_der.clone(),
             subject: approved.common_name.clone().unwrap_or_default(),
             sans: approved.sans.clone(),
             key_algorithm: approved.key_algorithm,
@@ -127,8 +160,8 @@ impl Clm {
             certificate_id: None,
             failure_reason: None,
             idempotency_key,
-            replaces_certificate_id: None,
-            supersede_replaced: false,
+            replaces_certificate_id: renewal.map(|r| r.replaces),
+            supersede_replaced: renewal.is_some_and(|r| r.supersede),
             created_at: Utc::now(),
         };
         let required = profile.rules.required_approvals;
@@ -136,9 +169,11 @@ impl Clm {
             let event = AuditEvent::new(p.actor(), "request.submitted", ctx)
                 .org(Some(p.organization_id))
                 .target("certificate_request", request.id)
-                .details(
-                    serde_json::json!({ "profile_id": profile.id, "approvals_required": required }),
-                );
+                .details(serde_json::json!({
+                    "profile_id": profile.id,
+                    "approvals_required": required,
+                    "replaces_certificate_id": request.replaces_certificate_id,
+                }));
             self.insert_pending_request(&request, &event).await?;
             if let Err(e) = self
                 .open_workflow(&request, required, &profile.rules.approver_roles, p, ctx)
@@ -158,7 +193,7 @@ impl Clm {
         }
 
         request.status = RequestStatus::Approved;
-        let key = self.signing_key(ca.id).await?;
+        let signing_key = self.signing_key(ca.id).await?;
         self.emit(
             request.organization_id,
             "request.created",
@@ -169,9 +204,9 @@ impl Clm {
             .issue(
                 &mut request,
                 &approved,
-                &csr.spki_der,
+                &key.spki_der,
                 &ca,
-                key,
+                signing_key,
                 p.actor(),
                 Reservation::New,
                 ctx,
@@ -184,6 +219,45 @@ impl Clm {
             },
             true,
         ))
+    }
+
+    /// The public key a stored request certifies: from its CSR, or, for a
+    /// renewal with the same key, from the certificate it replaces.
+    pub(super) async fn request_spki(
+        &self,
+        request: &CertificateRequest,
+    ) -> ServiceResult<Vec<u8>> {
+        if let Some(csr_der) = &request.csr_der {
+            return Ok(pki::parse_csr_der(csr_der)?.spki_der);
+        }
+        let replaced = match request.replaces_certificate_id {
+            Some(id) => self.secure.find_certificate(id).await?,
+            None => None,
+        };
+        let replaced = replaced
+            .ok_or_else(|| ServiceError::internal("request without a CSR or a key to reuse"))?;
+        Ok(pki::spki_of(&replaced.certificate_der)?)
+    }
+
+    /// The request an earlier call with the same `Idempotency-Key` created.
+    pub(super) async fn idempotent_replay(
+        &self,
+        p: &Principal,
+        idempotency_key: Option<&str>,
+    ) -> ServiceResult<Option<RequestView>> {
+        let Some(key) = idempotency_key else {
+            return Ok(None);
+        };
+        let Some(existing) = self
+            .secure
+            .find_request_by_idempotency_key(p.user_id, key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let profile = self.core.find_profile(existing.profile_id).await?;
+        let required = profile.map(|p| p.rules.required_approvals).unwrap_or(0);
+        Ok(Some(request_view(&existing, required)))
     }
 
     async fn insert_pending_request(
@@ -338,6 +412,11 @@ impl Clm {
         // the same; reconciliation copies it over later.
         if let Err(e) = self.core.record_certificate(&cert, &event).await {
             tracing::warn!(certificate = %cert.id, error = %e, "certificate metadata not yet mirrored to clm_core");
+        }
+        if request.supersede_replaced
+            && let Some(old) = request.replaces_certificate_id
+        {
+            self.supersede(old, actor, ctx).await;
         }
         Ok(cert)
     }

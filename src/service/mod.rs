@@ -8,12 +8,17 @@ pub mod auth;
 mod bootstrap;
 mod cas;
 mod certificates;
+mod crl;
 pub mod error;
+mod expiry;
 mod hsm_check;
 mod issuance;
+mod ocsp;
 mod organizations;
 mod principal;
 mod profiles;
+mod renewal;
+mod revocation;
 mod users;
 mod webhooks;
 mod workflow;
@@ -27,11 +32,16 @@ pub use api_keys::NewApiKey;
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};
+pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
+pub use expiry::ExpiryReport;
 pub use issuance::{RequestView, SubmitRequest};
+pub use ocsp::OcspAnswer;
 pub use organizations::NewOrganization;
 pub use principal::Principal;
 pub use profiles::NewProfile;
+pub use renewal::RenewBody;
+pub use revocation::RevokeBody;
 pub use users::{AddedUser, NewUserBody, PasswordChange};
 pub use webhooks::NewWebhook;
 pub use workflow::Decision;
@@ -97,6 +107,8 @@ pub struct Clm {
     /// passwords.
     dummy_hash: String,
     login_limiter: Arc<auth::LoginLimiter>,
+    crl_state: Arc<crl::CrlState>,
+    ocsp: Arc<ocsp::OcspState>,
 }
 
 impl Clm {
@@ -119,6 +131,8 @@ impl Clm {
             ca_keys: Arc::default(),
             dummy_hash,
             login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
+            crl_state: Arc::default(),
+            ocsp: Arc::default(),
         })
     }
 

@@ -16,7 +16,6 @@ use crate::domain::model::{
     Actor, AuditEvent, CertificateRequest, Notification, Outcome, RequestContext, WorkflowInstance,
 };
 use crate::domain::{RequestId, RequestStatus, Role};
-use crate::pki;
 use crate::store::StoreError;
 
 /// Longest comment or reason kept with a decision.
@@ -220,11 +219,7 @@ impl Clm {
             .ok_or_else(|| {
                 ServiceError::conflict("profile_gone", "the request's profile no longer exists")
             })?;
-        let csr_der = request
-            .csr_der
-            .clone()
-            .ok_or_else(|| ServiceError::internal("pending request without a CSR"))?;
-        let csr = pki::parse_csr_der(&csr_der)?;
+        let spki_der = self.request_spki(&request).await?;
         let approved = ApprovedCertificate {
             common_name: Some(request.subject.clone()).filter(|s| !s.is_empty()),
             sans: request.sans.clone(),
@@ -245,7 +240,7 @@ impl Clm {
                 self.issue(
                     &mut request,
                     &approved,
-                    &csr.spki_der,
+                    &spki_der,
                     &ca,
                     key,
                     actor.clone(),

@@ -402,7 +402,6 @@ impl CoreDb {
             status: Set(c.status.as_str().to_string()),
             created_at: Set(c.created_at),
             updated_at: Set(c.created_at),
-            ..Default::default()
         }
         .insert(&txn)
         .await?;

@@ -54,6 +54,8 @@ pub struct CertificateFilter {
     pub ca_id: Option<CaId>,
     /// Only certificates whose notAfter is at or before this instant.
     pub not_after_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only certificates whose notAfter is after this instant.
+    pub not_after_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Substring of the subject or the serial.
     pub text: Option<String>,
 }

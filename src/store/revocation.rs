@@ -86,7 +86,7 @@ impl SecureDb {
         let cert = certificates::Entity::find_by_id(r.certificate.0)
             .one(&txn)
             .await?
-            .ok_or_else(|| StoreError::NotFound)?;
+            .ok_or(StoreError::NotFound)?;
         certificate_revocations::Entity::delete_many()
             .filter(certificate_revocations::Column::CertificateId.eq(r.certificate.0))
             .exec(&txn)
@@ -144,7 +144,7 @@ impl SecureDb {
         let cert = certificates::Entity::find_by_id(id.0)
             .one(&txn)
             .await?
-            .ok_or_else(|| StoreError::NotFound)?;
+            .ok_or(StoreError::NotFound)?;
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
         super::secure_db::certificate_from(cert)
@@ -232,7 +232,7 @@ impl SecureDb {
             .into_tuple()
             .one(&self.db)
             .await?;
-        current.map(|n| n + 1).ok_or_else(|| StoreError::NotFound)
+        current.map(|n| n + 1).ok_or(StoreError::NotFound)
     }
 
     /// Stores a signed CRL if its number is still the next one (compare-and-

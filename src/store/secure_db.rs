@@ -421,6 +421,9 @@ impl SecureDb {
         if let Some(before) = filter.not_after_before {
             q = q.filter(certificates::Column::NotAfter.lte(before));
         }
+        if let Some(after) = filter.not_after_after {
+            q = q.filter(certificates::Column::NotAfter.gt(after));
+        }
         if let Some(text) = &filter.text {
             let pattern = format!("%{}%", text.replace(['\\', '%', '_'], ""));
             q = q.filter(

@@ -1,0 +1,135 @@
+//! What relying parties fetch anonymously, on both listeners: CRLs and
+//! the OCSP responder. Bodies are DER, not JSON; malformed OCSP requests get
+//! an OCSP `malformedRequest` answer with status 400 so that OCSP clients can
+//! still read it.
+
+use actix_web::http::header::{self, CacheControl, CacheDirective, HttpDate};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use futures_util::StreamExt;
+
+use super::extract::parse_id;
+use super::problem::ApiError;
+use crate::service::{Clm, OcspAnswer};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Larger OCSP requests are refused unread (a request for 16 certificates
+/// fits in a few hundred bytes).
+const MAX_OCSP_REQUEST: usize = 8 * 1024;
+
+pub async fn crl(clm: web::Data<Clm>, file: web::Path<String>) -> Result<HttpResponse> {
+    let id = file
+        .strip_suffix(".crl")
+        .ok_or_else(|| ApiError::not_found("CRL not found"))?;
+    let crl = clm.crl(parse_id(id)?).await?;
+    let max_age = (crl.next_update - chrono::Utc::now())
+        .num_seconds()
+        .clamp(0, 3600) as u32;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/pkix-crl"))
+        .insert_header(CacheControl(vec![
+            CacheDirective::Public,
+            CacheDirective::MaxAge(max_age),
+        ]))
+        .insert_header((header::ETAG, format!("\"{}\"", crl.number)))
+        .insert_header((
+            header::LAST_MODIFIED,
+            HttpDate::from(std::time::SystemTime::from(crl.this_update)),
+        ))
+        .insert_header((
+            header::EXPIRES,
+            HttpDate::from(std::time::SystemTime::from(crl.next_update)),
+        ))
+        .body(crl.der.clone()))
+}
+
+pub async fn ocsp_post(
+    clm: web::Data<Clm>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/ocsp-request") {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "OCSP requests are sent as application/ocsp-request",
+        ));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("bad_body", "the body could not be read"))?;
+        if body.len() + chunk.len() > MAX_OCSP_REQUEST {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(ocsp_response(clm.ocsp_answer(&body).await))
+}
+
+/// RFC 6960 appendix A.1: the DER request, base64, URL-encoded, in the path.
+pub async fn ocsp_get(clm: web::Data<Clm>, encoded: web::Path<String>) -> Result<HttpResponse> {
+    if encoded.len() > MAX_OCSP_REQUEST * 2 {
+        return Err(too_large());
+    }
+    let decoded = percent_decode(&encoded);
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(decoded.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(decoded.trim()))
+        .map_err(|_| ApiError::bad_request("malformed_ocsp_request", "the path is not base64"))?;
+    Ok(ocsp_response(clm.ocsp_answer(&der).await))
+}
+
+fn ocsp_response(answer: OcspAnswer) -> HttpResponse {
+    let mut res = if answer.malformed {
+        HttpResponse::BadRequest()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((header::CONTENT_TYPE, "application/ocsp-response"));
+    match answer.max_age {
+        Some(secs) => res.insert_header(CacheControl(vec![
+            CacheDirective::Public,
+            CacheDirective::MaxAge(secs.clamp(0, 86_400) as u32),
+        ])),
+        None => res.insert_header(CacheControl(vec![CacheDirective::NoStore])),
+    };
+    res.body(answer.der.as_ref().clone())
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("OCSP requests are at most {MAX_OCSP_REQUEST} bytes"),
+    )
+}
+
+/// `%2B`, `%2F` and `%3D` as clients escape them in the path; actix hands
+/// the segment over still encoded.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

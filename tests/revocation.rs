@@ -1,0 +1,826 @@
+//! Revocation, holds, CRLs, the OCSP responder, renewal and expiry notices,
+//! against a running server, judged by `openssl crl`, `openssl verify
+//! -crl_check`, `openssl ocsp` and pkilint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TestApp, ec_csr, write};
+use serde_json::{Value, json};
+
+on_both_backends! {
+    revocation_reaches_crl_and_ocsp => revocation_reaches_crl_and_ocsp;
+    holds_can_be_released_or_made_final => holds;
+    only_owner_or_ca_admin_may_revoke => who_may_revoke;
+    renewal_replaces_and_supersedes => renewal;
+    bad_relying_party_input_is_refused => bad_relying_party_input;
+}
+
+/// Issues a certificate for `names` as `token` through the default profile.
+async fn issue(app: &TestApp, token: &str, names: &[&str]) -> Value {
+    let profile = app.default_profile_id(token).await;
+    let r = app
+        .post(
+            token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(names) }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    let id = body["certificate_id"].as_str().unwrap();
+    app.get(token, &format!("/api/v1/certificates/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Files the leaf, its issuer and the whole chain (issuer first) in `dir`.
+struct Files {
+    leaf: PathBuf,
+    issuer: PathBuf,
+    chain: PathBuf,
+}
+
+fn files(app: &TestApp, dir: &Path, cert: &Value) -> Files {
+    let chain_pem = cert["chain_pem"].as_str().unwrap();
+    let issuer = ::pem::parse_many(chain_pem).unwrap()[0].clone();
+    Files {
+        leaf: write(dir, "leaf.pem", cert["certificate_pem"].as_str().unwrap()),
+        issuer: write(dir, "issuer.pem", &::pem::encode(&issuer)),
+        chain: write(dir, "chain.pem", &format!("{chain_pem}{}", app.root_pem())),
+    }
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `openssl ocsp` against the plain-HTTP listener: its report and whether
+/// it verified the response. The response is kept in `dir/resp.der`.
+fn openssl_ocsp(app: &TestApp, dir: &Path, f: &Files, nonce: bool) -> String {
+    let (_, text) = run(Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(&f.issuer)
+        .arg("-cert")
+        .arg(&f.leaf)
+        .args(["-url", &format!("{}/ocsp", app.public)])
+        .arg("-CAfile")
+        .arg(&f.chain)
+        .arg(if nonce { "-nonce" } else { "-no_nonce" })
+        .arg("-respout")
+        .arg(dir.join("resp.der")));
+    text
+}
+
+async fn fetch_crl(app: &TestApp, ca: &str, dir: &Path) -> PathBuf {
+    let r = app
+        .client
+        .get(format!("{}/crl/{ca}.crl", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/pkix-crl");
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age"),
+        "CRLs carry caching headers"
+    );
+    let der = r.bytes().await.unwrap();
+    let path = dir.join("crl.der");
+    std::fs::write(&path, &der).unwrap();
+    path
+}
+
+fn crl_text(crl: &Path, chain: &Path) -> String {
+    let (ok, text) = run(Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(crl)
+        .arg("-CAfile")
+        .arg(chain));
+    assert!(ok && text.contains("verify OK"), "openssl crl: {text}");
+    text
+}
+
+fn verify_with_crl(dir: &Path, crl: &Path, f: &Files) -> (bool, String) {
+    let pem = dir.join("crl.pem");
+    let (ok, text) = run(Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(crl)
+        .arg("-out")
+        .arg(&pem));
+    assert!(ok, "{text}");
+    run(Command::new("openssl")
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(&f.chain)
+        .arg("-CRLfile")
+        .arg(&pem)
+        .arg(&f.leaf))
+}
+
+fn pkilint(tool: &str, args: &[&str], file: &Path) {
+    if Command::new(tool).arg("--help").output().is_err() {
+        assert!(
+            std::env::var("CLM_TEST_REQUIRE_TOOLS").is_err(),
+            "pkilint ({tool}) is required but not installed"
+        );
+        eprintln!("note: {tool} not installed; skipping");
+        return;
+    }
+    let (_, report) = run(Command::new(tool).arg("lint").args(args).arg(file));
+    assert!(
+        !report.contains("ERROR") && !report.contains("FATAL"),
+        "{tool}:\n{report}"
+    );
+}
+
+/// Polls until the CRL of `ca` lists (or no longer lists) `serial`.
+async fn crl_until(app: &TestApp, ca: &str, serial: &str, listed: bool, f: &Files) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..50 {
+        let crl = fetch_crl(app, ca, dir.path()).await;
+        let text = crl_text(&crl, &f.chain).to_ascii_lowercase();
+        if text.contains(serial) == listed {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the CRL never {} {serial}",
+        if listed { "listed" } else { "dropped" }
+    );
+}
+
+async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
+    let token = app.admin_token().await;
+    let cert = issue(app, &token, &["revoke.clm.test"]).await;
+    let (id, ca, serial) = (
+        cert["id"].as_str().unwrap(),
+        cert["ca_id"].as_str().unwrap(),
+        cert["serial"].as_str().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(app, dir.path(), &cert);
+
+    // Before: OCSP says good (with and without a nonce), the CRL verifies
+    // and does not stop the leaf.
+    for nonce in [true, false] {
+        let report = openssl_ocsp(app, dir.path(), &f, nonce);
+        assert!(report.contains("Response verify OK"), "{report}");
+        assert!(report.contains("leaf.pem: good"), "{report}");
+    }
+    pkilint("lint_ocsp_response", &[], &dir.path().join("resp.der"));
+    let crl = fetch_crl(app, ca, dir.path()).await;
+    let before = crl_text(&crl, &f.chain);
+    pkilint("lint_crl", &["-t", "CRL", "-p", "PKIX"], &crl);
+    let (ok, text) = verify_with_crl(dir.path(), &crl, &f);
+    assert!(ok, "a valid leaf passes -crl_check: {text}");
+
+    // Revoke.
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{id}/revoke"),
+            &json!({ "reason": "keyCompromise" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "revoked");
+    assert_eq!(body["revocation_reason"], "keyCompromise");
+    assert!(body["revoked_at"].is_string());
+
+    // OCSP knows at once, cached answer or not, with time and reason.
+    for nonce in [false, true] {
+        let report = openssl_ocsp(app, dir.path(), &f, nonce);
+        assert!(report.contains("Response verify OK"), "{report}");
+        assert!(report.contains("leaf.pem: revoked"), "{report}");
+        assert!(report.contains("Reason: keyCompromise"), "{report}");
+        assert!(report.contains("Revocation Time"), "{report}");
+    }
+    pkilint("lint_ocsp_response", &[], &dir.path().join("resp.der"));
+
+    // The CRL lists it with its reason, under a higher number, and openssl
+    // now refuses the leaf.
+    let after = crl_until(app, ca, serial, true, &f).await;
+    assert!(after.contains("key compromise"), "{after}");
+    assert!(crl_number(&after) > crl_number(&before.to_ascii_lowercase()));
+    let crl = fetch_crl(app, ca, dir.path()).await;
+    pkilint("lint_crl", &["-t", "CRL", "-p", "PKIX"], &crl);
+    let (ok, text) = verify_with_crl(dir.path(), &crl, &f);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+
+    // Revoked is final.
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{id}/revoke"),
+            &json!({ "reason": "superseded" }),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{id}/release-hold"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+
+    // The list filters by status.
+    let list: Value = app
+        .get(&token, "/api/v1/certificates?status=revoked")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id)
+    );
+
+    // The root's CRL is served too (and verifies against the root).
+    let root_id = app
+        .get(&token, "/api/v1/cas")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "root")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let root_crl = fetch_crl(app, &root_id, dir.path()).await;
+    let root_file = write(dir.path(), "root.pem", &app.root_pem());
+    crl_text(&root_crl, &root_file);
+}
+
+fn crl_number(text: &str) -> u64 {
+    let at = text.find("x509v3 crl number:").unwrap();
+    text[at..].lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+async fn holds(app: &TestApp) {
+    let token = app.admin_token().await;
+    let cert = issue(app, &token, &["hold.clm.test"]).await;
+    let id = cert["id"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(app, dir.path(), &cert);
+    let path = format!("/api/v1/certificates/{id}/revoke");
+    let revoke = |reason: &'static str| {
+        let (path, token) = (path.clone(), token.clone());
+        async move { app.post(&token, &path, &json!({ "reason": reason })).await }
+    };
+
+    let r = revoke("certificateHold").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "on_hold");
+    let report = openssl_ocsp(app, dir.path(), &f, false);
+    assert!(
+        report.contains("leaf.pem: revoked") && report.contains("Reason: certificateHold"),
+        "{report}"
+    );
+    assert_eq!(revoke("certificateHold").await.status(), 409, "held twice");
+
+    // Released: good again, on OCSP and on the CRL.
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{id}/release-hold"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "valid");
+    let report = openssl_ocsp(app, dir.path(), &f, false);
+    assert!(report.contains("leaf.pem: good"), "{report}");
+    let serial = cert["serial"].as_str().unwrap();
+    crl_until(app, cert["ca_id"].as_str().unwrap(), serial, false, &f).await;
+
+    // A hold may become final; then nothing brings it back.
+    assert_eq!(revoke("certificateHold").await.status(), 200);
+    let r = revoke("cessationOfOperation").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "revoked");
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{id}/release-hold"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let report = openssl_ocsp(app, dir.path(), &f, false);
+    assert!(report.contains("Reason: cessationOfOperation"), "{report}");
+}
+
+async fn who_may_revoke(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let org = app.create_org(&admin, "Revokers").await;
+    let other_org = app.create_org(&admin, "Strangers").await;
+    let (_, owner) = app
+        .create_user(&admin, &org, "owner@revokers.test", &["requester"])
+        .await;
+    let (_, colleague) = app
+        .create_user(&admin, &org, "colleague@revokers.test", &["requester"])
+        .await;
+    let (_, stranger) = app
+        .create_user(&admin, &other_org, "x@strangers.test", &["requester"])
+        .await;
+    let (_, ca_admin) = app
+        .create_user(&admin, &org, "ca@revokers.test", &["ca_admin"])
+        .await;
+    let mine = issue(app, &owner, &["mine.clm.test"]).await;
+    let theirs = issue(app, &owner, &["theirs.clm.test"]).await;
+    let path = |c: &Value| format!("/api/v1/certificates/{}/revoke", c["id"].as_str().unwrap());
+    let body = json!({ "reason": "affiliationChanged" });
+
+    // Someone else's certificate does not exist for you.
+    for token in [&colleague, &stranger] {
+        let r = app.post(token, &path(&mine), &body).await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "errors are problem documents"
+        );
+    }
+    // A bad reason is named.
+    let r = app
+        .post(&owner, &path(&mine), &json!({ "reason": "removeFromCRL" }))
+        .await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_reason");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("keyCompromise")
+    );
+    let r = app.post(&owner, &path(&mine), &json!({})).await;
+    assert_eq!(r.status(), 400);
+    // Nothing was persisted by the refusals.
+    let still: Value = app
+        .get(
+            &owner,
+            &format!("/api/v1/certificates/{}", mine["id"].as_str().unwrap()),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["status"], "valid");
+
+    // The owner and a CA admin may.
+    assert_eq!(app.post(&owner, &path(&mine), &body).await.status(), 200);
+    assert_eq!(
+        app.post(&ca_admin, &path(&theirs), &body).await.status(),
+        200
+    );
+    // Only a CA admin releases holds.
+    let held = issue(app, &owner, &["held.clm.test"]).await;
+    let hold = json!({ "reason": "certificateHold" });
+    assert_eq!(app.post(&owner, &path(&held), &hold).await.status(), 200);
+    let release = format!(
+        "/api/v1/certificates/{}/release-hold",
+        held["id"].as_str().unwrap()
+    );
+    assert_eq!(app.post(&owner, &release, &json!({})).await.status(), 403);
+    assert_eq!(
+        app.post(&ca_admin, &release, &json!({})).await.status(),
+        200
+    );
+
+    // The owner heard about the CA admin's revocation.
+    let notes: Value = app
+        .get(&owner, "/api/v1/notifications")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let notes = notes["items"]
+        .as_array()
+        .or(notes.as_array())
+        .unwrap()
+        .clone();
+    assert!(
+        notes.iter().any(|n| n["kind"] == "certificate.revoked"),
+        "{notes:?}"
+    );
+}
+
+async fn renewal(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let old = issue(app, &admin, &["renew.clm.test", "www.renew.clm.test"]).await;
+    let old_id = old["id"].as_str().unwrap();
+    let renew = format!("/api/v1/certificates/{old_id}/renew");
+
+    // Without a CSR the default profile refuses to certify the same key.
+    let r = app.post(&admin, &renew, &json!({})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "csr_required");
+
+    // With a new key: same names (whatever the CSR asks for), linked, and
+    // the old one superseded once the new one exists.
+    let r = app
+        .post(
+            &admin,
+            &renew,
+            &json!({ "csr_pem": ec_csr(&["other.clm.test"]), "revoke_replaced": true }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let request: Value = r.json().await.unwrap();
+    assert_eq!(request["status"], "issued");
+    assert_eq!(request["sans"], old["sans"]);
+    let new: Value = app
+        .get(
+            &admin,
+            &format!(
+                "/api/v1/certificates/{}",
+                request["certificate_id"].as_str().unwrap()
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(new["sans"], old["sans"]);
+    assert_ne!(new["serial"], old["serial"]);
+    assert_eq!(new["replaces_certificate_id"], old_id);
+    let old_now: Value = app
+        .get(&admin, &format!("/api/v1/certificates/{old_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(old_now["status"], "revoked");
+    assert_eq!(old_now["revocation_reason"], "superseded");
+
+    // A revoked certificate is not renewed.
+    let r = app
+        .post(
+            &admin,
+            &renew,
+            &json!({ "csr_pem": ec_csr(&["x.clm.test"]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+
+    // A profile that allows key reuse renews without a CSR, same key.
+    let intermediate = app
+        .get(&admin, "/api/v1/cas")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "intermediate")
+        .unwrap()["id"]
+        .clone();
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/profiles",
+            &json!({
+                "name": "reuse",
+                "ca_id": intermediate,
+                "key_algorithms": ["ecdsa-p256"],
+                "allowed_dns_suffixes": ["clm.test"],
+                "max_validity_days": 30,
+                "extended_key_usages": ["serverAuth"],
+                "allow_key_reuse": true
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let profile: Value = r.json().await.unwrap();
+    assert_eq!(profile["allow_key_reuse"], true);
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile["id"], "csr_pem": ec_csr(&["reuse.clm.test"]) }),
+        )
+        .await;
+    let first: Value = r.json().await.unwrap();
+    let first_id = first["certificate_id"].as_str().unwrap();
+    let r = app
+        .post(
+            &admin,
+            &format!("/api/v1/certificates/{first_id}/renew"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let second: Value = r.json().await.unwrap();
+    let pem_of = |id: &str| {
+        let admin = admin.clone();
+        let id = id.to_string();
+        async move {
+            app.get(&admin, &format!("/api/v1/certificates/{id}"))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()["certificate_pem"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let spki = |pem_text: String| {
+        let der = ::pem::parse(pem_text).unwrap().into_contents();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        c.public_key().raw.to_vec()
+    };
+    let a = spki(pem_of(first_id).await);
+    let b = spki(pem_of(second["certificate_id"].as_str().unwrap()).await);
+    assert_eq!(a, b, "same key");
+    // The old one stays valid unless asked otherwise.
+    let first_now: Value = app
+        .get(&admin, &format!("/api/v1/certificates/{first_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first_now["status"], "valid");
+}
+
+/// The expiry job runs every second here, so notices are observable.
+mod owners_hear_before_expiry_once {
+    use common::{Backend, TestApp};
+
+    use super::*;
+
+    const FAST_JOBS: &[(&str, &str)] = &[("CLM_JOB_INTERVAL_SECONDS", "1")];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = TestApp::start_with(Backend::Sqlite, FAST_JOBS)
+            .await
+            .unwrap();
+        expiry_notices(&app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(app) = TestApp::start_with(Backend::Postgres, FAST_JOBS).await else {
+            return;
+        };
+        expiry_notices(&app).await;
+    }
+}
+
+async fn expiry_notices(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let org = app.create_org(&admin, "Expiring").await;
+    let (_, owner) = app
+        .create_user(&admin, &org, "owner@expiring.test", &["requester"])
+        .await;
+    let profile = app.default_profile_id(&owner).await;
+    let r = app
+        .post(
+            &owner,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["soon.clm.test"]), "validity_days": 5 }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let cert_id = r.json::<Value>().await.unwrap()["certificate_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long = issue(app, &owner, &["later.clm.test"]).await;
+
+    // The filter finds the short one only.
+    let list: Value = app
+        .get(&owner, "/api/v1/certificates?expiring_within_days=6")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&cert_id.as_str()));
+    assert!(!ids.contains(&long["id"].as_str().unwrap()));
+
+    // The 7-day notice arrives, once, and no late 30-day notice.
+    let mut notices = Vec::new();
+    for _ in 0..60 {
+        let notes: Value = app
+            .get(&owner, "/api/v1/notifications")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let notes = notes["items"]
+            .as_array()
+            .or(notes.as_array())
+            .unwrap()
+            .clone();
+        notices = notes
+            .into_iter()
+            .filter(|n| n["kind"] == "certificate.expiring")
+            .collect();
+        if !notices.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["data"]["days_before"], 7);
+    assert_eq!(notices[0]["data"]["certificate_id"], cert_id);
+    // Several more job runs send nothing new.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let notes: Value = app
+        .get(&owner, "/api/v1/notifications")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let notes = notes["items"]
+        .as_array()
+        .or(notes.as_array())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n["kind"] == "certificate.expiring")
+            .count(),
+        1
+    );
+}
+
+async fn bad_relying_party_input(app: &TestApp) {
+    let ocsp = format!("{}/ocsp", app.public);
+    let post = |body: Vec<u8>| {
+        app.client
+            .post(&ocsp)
+            .header("content-type", "application/ocsp-request")
+            .body(body)
+            .send()
+    };
+
+    // Garbage, truncations and bit flips of a real request never give a 5xx.
+    let token = app.admin_token().await;
+    let cert = issue(app, &token, &["ocsp-bad.clm.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(app, dir.path(), &cert);
+    let req = dir.path().join("req.der");
+    let (ok, text) = run(Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(&f.issuer)
+        .arg("-cert")
+        .arg(&f.leaf)
+        .arg("-reqout")
+        .arg(&req));
+    assert!(ok, "{text}");
+    let good = std::fs::read(&req).unwrap();
+    let mut inputs: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"garbage".to_vec(),
+        vec![0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
+        vec![0x30; 4000],
+    ];
+    for cut in [1, 2, good.len() / 2, good.len() - 1] {
+        inputs.push(good[..cut].to_vec());
+    }
+    for i in (0..good.len()).step_by(7) {
+        let mut flipped = good.clone();
+        flipped[i] ^= 0x5a;
+        inputs.push(flipped);
+    }
+    for body in inputs {
+        let r = post(body).await.unwrap();
+        assert!(r.status().as_u16() < 500, "{}", r.status());
+        if r.status() == 400 {
+            assert_eq!(r.headers()["content-type"], "application/ocsp-response");
+            // OCSPResponse { responseStatus malformedRequest (1) }
+            assert_eq!(
+                r.bytes().await.unwrap().as_ref(),
+                [0x30, 0x03, 0x0a, 0x01, 0x01]
+            );
+        }
+    }
+    // Oversized: refused unread, as a problem document.
+    let r = post(vec![0x30; 20_000]).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // Not an OCSP request at all.
+    let r = app
+        .client
+        .post(&ocsp)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = app
+        .client
+        .get(format!("{ocsp}/%%%not-base64"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+
+    // A GET with the real request in base64 works.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&good);
+    let r = app
+        .client
+        .get(format!(
+            "{ocsp}/{}",
+            b64.replace('/', "%2F").replace('+', "%2B")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/ocsp-response");
+
+    // Another issuer's certificate: unauthorized.
+    let foreign = dir.path();
+    let (ok, text) = run(Command::new("openssl").current_dir(foreign).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "fca.key",
+        "-out",
+        "fca.pem",
+        "-subj",
+        "/CN=Foreign CA",
+        "-days",
+        "2",
+    ]));
+    assert!(ok, "{text}");
+    let (ok, text) = run(Command::new("openssl").current_dir(foreign).args([
+        "ocsp", "-issuer", "fca.pem", "-serial", "0x1234", "-reqout", "freq.der",
+    ]));
+    assert!(ok, "{text}");
+    let r = post(std::fs::read(foreign.join("freq.der")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // OCSPResponse { responseStatus unauthorized (6) }
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        [0x30, 0x03, 0x0a, 0x01, 0x06]
+    );
+
+    // CRLs: unknown CA → 404, not a CA id → 4xx; both problem documents.
+    for path in [
+        format!("/crl/{}.crl", uuid::Uuid::new_v4()),
+        "/crl/not-an-id.crl".to_string(),
+        "/crl/nothing".to_string(),
+    ] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.public))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+
+    // And the server still serves.
+    let report = openssl_ocsp(app, dir.path(), &f, true);
+    assert!(report.contains("leaf.pem: good"), "{report}");
+}
