@@ -1,10 +1,9 @@
 //! clm_core, renewal and expiry: profiles may allow renewal with the same
-//! key; the expiry job scans certificate metadata by status and notAfter and
-//! records each notice it sent in a table whose primary key makes "once
+//! key; the expiry job records each notice it sent in a table whose primary key makes "once
 //! each" hold even with several instances (it replaces the JSON column the
 //! first version had for this).
 
-use crate::sql::{self, index};
+use crate::sql;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
     boolean, integer, json_binary_null, timestamp_with_time_zone, uuid,
@@ -53,24 +52,12 @@ impl MigrationTrait for Migration {
                     ))
                     .to_owned(),
             ],
-            vec![index(
-                "idx_certificate_metadata_expiry",
-                "certificate_metadata",
-                &["status", "not_after"],
-            )],
+            vec![],
         )
         .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name("idx_certificate_metadata_expiry")
-                    .table("certificate_metadata")
-                    .to_owned(),
-            )
-            .await?;
         sql::drop_tables(manager, &["certificate_expiry_notices"]).await?;
         manager
             .alter_table(

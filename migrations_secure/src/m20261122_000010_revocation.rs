@@ -49,17 +49,6 @@ fn indexes() -> Vec<IndexCreateStatement> {
             "ocsp_signers",
             &["ca_id", "not_after"],
         ),
-        index(
-            "idx_revocations_ca",
-            "certificate_revocations",
-            &["ca_id", "serial_hex"],
-        ),
-        // The expiry job's scan and the `expiring_within_days` filter.
-        index(
-            "idx_certificates_status_not_after",
-            "certificates",
-            &["status", "not_after"],
-        ),
         // OCSP caches learn about status changes by polling this.
         index("idx_certificates_updated", "certificates", &["updated_at"]),
     ]
@@ -88,11 +77,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for i in [
-            ("idx_certificates_updated", "certificates"),
-            ("idx_certificates_status_not_after", "certificates"),
-            ("idx_revocations_ca", "certificate_revocations"),
-        ] {
+        for i in [("idx_certificates_updated", "certificates")] {
             manager
                 .drop_index(Index::drop().name(i.0).table(i.1).to_owned())
                 .await?;
