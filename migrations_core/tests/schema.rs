@@ -29,6 +29,7 @@ const TABLES: &[&str] = &[
     "certificate_metadata",
     "webhooks",
     "webhook_deliveries",
+    "certificate_expiry_notices",
 ];
 const VIEWS: &[&str] = &[
     "active_users_with_roles",

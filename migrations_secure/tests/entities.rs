@@ -168,6 +168,7 @@ async fn scenario(db: DatabaseConnection) {
             approver_roles: json!(["approver"]),
             allow_server_keygen: true,
             allow_key_archival: true,
+            allow_key_reuse: true,
             status: "active".into(),
             created_at: t,
             updated_at: t,
@@ -304,9 +305,17 @@ async fn scenario(db: DatabaseConnection) {
             not_before: t,
             not_after: later,
             status: "valid".into(),
-            expiry_notices: Some(json!([30, 7])),
             created_at: t,
             updated_at: t,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
+        core::certificate_expiry_notices,
+        core::certificate_expiry_notices::Model {
+            certificate_id: cert,
+            days_before: 7,
+            sent_at: t,
         }
     ));
     covered.insert(round_trip!(
@@ -420,6 +429,32 @@ async fn scenario(db: DatabaseConnection) {
     ));
     covered.insert(round_trip!(
         db,
+        secure::ca_crls,
+        secure::ca_crls::Model {
+            ca_id: ca,
+            crl_number: 5_000_000_001,
+            this_update: t,
+            next_update: later,
+            entry_count: 3,
+            crl_der: vec![0x30, 0x00],
+            created_at: t,
+            updated_at: t,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
+        secure::ocsp_signers,
+        secure::ocsp_signers::Model {
+            id: id(),
+            ca_id: ca,
+            key_id: key,
+            certificate_id: cert,
+            not_after: later,
+            created_at: t,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
         secure::private_keys,
         secure::private_keys::Model {
             id: id(),
@@ -456,6 +491,7 @@ async fn scenario(db: DatabaseConnection) {
             replaces_certificate_id: Some(cert),
             failure_reason: Some("none".into()),
             idempotency_key: Some("retry-1".into()),
+            supersede_replaced: true,
             created_at: t,
             updated_at: t,
         }

@@ -32,6 +32,7 @@ const CORE_TABLES: &[&str] = &[
     "certificate_metadata",
     "webhooks",
     "webhook_deliveries",
+    "certificate_expiry_notices",
 ];
 const CORE_VIEWS: &[&str] = &[
     "active_users_with_roles",
@@ -47,6 +48,8 @@ const TABLES: &[&str] = &[
     "certificate_revocations",
     "key_rotation_history",
     "secure_audit_log",
+    "ca_crls",
+    "ocsp_signers",
 ];
 const VIEWS: &[&str] = &["active_certificates", "expiring_certificates"];
 

@@ -33,6 +33,10 @@ pub enum PkiError {
     KeyMismatch(String),
     #[error("the certificate was not issued by that CA: {0}")]
     NotIssuedBy(String),
+    #[error("the passphrase must have at least {0} characters")]
+    WeakPassphrase(usize),
+    #[error("the passphrase must be at most 1024 characters without control characters")]
+    InvalidPassphrase,
 }
 
 impl PkiError {
@@ -47,6 +51,8 @@ impl PkiError {
             PkiError::WeakRsaKey { .. } => Some("weak_key"),
             PkiError::UnsupportedKey(_) => Some("unsupported_key"),
             PkiError::InvalidSubject(_) => Some("invalid_subject"),
+            PkiError::WeakPassphrase(_) => Some("passphrase_too_short"),
+            PkiError::InvalidPassphrase => Some("invalid_passphrase"),
             PkiError::Signing(_)
             | PkiError::Encoding(_)
             | PkiError::KeyMismatch(_)

@@ -13,6 +13,7 @@ mod csr;
 mod error;
 mod inspect;
 pub mod ocsp;
+mod pkcs12;
 mod signer;
 #[cfg(test)]
 mod testutil;
@@ -29,4 +30,5 @@ pub use inspect::{
     CertInfo, fingerprint_sha256_hex, not_after, not_before, prove_key_matches, spki_of,
     spki_sha256_hex, subject_string, to_pem, verify_signed_by,
 };
+pub use pkcs12::{MIN_PASSPHRASE_CHARS, build_pkcs12, check_passphrase};
 pub use signer::{SignerKey, ToBeSigned};
