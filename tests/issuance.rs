@@ -172,7 +172,15 @@ async fn rsa_csr_is_issued(app: &TestApp) {
 async fn ca_keys_are_sensitive(app: &TestApp) {
     let objects = app.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
     let blocks: Vec<&str> = objects.split("Private Key Object").skip(1).collect();
-    assert_eq!(blocks.len(), 2, "root and intermediate keys:\n{objects}");
+    assert_eq!(
+        blocks.len(),
+        4,
+        "root and intermediate keys and their OCSP responders' keys:\n{objects}"
+    );
+    assert_eq!(
+        blocks.iter().filter(|b| b.contains("label:      clm-ca-")).count(),
+        2
+    );
     for block in blocks {
         assert!(block.contains("sensitive"), "{block}");
         assert!(block.contains("never extractable"), "{block}");
@@ -198,6 +206,14 @@ async fn ca_keys_are_sensitive(app: &TestApp) {
         "{stdout}"
     );
     assert!(stdout.contains("ok\tkek"), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("ok\tocsp_signing"))
+            .count(),
+        2,
+        "{stdout}"
+    );
     assert!(stdout.contains("ok\taudit_mac"), "{stdout}");
 
     // A wrong PIN is refused, and neither PIN is echoed anywhere.

@@ -88,6 +88,18 @@ pub struct KeyReference {
     pub public_key_der: Option<Vec<u8>>,
 }
 
+/// A private key clm generated, wrapped under a KEK (never in plain form).
+#[derive(Clone, Debug)]
+pub struct WrappedKey {
+    pub certificate_id: CertificateId,
+    pub organization_id: OrganizationId,
+    /// Registry id and version of the KEK it is wrapped under.
+    pub kek_id: KeyId,
+    pub kek_version: i32,
+    pub wrapped: Vec<u8>,
+    pub key_algorithm: KeyAlgorithm,
+}
+
 #[derive(Clone, Debug)]
 pub struct CertificateAuthority {
     pub id: CaId,

@@ -28,6 +28,9 @@ pub struct ProfileRules {
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     pub required_approvals: u8,
     pub allow_server_keygen: bool,
+    /// Keys generated for the profile are kept wrapped under the KEK for
+    /// later recovery; otherwise nothing is kept.
+    pub allow_key_archival: bool,
     /// Renewal may certify the replaced certificate's key again, without a
     /// new CSR.
     pub allow_key_reuse: bool,
@@ -260,6 +263,7 @@ mod tests {
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
             required_approvals: 0,
             allow_server_keygen: false,
+            allow_key_archival: false,
             allow_key_reuse: false,
             approver_roles: vec![Role::Approver],
         }

@@ -78,9 +78,36 @@ pub(super) fn algorithm_identifier(alg: KeyAlgorithm) -> HsmResult<Vec<u8>> {
     }
 }
 
+/// The key-pair generation mechanism for `alg` and the public-key template
+/// attributes that choose the curve or the modulus.
+pub(super) fn keygen_mechanism(
+    alg: KeyAlgorithm,
+) -> HsmResult<(Mechanism<'static>, Vec<Attribute>)> {
+    if let Some(curve) = curve_oid(alg) {
+        Ok((
+            Mechanism::EccKeyPairGen,
+            vec![Attribute::EcParams(der::tlv(0x06, curve))],
+        ))
+    } else if let Some(bits) = alg.rsa_bits() {
+        Ok((
+            Mechanism::RsaPkcsKeyPairGen,
+            vec![
+                Attribute::ModulusBits(u64::from(bits).into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+            ],
+        ))
+    } else {
+        Err(HsmError::UnsupportedAlgorithm(alg.to_string()))
+    }
+}
+
 /// SubjectPublicKeyInfo of the public key object `public`, checked against
 /// `alg` (curve, or modulus size) so a key of the wrong shape is refused.
-fn read_spki(session: &Session, public: ObjectHandle, alg: KeyAlgorithm) -> HsmResult<Vec<u8>> {
+pub(super) fn read_spki(
+    session: &Session,
+    public: ObjectHandle,
+    alg: KeyAlgorithm,
+) -> HsmResult<Vec<u8>> {
     let key = if let Some(curve) = curve_oid(alg) {
         let attrs =
             session.get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])?;
@@ -160,17 +187,7 @@ impl Hsm {
     /// same fresh random `CKA_ID` and `label`; the private half sensitive,
     /// never extractable, allowed to sign only.
     pub fn generate_key_pair_blocking(&self, alg: KeyAlgorithm, label: &str) -> HsmResult<HsmKey> {
-        let mut public_extra = Vec::new();
-        let mechanism = if let Some(curve) = curve_oid(alg) {
-            public_extra.push(Attribute::EcParams(der::tlv(0x06, curve)));
-            Mechanism::EccKeyPairGen
-        } else if let Some(bits) = alg.rsa_bits() {
-            public_extra.push(Attribute::ModulusBits(u64::from(bits).into()));
-            public_extra.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-            Mechanism::RsaPkcsKeyPairGen
-        } else {
-            return Err(HsmError::UnsupportedAlgorithm(alg.to_string()));
-        };
+        let (mechanism, public_extra) = keygen_mechanism(alg)?;
         let label_bytes = label.as_bytes().to_vec();
         let (cka_id, spki, handle) = self.with_session(|s| {
             // A fresh id per attempt: a retry must not leave two pairs

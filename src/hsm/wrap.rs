@@ -18,6 +18,7 @@ use ring::signature::{self, KeyPair as _};
 
 use super::keys::{
     OID_EC_PUBLIC_KEY, OID_RSA_ENCRYPTION, algorithm_identifier, curve_oid, key_type,
+    keygen_mechanism, read_spki,
 };
 use super::{Hsm, HsmError, HsmKey, HsmResult, find_one, new_cka_id};
 use crate::domain::der;
@@ -307,6 +308,64 @@ fn unwrap_template(
 }
 
 impl Hsm {
+    /// Server-side key generation: a key pair of `alg` is generated in the
+    /// token as session objects, the private half (sensitive, extractable
+    /// only by wrapping) leaves wrapped under the KEK with `kek_id`, and both
+    /// objects are destroyed. Returns (wrapped key, SPKI).
+    pub fn generate_wrapped_key_pair_blocking(
+        &self,
+        kek_id: &[u8],
+        alg: KeyAlgorithm,
+    ) -> HsmResult<(Vec<u8>, Vec<u8>)> {
+        let (mechanism, public_extra) = keygen_mechanism(alg)?;
+        self.with_session(|s| {
+            let kek = find_one(s, ObjectClass::SECRET_KEY, kek_id)?;
+            let id = new_cka_id();
+            let private_template = [
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(true),
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Id(id.clone()),
+            ];
+            let mut public_template = vec![
+                Attribute::Token(false),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Id(id),
+            ];
+            public_template.extend(public_extra.iter().cloned());
+            let (public, private) =
+                s.generate_key_pair(&mechanism, &public_template, &private_template)?;
+            let result = read_spki(s, public, alg).and_then(|spki| {
+                let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, private)?;
+                Ok((wrapped, spki))
+            });
+            let destroyed = s
+                .destroy_object(private)
+                .and_then(|()| s.destroy_object(public));
+            let result = result?;
+            destroyed?;
+            Ok(result)
+        })
+    }
+
+    pub async fn generate_wrapped_key_pair(
+        &self,
+        kek_id: &[u8],
+        alg: KeyAlgorithm,
+    ) -> HsmResult<(Vec<u8>, Vec<u8>)> {
+        let id = kek_id.to_vec();
+        self.run(move |h| h.generate_wrapped_key_pair_blocking(&id, alg))
+            .await
+    }
+
     /// Wraps a PKCS#8 private key of `alg` (PEM, `PRIVATE KEY`) under the KEK
     /// with `kek_id`. The key passes through the token as a temporary
     /// session object that is destroyed before this returns.
@@ -520,6 +579,31 @@ mod tests {
             Secret::new(pem),
             rcgen::PublicKeyData::subject_public_key_info(&key),
         )
+    }
+
+    #[test]
+    fn keys_generated_in_the_token_leave_only_wrapped() {
+        let hsm = &fixture().hsm;
+        let kek = hsm.generate_kek_blocking("keygen-test-kek").unwrap();
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048] {
+            let (wrapped, spki) = hsm
+                .generate_wrapped_key_pair_blocking(&kek.cka_id, alg)
+                .unwrap();
+            let exported = hsm
+                .export_private_key_blocking(&kek.cka_id, &wrapped, alg, &spki)
+                .unwrap();
+            let back = rcgen::KeyPair::from_pem(exported.expose()).unwrap();
+            assert_eq!(rcgen::PublicKeyData::subject_public_key_info(&back), spki);
+            let der = pem::parse(exported.expose()).unwrap().into_contents();
+            assert!(
+                !wrapped.windows(16).any(|w| der.windows(16).any(|p| p == w)),
+                "{alg}: the blob must not contain the plaintext"
+            );
+        }
+        assert!(
+            hsm.generate_wrapped_key_pair_blocking(b"no such kek", KeyAlgorithm::EcdsaP256)
+                .is_err()
+        );
     }
 
     #[test]

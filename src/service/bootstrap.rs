@@ -395,6 +395,7 @@ impl Clm {
                 ],
                 required_approvals: 0,
                 allow_server_keygen: false,
+                allow_key_archival: false,
                 allow_key_reuse: false,
                 approver_roles: vec![Role::Approver],
             },

@@ -13,6 +13,7 @@ pub mod error;
 mod expiry;
 mod hsm_check;
 mod issuance;
+mod keygen;
 mod ocsp;
 mod organizations;
 mod principal;

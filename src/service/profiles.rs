@@ -36,12 +36,19 @@ pub struct NewProfile {
     pub required_approvals: u8,
     #[serde(default)]
     pub allow_server_keygen: bool,
+    /// Keep server-generated keys, wrapped, for recovery (default true).
+    #[serde(default = "yes")]
+    pub allow_key_archival: bool,
     /// Renewal may certify the same key again without a new CSR.
     #[serde(default)]
     pub allow_key_reuse: bool,
     /// Roles whose holders may approve; default `["approver"]`.
     #[serde(default = "default_approver_roles")]
     pub approver_roles: Vec<Role>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_approver_roles() -> Vec<Role> {
@@ -61,6 +68,7 @@ pub struct ProfileView {
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     pub required_approvals: u8,
     pub allow_server_keygen: bool,
+    pub allow_key_archival: bool,
     pub allow_key_reuse: bool,
     pub approver_roles: Vec<Role>,
     pub created_at: String,
@@ -80,6 +88,7 @@ impl From<&Profile> for ProfileView {
             extended_key_usages: p.rules.extended_key_usages.clone(),
             required_approvals: p.rules.required_approvals,
             allow_server_keygen: p.rules.allow_server_keygen,
+            allow_key_archival: p.rules.allow_key_archival,
             allow_key_reuse: p.rules.allow_key_reuse,
             approver_roles: p.rules.approver_roles.clone(),
             created_at: rfc3339(p.created_at),
@@ -128,6 +137,7 @@ impl Clm {
                 extended_key_usages: dedup(body.extended_key_usages),
                 required_approvals: body.required_approvals,
                 allow_server_keygen: body.allow_server_keygen,
+                allow_key_archival: body.allow_key_archival,
                 allow_key_reuse: body.allow_key_reuse,
                 approver_roles: dedup(body.approver_roles),
             },

@@ -319,7 +319,7 @@ impl CoreDb {
             required_approvals: Set(i32::from(r.required_approvals)),
             approver_roles: Set(json_strings(r.approver_roles.iter().map(|r| r.as_str()))),
             allow_server_keygen: Set(r.allow_server_keygen),
-            allow_key_archival: Set(false),
+            allow_key_archival: Set(r.allow_key_archival),
             allow_key_reuse: Set(r.allow_key_reuse),
             status: Set("active".into()),
             created_at: Set(p.created_at),
@@ -436,6 +436,7 @@ fn profile_from(r: policies::Model) -> StoreResult<Profile> {
             required_approvals: u8::try_from(r.required_approvals)
                 .map_err(super::error::corrupt)?,
             allow_server_keygen: r.allow_server_keygen,
+            allow_key_archival: r.allow_key_archival,
             allow_key_reuse: r.allow_key_reuse,
             approver_roles: parse_all(&r.approver_roles)?,
         },

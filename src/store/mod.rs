@@ -11,6 +11,7 @@
 
 mod audit;
 mod core_db;
+mod custody;
 pub mod entity;
 mod error;
 mod expiry;
