@@ -178,7 +178,10 @@ async fn ca_keys_are_sensitive(app: &TestApp) {
         "root and intermediate keys and their OCSP responders' keys:\n{objects}"
     );
     assert_eq!(
-        blocks.iter().filter(|b| b.contains("label:      clm-ca-")).count(),
+        blocks
+            .iter()
+            .filter(|b| b.contains("label:      clm-ca-"))
+            .count(),
         2
     );
     for block in blocks {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 on_both_backends! {
     generated_keys_come_back_as_pkcs12_once => generated_keys_come_back_as_pkcs12;
     bad_key_generation_requests_are_refused => bad_key_generation_requests;
+    archived_keys_come_back_only_after_approval => recovery_needs_permission_and_approval;
 }
 
 async fn keygen_profile(app: &TestApp, token: &str, extra: Value) -> String {
@@ -281,4 +282,131 @@ async fn bad_key_generation_requests(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(list["total"], 0, "{list}");
+}
+
+async fn recovery_needs_permission_and_approval(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let org = app.create_org(&admin, "Custody").await;
+    let (_, owner) = app
+        .create_user(&admin, &org, "owner@custody.test", &["requester"])
+        .await;
+    let (_, officer) = app
+        .create_user(&admin, &org, "officer@custody.test", &["ca_admin"])
+        .await;
+    let (_, approver) = app
+        .create_user(&admin, &org, "approver@custody.test", &["approver"])
+        .await;
+    let archived = keygen_profile(app, &officer, json!({})).await;
+    let not_archived = keygen_profile(app, &officer, json!({ "allow_key_archival": false })).await;
+    let generate = |profile: String| {
+        let owner = owner.clone();
+        async move {
+            let r = app
+                .post(
+                    &owner,
+                    "/api/v1/certificate-requests",
+                    &json!({
+                        "profile_id": profile,
+                        "sans": ["vault.clm.test"],
+                        "passphrase": "the owner's passphrase"
+                    }),
+                )
+                .await;
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["certificate_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let cert = generate(archived).await;
+    let path = format!("/api/v1/certificates/{cert}/private-key");
+    let body = json!({ "passphrase": "the officer's passphrase" });
+
+    // Without the permission: refused. With it: a recovery waits.
+    assert_eq!(app.post(&owner, &path, &body).await.status(), 403);
+    let r = app.post(&officer, &path, &body).await;
+    assert_eq!(r.status(), 202);
+    let pending: Value = r.json().await.unwrap();
+    assert_eq!(pending["status"], "pending_approval");
+    assert!(pending.get("pkcs12").is_none());
+    let again: Value = app.post(&officer, &path, &body).await.json().await.unwrap();
+    assert_eq!(again["id"], pending["id"], "one open recovery at a time");
+    let short = app
+        .post(&officer, &path, &json!({ "passphrase": "too short" }))
+        .await;
+    assert_eq!(short.status(), 400);
+
+    // Nobody approves their own recovery; a requester cannot approve.
+    let approve = format!(
+        "/api/v1/key-recoveries/{}/approve",
+        pending["id"].as_str().unwrap()
+    );
+    assert_eq!(app.post(&officer, &approve, &json!({})).await.status(), 403);
+    assert_eq!(app.post(&owner, &approve, &json!({})).await.status(), 403);
+    let r = app.post(&approver, &approve, &json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "approved");
+    assert_eq!(
+        app.post(&approver, &approve, &json!({})).await.status(),
+        409,
+        "decided once"
+    );
+
+    // Delivered once: a PKCS#12 whose key is the certificate's.
+    let r = app.post(&officer, &path, &body).await;
+    assert_eq!(r.status(), 200);
+    let delivered: Value = r.json().await.unwrap();
+    assert_eq!(delivered["status"], "completed");
+    let p12 = base64::engine::general_purpose::STANDARD
+        .decode(delivered["pkcs12"].as_str().unwrap())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.p12"), &p12).unwrap();
+    let (ok, text) = openssl(
+        &[
+            "pkcs12",
+            "-in",
+            "r.p12",
+            "-passin",
+            "pass:the officer's passphrase",
+            "-nocerts",
+            "-nodes",
+            "-out",
+            "key.pem",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{text}");
+    let (_, from_key) = openssl(&["pkey", "-in", "key.pem", "-pubout"], dir.path());
+    let cert_json: Value = app
+        .get(&officer, &format!("/api/v1/certificates/{cert}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        cert_json["certificate_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let (_, from_cert) = openssl(
+        &["x509", "-in", "cert.pem", "-pubkey", "-noout"],
+        dir.path(),
+    );
+    assert!(from_key.contains("BEGIN PUBLIC KEY"), "{from_key}");
+    assert_eq!(from_key, from_cert);
+    let r = app.post(&officer, &path, &body).await;
+    assert_eq!(r.status(), 202, "a second copy needs a second approval");
+
+    // A profile that forbids archival keeps nothing to recover.
+    let kept_nothing = generate(not_archived).await;
+    let r = app
+        .post(
+            &officer,
+            &format!("/api/v1/certificates/{kept_nothing}/private-key"),
+            &body,
+        )
+        .await;
+    assert_eq!(r.status(), 404);
 }

@@ -9,6 +9,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_init;
 mod m20261122_000002_webhooks;
 mod m20261122_000010_renewal;
+mod m20261122_000011_key_recovery;
 pub mod sql;
 
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000002_webhooks::Migration),
             Box::new(m20261122_000010_renewal::Migration),
+            Box::new(m20261122_000011_key_recovery::Migration),
         ]
     }
 

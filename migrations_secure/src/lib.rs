@@ -8,6 +8,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
 mod m20261122_000010_revocation;
+mod m20261122_000011_key_recovery;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000010_revocation::Migration),
+            Box::new(m20261122_000011_key_recovery::Migration),
         ]
     }
 

@@ -199,6 +199,7 @@ async fn scenario(db: DatabaseConnection) {
             organization_id: org,
             request_id: request,
             requester_id: user,
+            kind: "key_recovery".into(),
             status: "pending_approval".into(),
             approvals_required: 2,
             approvals_count: 1,
@@ -437,6 +438,20 @@ async fn scenario(db: DatabaseConnection) {
             next_update: later,
             entry_count: 3,
             crl_der: vec![0x30, 0x00],
+            created_at: t,
+            updated_at: t,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
+        secure::key_recoveries,
+        secure::key_recoveries::Model {
+            id: id(),
+            certificate_id: cert,
+            organization_id: org,
+            requester_id: user,
+            status: "approved".into(),
+            completed_at: Some(later),
             created_at: t,
             updated_at: t,
         }

@@ -50,6 +50,7 @@ const TABLES: &[&str] = &[
     "secure_audit_log",
     "ca_crls",
     "ocsp_signers",
+    "key_recoveries",
 ];
 const VIEWS: &[&str] = &["active_certificates", "expiring_certificates"];
 

@@ -20,5 +20,6 @@ pub use role::{Permission, Role};
 pub use secret::Secret;
 pub use signer::{SignError, Signer};
 pub use status::{
-    CaKind, CertificateStatus, KeyPurpose, KeyStatus, RequestStatus, RevocationReason,
+    CaKind, CertificateStatus, KeyPurpose, KeyStatus, RecoveryStatus, RequestStatus,
+    RevocationReason, WorkflowKind,
 };

@@ -8,7 +8,9 @@ use super::algorithm::KeyAlgorithm;
 use super::ids::*;
 use super::profile::{ProfileRules, San};
 use super::role::Role;
-use super::status::{CaKind, CertificateStatus, KeyPurpose, KeyStatus, RequestStatus};
+use super::status::{
+    CaKind, CertificateStatus, KeyPurpose, KeyStatus, RecoveryStatus, RequestStatus, WorkflowKind,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Organization {
@@ -86,6 +88,18 @@ pub struct KeyReference {
     pub status: KeyStatus,
     pub version: i32,
     pub public_key_der: Option<Vec<u8>>,
+}
+
+/// A request to recover an archived private key (clm_secure
+/// `key_recoveries`).
+#[derive(Clone, Debug)]
+pub struct KeyRecovery {
+    pub id: uuid::Uuid,
+    pub certificate_id: CertificateId,
+    pub organization_id: OrganizationId,
+    pub requester_id: UserId,
+    pub status: RecoveryStatus,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A private key clm generated, wrapped under a KEK (never in plain form).
@@ -273,6 +287,8 @@ impl AuditEvent {
 #[derive(Clone, Debug)]
 pub struct WorkflowInstance {
     pub id: uuid::Uuid,
+    pub kind: WorkflowKind,
+    /// The certificate request, or for a key recovery the recovery's id.
     pub request_id: RequestId,
     pub organization_id: OrganizationId,
     pub requester_id: UserId,

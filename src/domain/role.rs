@@ -31,6 +31,8 @@ pub enum Permission {
     ApproveRequests,
     RevokeAnyCertificate,
     ReadAudit,
+    /// Ask for an archived private key back (delivered after an approval).
+    RecoverKeys,
 }
 
 impl Role {
@@ -67,9 +69,16 @@ impl Role {
                 ApproveRequests,
                 RevokeAnyCertificate,
                 ReadAudit,
+                RecoverKeys,
             ],
             Role::OrgAdmin => &[ManageUsers, ViewCas],
-            Role::CaAdmin => &[ManageCas, ManageProfiles, ViewCas, RevokeAnyCertificate],
+            Role::CaAdmin => &[
+                ManageCas,
+                ManageProfiles,
+                ViewCas,
+                RevokeAnyCertificate,
+                RecoverKeys,
+            ],
             Role::Approver => &[ViewCas, ApproveRequests],
             Role::Requester => &[ViewCas, RequestCertificates],
             Role::Auditor => &[ViewCas, ReadAudit],

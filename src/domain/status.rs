@@ -138,6 +138,25 @@ named_enum!(
 );
 
 named_enum!(
+    /// What a workflow decides: a certificate request or a key recovery.
+    WorkflowKind {
+        CertificateRequest => "certificate_request",
+        KeyRecovery => "key_recovery",
+    }
+);
+
+named_enum!(
+    /// Where a request to recover an archived private key stands.
+    RecoveryStatus {
+        PendingApproval => "pending_approval",
+        Approved => "approved",
+        Completed => "completed",
+        Rejected => "rejected",
+        Expired => "expired",
+    }
+);
+
+named_enum!(
     /// RFC 5280 CRLReason, by the camelCase names the API and the schema use.
     RevocationReason {
         Unspecified => "unspecified",

@@ -11,7 +11,7 @@ use super::problem::ApiError;
 use crate::domain::{RequestStatus, Secret};
 use crate::service::{
     CertificateQuery, Clm, Decision, NewApiKey, NewCa, NewOrganization, NewProfile, NewUserBody,
-    NewWebhook, PasswordChange, RenewBody, RevokeBody, SubmitRequest, page_of,
+    NewWebhook, PasswordChange, RecoveryBody, RenewBody, RevokeBody, SubmitRequest, page_of,
 };
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -272,6 +272,51 @@ pub async fn revoke_certificate(
 ) -> Result<HttpResponse> {
     let view = clm
         .revoke_certificate(&p, parse_id(&id)?, body.into_inner(), &ctx)
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// 202 while the recovery waits for approval, 200 with the PKCS#12 once.
+pub async fn recover_private_key(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+    body: web::Json<RecoveryBody>,
+) -> Result<HttpResponse> {
+    let (view, delivered) = clm
+        .recover_private_key(&p, parse_id(&id)?, body.into_inner(), &ctx)
+        .await?;
+    let status = if delivered {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .json(view))
+}
+
+pub async fn approve_key_recovery(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let view = clm
+        .decide_key_recovery(&p, parse_id(&id)?, true, &ctx)
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn reject_key_recovery(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let view = clm
+        .decide_key_recovery(&p, parse_id(&id)?, false, &ctx)
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }

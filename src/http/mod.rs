@@ -111,6 +111,18 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
             .route(
                 "/certificates/{id}/renew",
                 web::post().to(renew_certificate),
+            )
+            .route(
+                "/certificates/{id}/private-key",
+                web::post().to(recover_private_key),
+            )
+            .route(
+                "/key-recoveries/{id}/approve",
+                web::post().to(approve_key_recovery),
+            )
+            .route(
+                "/key-recoveries/{id}/reject",
+                web::post().to(reject_key_recovery),
             ),
     );
     public_routes(cfg);

@@ -15,7 +15,7 @@ use crate::domain::ApprovedCertificate;
 use crate::domain::model::{
     Actor, AuditEvent, CertificateRequest, Notification, Outcome, RequestContext, WorkflowInstance,
 };
-use crate::domain::{RequestId, RequestStatus, Role};
+use crate::domain::{OrganizationId, RequestId, RequestStatus, Role, UserId, WorkflowKind};
 use crate::store::StoreError;
 
 /// Longest comment or reason kept with a decision.
@@ -71,6 +71,7 @@ impl Clm {
         let now = Utc::now();
         let workflow = WorkflowInstance {
             id: uuid::Uuid::new_v4(),
+            kind: WorkflowKind::CertificateRequest,
             request_id: request.id,
             organization_id: request.organization_id,
             requester_id: request.requester_id,
@@ -80,19 +81,14 @@ impl Clm {
             expires_at: now + Duration::seconds(self.settings.request_ttl_seconds),
             created_at: now,
         };
-        let mut approvers = Vec::new();
-        for role in approver_roles {
-            approvers.extend(
-                self.core
-                    .users_with_role(request.organization_id, *role)
-                    .await?,
-            );
-        }
-        approvers.sort();
-        approvers.dedup();
-        let notices: Vec<Notification> = approvers
+        let notices: Vec<Notification> = self
+            .approvers(
+                request.organization_id,
+                approver_roles,
+                request.requester_id,
+            )
+            .await?
             .into_iter()
-            .filter(|u| *u != request.requester_id)
             .map(|u| {
                 Notification::new(
                     request.organization_id,
@@ -118,6 +114,23 @@ impl Clm {
             .create_workflow(&workflow, &notices, &event)
             .await?;
         Ok(())
+    }
+
+    /// Holders of `roles` in `org`, each once, never `requester`.
+    pub(super) async fn approvers(
+        &self,
+        org: OrganizationId,
+        roles: &[Role],
+        requester: UserId,
+    ) -> ServiceResult<Vec<UserId>> {
+        let mut approvers = Vec::new();
+        for role in roles {
+            approvers.extend(self.core.users_with_role(org, *role).await?);
+        }
+        approvers.sort();
+        approvers.dedup();
+        approvers.retain(|u| *u != requester);
+        Ok(approvers)
     }
 
     /// A request the caller may decide on, with its workflow: same
@@ -424,6 +437,10 @@ impl Clm {
         };
         let mut n = 0;
         for w in self.core.overdue_workflows(Utc::now(), 100).await? {
+            if w.kind == WorkflowKind::KeyRecovery {
+                n += usize::from(self.expire_key_recovery(&w, &ctx).await?);
+                continue;
+            }
             let event = AuditEvent::new(Actor::SYSTEM, "request.expired", &ctx)
                 .org(Some(w.organization_id))
                 .target("certificate_request", w.request_id);

@@ -1,14 +1,18 @@
-//! Wrapped private keys of server-side key generation (`private_keys`):
-//! stored and read back only in their wrapped form.
+//! Wrapped private keys of server-side key generation (`private_keys`),
+//! stored and read back only in their wrapped form, and the requests to
+//! recover them (`key_recoveries`).
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+};
 use uuid::Uuid;
 
-use super::entity::secure::private_keys;
-use super::{SecureDb, StoreResult, audit, parse_one};
-use crate::domain::model::{AuditEvent, WrappedKey};
-use crate::domain::{CertificateId, KeyId, OrganizationId};
+use super::entity::secure::{key_recoveries, private_keys};
+use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
+use crate::domain::model::{AuditEvent, KeyRecovery, WrappedKey};
+use crate::domain::{CertificateId, KeyId, OrganizationId, RecoveryStatus, UserId};
 
 /// The only wrap mechanism clm uses (RFC 5649 AES key wrap with padding).
 pub const WRAP_MECHANISM: &str = "CKM_AES_KEY_WRAP_PAD";
@@ -60,4 +64,103 @@ impl SecureDb {
             })
             .transpose()
     }
+}
+
+impl SecureDb {
+    pub async fn insert_key_recovery(
+        &self,
+        r: &KeyRecovery,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        key_recoveries::ActiveModel {
+            id: Set(r.id),
+            certificate_id: Set(r.certificate_id.0),
+            organization_id: Set(r.organization_id.0),
+            requester_id: Set(r.requester_id.0),
+            status: Set(r.status.as_str().to_string()),
+            completed_at: Set(None),
+            created_at: Set(r.created_at),
+            updated_at: Set(r.created_at),
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn find_key_recovery(&self, id: Uuid) -> StoreResult<Option<KeyRecovery>> {
+        key_recoveries::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(recovery_from)
+            .transpose()
+    }
+
+    /// The requester's newest recovery of `certificate` that is still
+    /// pending or approved (and not yet delivered).
+    pub async fn open_key_recovery(
+        &self,
+        certificate: CertificateId,
+        requester: UserId,
+    ) -> StoreResult<Option<KeyRecovery>> {
+        key_recoveries::Entity::find()
+            .filter(key_recoveries::Column::CertificateId.eq(certificate.0))
+            .filter(key_recoveries::Column::RequesterId.eq(requester.0))
+            .filter(key_recoveries::Column::Status.is_in([
+                RecoveryStatus::PendingApproval.as_str(),
+                RecoveryStatus::Approved.as_str(),
+            ]))
+            .order_by_desc(key_recoveries::Column::CreatedAt)
+            .one(&self.db)
+            .await?
+            .map(recovery_from)
+            .transpose()
+    }
+
+    /// Compare-and-set of a recovery's status, audited. Delivery is
+    /// `approved → completed`: of two concurrent deliveries one wins.
+    pub async fn move_key_recovery(
+        &self,
+        id: Uuid,
+        from: RecoveryStatus,
+        to: RecoveryStatus,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let mut update = key_recoveries::Entity::update_many()
+            .col_expr(key_recoveries::Column::Status, Expr::value(to.as_str()))
+            .col_expr(key_recoveries::Column::UpdatedAt, Expr::value(Utc::now()));
+        if to == RecoveryStatus::Completed {
+            update = update.col_expr(
+                key_recoveries::Column::CompletedAt,
+                Expr::value(Some(Utc::now())),
+            );
+        }
+        let res = update
+            .filter(key_recoveries::Column::Id.eq(id))
+            .filter(key_recoveries::Column::Status.eq(from.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict(format!(
+                "the recovery is no longer {from}"
+            )));
+        }
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+fn recovery_from(r: key_recoveries::Model) -> StoreResult<KeyRecovery> {
+    Ok(KeyRecovery {
+        id: r.id,
+        certificate_id: CertificateId(r.certificate_id),
+        organization_id: OrganizationId(r.organization_id),
+        requester_id: UserId(r.requester_id),
+        status: parse_one(&r.status)?,
+        created_at: r.created_at,
+    })
 }

@@ -97,6 +97,14 @@ impl SecureDb {
             .transpose()
     }
 
+    pub async fn find_key(&self, id: KeyId) -> StoreResult<Option<KeyReference>> {
+        encryption_keys::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+            .map(key_from)
+            .transpose()
+    }
+
     pub async fn list_keys(&self) -> StoreResult<Vec<KeyReference>> {
         encryption_keys::Entity::find()
             .order_by_asc(encryption_keys::Column::CreatedAt)

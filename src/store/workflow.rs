@@ -79,6 +79,7 @@ async fn insert_step<C: ConnectionTrait>(
 fn instance_from(r: workflow_instances::Model) -> StoreResult<WorkflowInstance> {
     Ok(WorkflowInstance {
         id: r.id,
+        kind: parse_one(&r.kind)?,
         request_id: RequestId(r.request_id),
         organization_id: OrganizationId(r.organization_id),
         requester_id: UserId(r.requester_id),
@@ -105,6 +106,7 @@ impl CoreDb {
             organization_id: Set(w.organization_id.0),
             request_id: Set(w.request_id.0),
             requester_id: Set(w.requester_id.0),
+            kind: Set(w.kind.as_str().to_string()),
             status: Set(w.status.as_str().to_string()),
             approvals_required: Set(i32::from(w.approvals_required)),
             approvals_count: Set(0),

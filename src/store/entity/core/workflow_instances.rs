@@ -11,6 +11,7 @@ pub struct Model {
     pub organization_id: Uuid,
     pub request_id: Uuid,
     pub requester_id: Uuid,
+    pub kind: String,
     pub status: String,
     pub approvals_required: i32,
     pub approvals_count: i32,

@@ -6,6 +6,7 @@ pub mod certificate_requests;
 pub mod certificate_revocations;
 pub mod certificates;
 pub mod encryption_keys;
+pub mod key_recoveries;
 pub mod key_rotation_history;
 pub mod ocsp_signers;
 pub mod private_keys;
