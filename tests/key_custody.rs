@@ -398,6 +398,25 @@ async fn recovery_needs_permission_and_approval(app: &TestApp) {
     assert_eq!(from_key, from_cert);
     let r = app.post(&officer, &path, &body).await;
     assert_eq!(r.status(), 202, "a second copy needs a second approval");
+    let second: Value = r.json().await.unwrap();
+    assert_ne!(second["id"], pending["id"]);
+    let decide = |what: &str| {
+        format!(
+            "/api/v1/key-recoveries/{}/{what}",
+            second["id"].as_str().unwrap()
+        )
+    };
+    assert_eq!(
+        app.post(&approver, &decide("maybe"), &json!({}))
+            .await
+            .status(),
+        404
+    );
+    let r = app.post(&approver, &decide("reject"), &json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "rejected");
+    let r = app.post(&officer, &path, &body).await;
+    assert_eq!(r.status(), 202, "a rejected recovery delivers nothing");
 
     // A profile that forbids archival keeps nothing to recover.
     let kept_nothing = generate(not_archived).await;

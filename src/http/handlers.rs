@@ -297,26 +297,21 @@ pub async fn recover_private_key(
         .json(view))
 }
 
-pub async fn approve_key_recovery(
+/// `approve` or `reject` a key recovery.
+pub async fn decide_key_recovery(
     clm: web::Data<Clm>,
     Auth(p): Auth,
     Ctx(ctx): Ctx,
-    id: web::Path<String>,
+    path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
+    let (id, decision) = path.into_inner();
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(ApiError::not_found("no such endpoint")),
+    };
     let view = clm
-        .decide_key_recovery(&p, parse_id(&id)?, true, &ctx)
-        .await?;
-    Ok(HttpResponse::Ok().json(view))
-}
-
-pub async fn reject_key_recovery(
-    clm: web::Data<Clm>,
-    Auth(p): Auth,
-    Ctx(ctx): Ctx,
-    id: web::Path<String>,
-) -> Result<HttpResponse> {
-    let view = clm
-        .decide_key_recovery(&p, parse_id(&id)?, false, &ctx)
+        .decide_key_recovery(&p, parse_id(&id)?, approve, &ctx)
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }

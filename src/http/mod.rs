@@ -117,12 +117,8 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
                 web::post().to(recover_private_key),
             )
             .route(
-                "/key-recoveries/{id}/approve",
-                web::post().to(approve_key_recovery),
-            )
-            .route(
-                "/key-recoveries/{id}/reject",
-                web::post().to(reject_key_recovery),
+                "/key-recoveries/{id}/{decision}",
+                web::post().to(decide_key_recovery),
             ),
     );
     public_routes(cfg);
