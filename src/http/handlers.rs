@@ -316,6 +316,15 @@ pub async fn decide_key_recovery(
     Ok(HttpResponse::Ok().json(view))
 }
 
+pub async fn rollover_ca(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(clm.rollover_ca(&p, parse_id(&id)?, &ctx).await?))
+}
+
 pub async fn release_hold(
     clm: web::Data<Clm>,
     Auth(p): Auth,

@@ -65,6 +65,7 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
             .route("/cas", web::get().to(list_cas))
             .route("/cas", web::post().to(create_ca))
             .route("/cas/{id}", web::get().to(get_ca))
+            .route("/cas/{id}/rollover", web::post().to(rollover_ca))
             .route("/profiles", web::get().to(list_profiles))
             .route("/profiles", web::post().to(create_profile))
             .route("/certificate-requests", web::post().to(submit_request))

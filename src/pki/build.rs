@@ -263,6 +263,24 @@ pub fn prepare_intermediate_ca(
     issuer.prepare(&params, &subject_key, spki_der)
 }
 
+/// A link certificate of a root rollover: the new root key (`spki_der`)
+/// certified by the old root (`issuer`) under the same name, without a path
+/// length limit, so that chains to the new root also validate for relying
+/// parties that still trust only the old one.
+pub fn prepare_link_certificate(
+    subject: &CaSubject,
+    spki_der: &[u8],
+    key_algorithm: crate::domain::KeyAlgorithm,
+    issuer: &Issuer<'_>,
+    validity_days: u32,
+    serial: &[u8],
+) -> Result<ToBeSigned, PkiError> {
+    let subject_key = PublicKeyBits::new(spki_der, key_algorithm)?;
+    let mut params = ca_params(subject, &subject_key.bits, validity_days, serial, None)?;
+    params.not_after = params.not_after.min(offset(issuer.not_after)?);
+    issuer.prepare(&params, &subject_key, spki_der)
+}
+
 /// An intermediate CA certificate signed by `issuer`. Blocking (it signs).
 pub fn build_intermediate_ca(
     subject: &CaSubject,

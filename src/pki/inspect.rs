@@ -81,6 +81,17 @@ pub fn subject_string(cert_der: &[u8]) -> Result<String, PkiError> {
     Ok(parse(cert_der)?.subject().to_string())
 }
 
+/// The first common name of the subject, if there is one.
+pub fn common_name(cert_der: &[u8]) -> Result<Option<String>, PkiError> {
+    let cert = parse(cert_der)?;
+    Ok(cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string))
+}
+
 /// The certificate's SubjectPublicKeyInfo DER.
 pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, PkiError> {
     Ok(parse(cert_der)?.public_key().raw.to_vec())

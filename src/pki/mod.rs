@@ -20,15 +20,15 @@ mod testutil;
 
 pub use build::{
     CaSubject, Issuer, PublicUrls, TlsKey, build_intermediate_ca, build_leaf, build_root_ca,
-    prepare_intermediate_ca, prepare_leaf, prepare_ocsp_signer, prepare_root_ca, random_serial,
-    serial_hex,
+    prepare_intermediate_ca, prepare_leaf, prepare_link_certificate, prepare_ocsp_signer,
+    prepare_root_ca, random_serial, serial_hex,
 };
 pub use crl::{CrlEntry, prepare_crl};
 pub use csr::{MAX_CSR_TEXT_LEN, ParsedCsr, parse_csr, parse_csr_der};
 pub use error::PkiError;
 pub use inspect::{
-    CertInfo, fingerprint_sha256_hex, not_after, not_before, prove_key_matches, spki_of,
-    spki_sha256_hex, subject_string, to_pem, verify_signed_by,
+    CertInfo, common_name, fingerprint_sha256_hex, not_after, not_before, prove_key_matches,
+    spki_of, spki_sha256_hex, subject_string, to_pem, verify_signed_by,
 };
 pub use pkcs12::{MIN_PASSPHRASE_CHARS, build_pkcs12, check_passphrase};
 pub use signer::{SignerKey, ToBeSigned};

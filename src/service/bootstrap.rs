@@ -42,6 +42,13 @@ pub struct InitReport {
     pub admin_email: Option<String>,
 }
 
+/// A CA ready to be stored: its record, its certificate, and its key.
+pub(super) struct PreparedCa {
+    pub ca: CertificateAuthority,
+    pub cert: Certificate,
+    pub key: std::sync::Arc<crate::hsm::HsmKey>,
+}
+
 impl Clm {
     /// Connects both databases, applies pending migrations and opens the
     /// token.
@@ -238,6 +245,47 @@ impl Clm {
         organization_id: Option<crate::domain::OrganizationId>,
         ctx: &RequestContext,
     ) -> ServiceResult<CertificateAuthority> {
+        let new = self
+            .prepare_ca(
+                name,
+                common_name,
+                algorithm,
+                validity_days,
+                parent,
+                organization_id,
+                ctx,
+            )
+            .await?;
+        let event = AuditEvent::new(Actor::SYSTEM, "ca.created", ctx)
+            .org(organization_id)
+            .target("ca", new.ca.id)
+            .details(serde_json::json!({
+                "name": new.ca.name,
+                "kind": new.ca.kind,
+                "parent_id": new.ca.parent_id,
+                "serial": new.cert.serial_hex,
+                "key_id": new.ca.key.id,
+            }));
+        self.secure.insert_ca(&new.ca, &new.cert, &event).await?;
+        // The certificate was just signed for this very key: usable at once.
+        self.ca_keys.write().await.insert(new.ca.id, new.key);
+        Ok(new.ca)
+    }
+
+    /// A new CA's key (generated in the token and registered) and its
+    /// certificate, signed by itself or by `parent`'s current key; nothing
+    /// of the CA is stored yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn prepare_ca(
+        &self,
+        name: &str,
+        common_name: &str,
+        algorithm: KeyAlgorithm,
+        validity_days: u32,
+        parent: Option<&CertificateAuthority>,
+        organization_id: Option<crate::domain::OrganizationId>,
+        ctx: &RequestContext,
+    ) -> ServiceResult<PreparedCa> {
         let id = CaId::new();
         let label = format!("clm-ca-{id}");
         let key = std::sync::Arc::new(self.hsm.generate_key_pair(algorithm, &label).await?);
@@ -342,20 +390,7 @@ impl Clm {
             replaces_certificate_id: None,
             created_at: Utc::now(),
         };
-        let event = AuditEvent::new(Actor::SYSTEM, "ca.created", ctx)
-            .org(organization_id)
-            .target("ca", ca.id)
-            .details(serde_json::json!({
-                "name": ca.name,
-                "kind": ca.kind,
-                "parent_id": ca.parent_id,
-                "serial": cert.serial_hex,
-                "key_id": ca.key.id,
-            }));
-        self.secure.insert_ca(&ca, &cert, &event).await?;
-        // The certificate was just signed for this very key: usable at once.
-        self.ca_keys.write().await.insert(ca.id, key);
-        Ok(ca)
+        Ok(PreparedCa { ca, cert, key })
     }
 
     async fn ensure_default_profile(

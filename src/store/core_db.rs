@@ -334,6 +334,24 @@ impl CoreDb {
     }
 
     /// Profiles visible to `org`: its own and the system-wide ones.
+    /// After a CA rollover: the old CA's profiles issue from the new one.
+    pub async fn repoint_profiles(
+        &self,
+        from: CaId,
+        to: CaId,
+        event: &AuditEvent,
+    ) -> StoreResult<u64> {
+        let txn = self.db.begin().await?;
+        let res = policies::Entity::update_many()
+            .col_expr(policies::Column::CaId, Expr::value(to.0))
+            .filter(policies::Column::CaId.eq(from.0))
+            .exec(&txn)
+            .await?;
+        audit::insert_core(&txn, event).await?;
+        txn.commit().await?;
+        Ok(res.rows_affected)
+    }
+
     pub async fn list_profiles(&self, org: Option<OrganizationId>) -> StoreResult<Vec<Profile>> {
         let mut q = policies::Entity::find()
             .filter(policies::Column::PolicyType.eq("certificate_profile"))

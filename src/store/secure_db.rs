@@ -127,35 +127,50 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
-        let now = Utc::now();
-        certificate_authorities::ActiveModel {
-            id: Set(ca.id.0),
-            name: Set(ca.name.clone()),
-            kind: Set(ca.kind.as_str().to_string()),
-            parent_id: Set(ca.parent_id.map(Into::into)),
-            organization_id: Set(ca.organization_id.map(Into::into)),
-            key_id: Set(ca.key.id.0),
-            certificate_id: Set(None),
-            subject: Set(ca.subject.clone()),
-            key_algorithm: Set(ca.key_algorithm.as_str().to_string()),
-            status: Set(ca.status.clone()),
-            crl_number: Set(0),
-            not_before: Set(ca.not_before),
-            not_after: Set(ca.not_after),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-        .insert(&txn)
-        .await?;
-        certificate_active_model(cert).insert(&txn).await?;
-        certificate_authorities::Entity::update_many()
+        insert_ca_rows(&txn, ca, cert).await?;
+        audit::insert_secure(&txn, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A CA rollover in one transaction: the old CA row is retired under
+    /// `retired_name` (compare-and-set on its being active), the new CA and
+    /// its certificate are stored, and for a root the link certificate
+    /// (issued by the old CA) with them.
+    pub async fn rollover_ca(
+        &self,
+        old: CaId,
+        retired_name: &str,
+        new_ca: &CertificateAuthority,
+        new_cert: &Certificate,
+        link: Option<&Certificate>,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let res = certificate_authorities::Entity::update_many()
             .col_expr(
-                certificate_authorities::Column::CertificateId,
-                Expr::value(Some(cert.id.0)),
+                certificate_authorities::Column::Status,
+                Expr::value("retired"),
             )
-            .filter(certificate_authorities::Column::Id.eq(ca.id.0))
+            .col_expr(
+                certificate_authorities::Column::Name,
+                Expr::value(retired_name),
+            )
+            .col_expr(
+                certificate_authorities::Column::UpdatedAt,
+                Expr::value(Utc::now()),
+            )
+            .filter(certificate_authorities::Column::Id.eq(old.0))
+            .filter(certificate_authorities::Column::Status.eq("active"))
             .exec(&txn)
             .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict("the CA is no longer active".into()));
+        }
+        insert_ca_rows(&txn, new_ca, new_cert).await?;
+        if let Some(link) = link {
+            certificate_active_model(link).insert(&txn).await?;
+        }
         audit::insert_secure(&txn, event).await?;
         txn.commit().await?;
         Ok(())
@@ -463,6 +478,45 @@ impl SecureDb {
             .map(certificate_from)
             .transpose()
     }
+}
+
+/// The CA row, its certificate and the link between them (for a root the
+/// certificate names the CA as issuer, so the CA row comes first).
+async fn insert_ca_rows<C: ConnectionTrait>(
+    txn: &C,
+    ca: &CertificateAuthority,
+    cert: &Certificate,
+) -> StoreResult<()> {
+    let now = Utc::now();
+    certificate_authorities::ActiveModel {
+        id: Set(ca.id.0),
+        name: Set(ca.name.clone()),
+        kind: Set(ca.kind.as_str().to_string()),
+        parent_id: Set(ca.parent_id.map(Into::into)),
+        organization_id: Set(ca.organization_id.map(Into::into)),
+        key_id: Set(ca.key.id.0),
+        certificate_id: Set(None),
+        subject: Set(ca.subject.clone()),
+        key_algorithm: Set(ca.key_algorithm.as_str().to_string()),
+        status: Set(ca.status.clone()),
+        crl_number: Set(0),
+        not_before: Set(ca.not_before),
+        not_after: Set(ca.not_after),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(txn)
+    .await?;
+    certificate_active_model(cert).insert(txn).await?;
+    certificate_authorities::Entity::update_many()
+        .col_expr(
+            certificate_authorities::Column::CertificateId,
+            Expr::value(Some(cert.id.0)),
+        )
+        .filter(certificate_authorities::Column::Id.eq(ca.id.0))
+        .exec(txn)
+        .await?;
+    Ok(())
 }
 
 /// Compare-and-set of a request's status (and one more column): zero rows

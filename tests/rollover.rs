@@ -1,0 +1,316 @@
+//! CA rollover: new key and certificate under the same name; leaves under
+//! the old and the new key both verify with openssl, the retired key keeps
+//! answering for what it issued, and a root rollover's link certificate lets
+//! chains to the new root validate for those who trust only the old one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{TestApp, ec_csr, write};
+use serde_json::{Value, json};
+
+on_both_backends! {
+    intermediate_rollover_keeps_old_and_new_leaves_valid => intermediate_rollover;
+    root_rollover_links_old_trust_to_the_new_key => root_rollover;
+}
+
+async fn issue_with(app: &TestApp, token: &str, profile: &str, name: &str) -> Value {
+    let r = app
+        .post(
+            token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["certificate_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.get(token, &format!("/api/v1/certificates/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn ca(app: &TestApp, token: &str, id: &str) -> Value {
+    app.get(token, &format!("/api/v1/cas/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn ca_of_kind(app: &TestApp, token: &str, kind: &str) -> Value {
+    let cas: Value = app.get(token, "/api/v1/cas").await.json().await.unwrap();
+    cas.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == kind && c["status"] == "active")
+        .unwrap()
+        .clone()
+}
+
+/// `openssl verify` of `leaf` trusting `trusted` with `untrusted` as
+/// intermediates.
+fn verify(dir: &Path, trusted: &str, untrusted: &str, leaf: &str) -> (bool, String) {
+    let t = write(dir, "trusted.pem", trusted);
+    let u = write(dir, "untrusted.pem", untrusted);
+    let l = write(dir, "leaf.pem", leaf);
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&t)
+        .arg("-untrusted")
+        .arg(&u)
+        .arg(&l)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn pem(v: &Value, field: &str) -> String {
+    v[field].as_str().unwrap().to_string()
+}
+
+async fn intermediate_rollover(app: &TestApp) {
+    let token = app.admin_token().await;
+    let profile = app.default_profile_id(&token).await;
+    let old = ca_of_kind(app, &token, "intermediate").await;
+    let before = issue_with(app, &token, &profile, "before.clm.test").await;
+    assert_eq!(before["ca_id"], old["id"]);
+
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/cas/{}/rollover", pem(&old, "id")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let rolled: Value = r.json().await.unwrap();
+    let new = &rolled["ca"];
+    assert_ne!(new["id"], old["id"]);
+    assert_eq!(rolled["retired_ca_id"], old["id"]);
+    assert_eq!(new["name"], old["name"]);
+    assert_eq!(new["subject"], old["subject"]);
+    assert_ne!(new["certificate_pem"], old["certificate_pem"], "a new key");
+    assert!(rolled.get("link_certificate_pem").is_none());
+    assert_eq!(ca(app, &token, &pem(&old, "id")).await["status"], "retired");
+    let again = app
+        .post(
+            &token,
+            &format!("/api/v1/cas/{}/rollover", pem(&old, "id")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(again.status(), 409, "a retired CA is not rolled over again");
+
+    // New issuance uses the new key; both leaves verify with their own
+    // intermediate, and not with the other.
+    let after = issue_with(app, &token, &profile, "after.clm.test").await;
+    assert_eq!(after["ca_id"], new["id"]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = app.root_pem();
+    let (ok, text) = verify(
+        dir.path(),
+        &root,
+        &pem(&old, "certificate_pem"),
+        &pem(&before, "certificate_pem"),
+    );
+    assert!(ok, "old leaf: {text}");
+    let (ok, text) = verify(
+        dir.path(),
+        &root,
+        &pem(new, "certificate_pem"),
+        &pem(&after, "certificate_pem"),
+    );
+    assert!(ok, "new leaf: {text}");
+    let (ok, _) = verify(
+        dir.path(),
+        &root,
+        &pem(&old, "certificate_pem"),
+        &pem(&after, "certificate_pem"),
+    );
+    assert!(!ok, "the new leaf is not signed by the old key");
+
+    // The retired key still answers for what it issued: revoke the old
+    // leaf, its CRL (the old CA's) lists it and verifies with the old
+    // certificate; OCSP says revoked for it and good for the new one.
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{}/revoke", pem(&before, "id")),
+            &json!({ "reason": "superseded" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let crl = app
+        .client
+        .get(format!("{}/crl/{}.crl", app.public, pem(&old, "id")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("crl.der"), &crl).unwrap();
+    let old_ca = write(dir.path(), "old-ca.pem", &pem(&old, "certificate_pem"));
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(dir.path().join("crl.der"))
+        .arg("-CAfile")
+        .arg(&old_ca)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains(&pem(&before, "serial")),
+        "{text}"
+    );
+    for (leaf, issuer, expect) in [(&before, &old, "revoked"), (&after, new, "good")] {
+        let leaf_path = write(dir.path(), "l.pem", &pem(leaf, "certificate_pem"));
+        let issuer_path = write(dir.path(), "i.pem", &pem(issuer, "certificate_pem"));
+        let ca_file = write(
+            dir.path(),
+            "all.pem",
+            &format!("{}{root}", pem(issuer, "certificate_pem")),
+        );
+        let out = Command::new("openssl")
+            .args(["ocsp", "-issuer"])
+            .arg(&issuer_path)
+            .arg("-cert")
+            .arg(&leaf_path)
+            .args(["-url", &format!("{}/ocsp", app.public)])
+            .arg("-CAfile")
+            .arg(&ca_file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("Response verify OK"), "{text}");
+        assert!(text.contains(&format!("l.pem: {expect}")), "{text}");
+    }
+
+    // The token holds both keys and the registry knows them.
+    let out = app.clm(&["hsm", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+async fn root_rollover(app: &TestApp) {
+    let token = app.admin_token().await;
+    let old_root = ca_of_kind(app, &token, "root").await;
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/cas/{}/rollover", pem(&old_root, "id")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let rolled: Value = r.json().await.unwrap();
+    let new_root = &rolled["ca"];
+    let link = pem(&rolled, "link_certificate_pem");
+
+    // A new intermediate under the new root, and a leaf under it.
+    let r = app
+        .post(
+            &token,
+            "/api/v1/cas",
+            &json!({
+                "name": "after-root-rollover",
+                "kind": "intermediate",
+                "parent_id": new_root["id"],
+                "subject": "clm Intermediate G2",
+                "key_algorithm": "ecdsa-p256",
+                "validity_days": 365
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let inter: Value = r.json().await.unwrap();
+    let r = app
+        .post(
+            &token,
+            "/api/v1/profiles",
+            &json!({
+                "name": "g2",
+                "ca_id": inter["id"],
+                "key_algorithms": ["ecdsa-p256"],
+                "allowed_dns_suffixes": ["clm.test"],
+                "max_validity_days": 30,
+                "extended_key_usages": ["serverAuth"]
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let profile = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leaf = issue_with(app, &token, &profile, "g2.clm.test").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let inter_pem = pem(&inter, "certificate_pem");
+    // Trusting the new root: the plain chain.
+    let (ok, text) = verify(
+        dir.path(),
+        &pem(new_root, "certificate_pem"),
+        &inter_pem,
+        &pem(&leaf, "certificate_pem"),
+    );
+    assert!(ok, "new root: {text}");
+    // Trusting only the old root: through the link certificate.
+    let (ok, text) = verify(
+        dir.path(),
+        &app.root_pem(),
+        &format!("{inter_pem}{link}"),
+        &pem(&leaf, "certificate_pem"),
+    );
+    assert!(ok, "old root and link: {text}");
+    let (ok, _) = verify(
+        dir.path(),
+        &app.root_pem(),
+        &inter_pem,
+        &pem(&leaf, "certificate_pem"),
+    );
+    assert!(
+        !ok,
+        "without the link the old root does not vouch for the new key"
+    );
+
+    // Leaves of the existing intermediate (signed by the old root key)
+    // still verify against the old root.
+    let profile = app.default_profile_id(&token).await;
+    let old_chain_leaf = issue_with(app, &token, &profile, "still.clm.test").await;
+    let (ok, text) = verify(
+        dir.path(),
+        &app.root_pem(),
+        &pem(&old_chain_leaf, "chain_pem"),
+        &pem(&old_chain_leaf, "certificate_pem"),
+    );
+    assert!(ok, "{text}");
+}
