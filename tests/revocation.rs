@@ -276,6 +276,53 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
     let root_crl = fetch_crl(app, &root_id, dir.path()).await;
     let root_file = write(dir.path(), "root.pem", &app.root_pem());
     crl_text(&root_crl, &root_file);
+
+    // Revoking the intermediate puts it on the root's CRL and takes it out
+    // of service.
+    let inter: Value = app
+        .get(&token, &format!("/api/v1/cas/{ca}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &token,
+            &format!(
+                "/api/v1/certificates/{}/revoke",
+                inter["certificate_id"].as_str().unwrap()
+            ),
+            &json!({ "reason": "cACompromise" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let inter_serial = r.json::<Value>().await.unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let root_crl = fetch_crl(app, &root_id, dir.path()).await;
+    let text = crl_text(&root_crl, &root_file).to_ascii_lowercase();
+    assert!(
+        text.contains(&inter_serial) && text.contains("ca compromise"),
+        "{text}"
+    );
+    let status = app
+        .get(&token, &format!("/api/v1/cas/{ca}"))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["status"]
+        .clone();
+    assert_eq!(status, "disabled");
+    let profile = app.default_profile_id(&token).await;
+    let r = app
+        .post(
+            &token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["late.clm.test"]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 409, "no issuance through a revoked CA");
 }
 
 fn crl_number(text: &str) -> u64 {

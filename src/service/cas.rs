@@ -21,6 +21,8 @@ pub struct CaView {
     pub not_before: String,
     pub not_after: String,
     pub key_algorithm: String,
+    /// The CA's certificate as a certificate record (revocable by CA admins).
+    pub certificate_id: Option<crate::domain::CertificateId>,
     pub certificate_pem: String,
     /// Issuer certificates above this CA up to and including the root;
     /// empty for a root.
@@ -178,6 +180,7 @@ impl Clm {
             not_before: rfc3339(ca.not_before),
             not_after: rfc3339(ca.not_after),
             key_algorithm: ca.key_algorithm.as_str().to_string(),
+            certificate_id: ca.certificate_id,
             certificate_pem: ca
                 .certificate_der
                 .as_deref()

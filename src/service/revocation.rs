@@ -129,6 +129,12 @@ impl Clm {
                 other => other.into(),
             })?;
         self.after_status_change(&revoked).await;
+        if revoked.is_ca && revoked.status == CertificateStatus::Revoked {
+            // A revoked CA certificate takes its CA out of service.
+            self.secure
+                .set_ca_status_of_certificate(revoked.id, "disabled")
+                .await?;
+        }
         if let Some(org) = revoked.organization_id {
             self.emit(
                 org,
@@ -174,8 +180,16 @@ impl Clm {
         self.secure
             .find_certificate(id)
             .await?
-            .filter(|c| !c.is_ca && p.can_see(c.organization_id))
-            .filter(|c| c.owner_id == Some(p.user_id) || p.has(Permission::RevokeAnyCertificate))
+            .filter(|c| p.can_see(c.organization_id))
+            .filter(|c| {
+                if c.is_ca {
+                    // A CA certificate (an intermediate, on its parent's
+                    // CRL) is revoked by those who manage CAs.
+                    p.has(Permission::ManageCas)
+                } else {
+                    c.owner_id == Some(p.user_id) || p.has(Permission::RevokeAnyCertificate)
+                }
+            })
             .ok_or(ServiceError::NotFound("certificate"))
     }
 

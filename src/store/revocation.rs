@@ -150,6 +150,25 @@ impl SecureDb {
         super::secure_db::certificate_from(cert)
     }
 
+    /// The CA whose certificate is `certificate` gets `status` (a revoked
+    /// CA certificate takes the CA out of service).
+    pub async fn set_ca_status_of_certificate(
+        &self,
+        certificate: CertificateId,
+        status: &str,
+    ) -> StoreResult<()> {
+        certificate_authorities::Entity::update_many()
+            .col_expr(certificate_authorities::Column::Status, Expr::value(status))
+            .col_expr(
+                certificate_authorities::Column::UpdatedAt,
+                Expr::value(Utc::now()),
+            )
+            .filter(certificate_authorities::Column::CertificateId.eq(certificate.0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Every revocation (and hold) of certificates issued by `ca`, for its CRL.
     pub async fn revoked_serials(&self, ca: CaId) -> StoreResult<Vec<RevokedSerial>> {
         let rows: Vec<(String, DateTime<Utc>, String)> = certificate_revocations::Entity::find()
