@@ -61,6 +61,10 @@ pub struct Config {
     pub webhook_retry_base_seconds: i64,
     /// `json` (default) or `text`.
     pub log_format: String,
+    /// How often `clm serve` seals new audit entries (issue #7).
+    pub audit_seal_interval_seconds: i64,
+    /// Sealed audit entries older than this are purged (daily job).
+    pub audit_retention_days: i64,
 }
 
 /// Keys a `clm.toml` may set: the environment variable names without the
@@ -91,6 +95,8 @@ struct FileConfig {
     job_interval_seconds: Option<i64>,
     webhook_retry_base_seconds: Option<i64>,
     log_format: Option<String>,
+    audit_seal_interval_seconds: Option<i64>,
+    audit_retention_days: Option<i64>,
 }
 
 impl Config {
@@ -211,6 +217,14 @@ impl Config {
             file.webhook_retry_base_seconds,
             5,
         )?;
+        let audit_seal_interval_seconds = positive(
+            "CLM_AUDIT_SEAL_INTERVAL_SECONDS",
+            file.audit_seal_interval_seconds,
+            1,
+        )?;
+        // Seven years (seed 001: SOX/GDPR retention).
+        let audit_retention_days =
+            positive("CLM_AUDIT_RETENTION_DAYS", file.audit_retention_days, 2555)?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -268,6 +282,8 @@ impl Config {
             job_interval_seconds,
             webhook_retry_base_seconds,
             log_format,
+            audit_seal_interval_seconds,
+            audit_retention_days,
             data_dir,
         })
     }

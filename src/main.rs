@@ -41,6 +41,51 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The tamper-evident audit trails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Load generators for benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Exit 0 if both audit trails are intact; non-zero and the first bad
+    /// entry otherwise.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal every committed entry now (the server does so every
+    /// CLM_AUDIT_SEAL_INTERVAL_SECONDS).
+    Seal,
+    /// New audit MAC key in the HSM (version + 1); the old one stays for
+    /// verification.
+    RotateKey,
+    /// Delete whole seals older than the retention (CLM_AUDIT_RETENTION_DAYS
+    /// unless given), leaving a checkpoint and an audited entry.
+    Purge {
+        #[arg(long)]
+        retention_days: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Write N real audit entries (half per log) through the production
+    /// writer, `batch` per transaction.
+    AuditFill {
+        #[arg(long)]
+        entries: u64,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +138,10 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             } => user_add(&cfg, &email, &roles, &org)
                 .await
                 .map(|_| ExitCode::SUCCESS),
+            Command::Audit { command } => audit(&cfg, command).await,
+            Command::Bench {
+                command: BenchCommand::AuditFill { entries, batch },
+            } => bench_audit_fill(&cfg, entries, batch).await,
         }
     });
     match result {
@@ -151,6 +200,11 @@ fn print_report(report: &InitReport) {
 async fn serve(cfg: &Config) -> CliResult<()> {
     let clm = init(cfg).await?;
     spawn_jobs(clm.clone(), cfg.job_interval_seconds);
+    spawn_audit_jobs(
+        clm.clone(),
+        cfg.audit_seal_interval_seconds,
+        cfg.audit_retention_days,
+    );
     let tls_dir = cfg.tls_dir();
     clm::http::serve(
         clm,
@@ -199,6 +253,126 @@ fn spawn_jobs(clm: Clm, interval_seconds: i64) {
             }
         }
     });
+}
+
+/// Audit sealing (every `seal_seconds`; it also picks up audit keys rotated
+/// by another process) and the daily retention purge.
+fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
+    let period = std::time::Duration::from_secs(u64::try_from(seal_seconds).unwrap_or(1));
+    let sealer = clm.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sealer.load_audit_keys().await {
+                tracing::warn!(error = %e.log_message(), "audit key reload failed");
+            }
+            match sealer.seal_audit().await {
+                Ok(outcomes) => {
+                    for (log, o) in outcomes {
+                        if let Some(why) = o.refused {
+                            tracing::error!(log = %log, reason = %why, "audit sealing refused");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.log_message(), "audit seal job failed"),
+            }
+        }
+    });
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(24 * 3600));
+        loop {
+            tick.tick().await;
+            let ctx = clm::domain::model::RequestContext {
+                request_id: Some(format!("purge-{}", uuid::Uuid::new_v4())),
+                ..Default::default()
+            };
+            match clm.purge_audit(retention_days, &ctx).await {
+                Ok(done) => {
+                    for (log, n) in done.into_iter().filter(|(_, n)| *n > 0) {
+                        tracing::info!(log = %log, purged = n, "audit entries past retention purged");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.log_message(), "audit purge job failed"),
+            }
+        }
+    });
+}
+
+async fn audit(cfg: &Config, command: AuditCommand) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    let ctx = clm::domain::model::RequestContext {
+        request_id: Some(format!("cli-{}", uuid::Uuid::new_v4())),
+        user_agent: Some("clm audit".into()),
+        ..Default::default()
+    };
+    match command {
+        AuditCommand::Verify { json } => {
+            let report = clm.verify_audit().await.map_err(|e| e.log_message())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for l in &report.logs {
+                    match &l.first_bad {
+                        None => println!(
+                            "{}: ok, {} entries, {} seals, {} unsealed",
+                            l.log, l.entries, l.seals, l.unsealed
+                        ),
+                        Some(b) => println!("{}: FAILED: {b}", l.log),
+                    }
+                }
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Seal => {
+            let mut code = ExitCode::SUCCESS;
+            for (log, o) in clm.seal_audit().await.map_err(|e| e.log_message())? {
+                println!("{log}: sealed {} entries in {} seals", o.entries, o.seals);
+                if let Some(why) = o.refused {
+                    println!("{log}: REFUSED: {why}");
+                    code = ExitCode::FAILURE;
+                }
+            }
+            Ok(code)
+        }
+        AuditCommand::RotateKey => {
+            let v = clm
+                .rotate_audit_key(&ctx)
+                .await
+                .map_err(|e| e.log_message())?;
+            println!("clm audit rotate-key: audit MAC key version {v} is active");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Purge { retention_days } => {
+            let days = retention_days.unwrap_or(cfg.audit_retention_days);
+            for (log, n) in clm
+                .purge_audit(days, &ctx)
+                .await
+                .map_err(|e| e.log_message())?
+            {
+                println!("{log}: purged {n} entries older than {days} days");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn bench_audit_fill(cfg: &Config, entries: u64, batch: usize) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    let started = std::time::Instant::now();
+    clm.bench_audit_fill(entries, batch)
+        .await
+        .map_err(|e| e.log_message())?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "clm bench audit-fill: {entries} entries in {secs:.2}s ({:.0}/s)",
+        entries as f64 / secs.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn migrate(cfg: &Config) -> CliResult<()> {

@@ -6,8 +6,10 @@
 
 use sea_orm_migration::prelude::*;
 
+pub mod audit_chain;
 mod m20261122_000001_init;
 mod m20261122_000002_webhooks;
+mod m20261123_000001_audit_chain;
 pub mod sql;
 
 pub struct Migrator;
@@ -18,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000002_webhooks::Migration),
+            Box::new(m20261123_000001_audit_chain::Migration),
         ]
     }
 

@@ -7,13 +7,17 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
+mod m20261123_000001_audit_chain;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_init::Migration)]
+        vec![
+            Box::new(m20261122_000001_init::Migration),
+            Box::new(m20261123_000001_audit_chain::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -7,4 +7,7 @@ pub mod certificates;
 pub mod encryption_keys;
 pub mod key_rotation_history;
 pub mod private_keys;
+pub mod secure_audit_checkpoints;
 pub mod secure_audit_log;
+pub mod secure_audit_purge_permits;
+pub mod secure_audit_seals;
