@@ -351,7 +351,21 @@ pub trait AuditMac: Send + Sync {
     fn current_version(&self) -> Result<i32, AuditMacError>;
     /// HMAC-SHA-256 of `data` under the key of `version`.
     fn mac(&self, version: i32, data: Vec<u8>) -> MacFuture<'_>;
+    /// MACs of many items (bulk writers); one round trip where the
+    /// implementation can.
+    fn mac_many(&self, version: i32, items: Vec<Vec<u8>>) -> MacManyFuture<'_> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for data in items {
+                out.push(self.mac(version, data).await?);
+            }
+            Ok(out)
+        })
+    }
 }
+
+pub type MacManyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<[u8; 32]>, AuditMacError>> + Send + 'a>>;
 
 /// One stored entry with everything verification needs.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

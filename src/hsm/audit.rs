@@ -12,7 +12,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::{Hsm, HsmError, HsmResult, find_one};
-use crate::domain::audit::{AuditLog, AuditMac, AuditMacError, MacFuture};
+use crate::domain::audit::{AuditLog, AuditMac, AuditMacError, MacFuture, MacManyFuture};
 
 /// Application name on the head objects (`CKA_APPLICATION`).
 const HEAD_APPLICATION: &[u8] = b"clm-audit";
@@ -213,6 +213,17 @@ impl AuditMac for AuditKeyring {
                 })?;
             macs.pop()
                 .ok_or_else(|| AuditMacError::Failed("no MAC returned".into()))
+        })
+    }
+
+    fn mac_many(&self, version: i32, items: Vec<Vec<u8>>) -> MacManyFuture<'_> {
+        Box::pin(async move {
+            AuditKeyring::mac_many(self, version, items)
+                .await
+                .map_err(|e| match e {
+                    HsmError::KeyNotFound => AuditMacError::UnknownVersion(version),
+                    other => AuditMacError::Failed(other.to_string()),
+                })
         })
     }
 }

@@ -6,6 +6,7 @@
 //! and a plain-HTTP listener for what relying parties fetch anonymously
 //! (CA certificates, later CRLs and OCSP), which must not need TLS.
 
+mod audit;
 mod extract;
 mod handlers;
 mod problem;
@@ -98,7 +99,10 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
                 "/notifications/{id}/read",
                 web::post().to(read_notification),
             )
-            .route("/certificates/{id}", web::get().to(get_certificate)),
+            .route("/certificates/{id}", web::get().to(get_certificate))
+            .route("/audit", web::get().to(audit::query))
+            .route("/audit/verify", web::get().to(audit::verify))
+            .route("/audit/export", web::get().to(audit::export)),
     );
     public_routes(cfg);
 }

@@ -925,8 +925,11 @@ impl Clm {
             .await?
             .map(|c| c.body.purged_through_seal)
             .unwrap_or(0);
-        // The newest seal entirely older than the cutoff; the newest seal of
-        // all always stays (the head in the HSM names it).
+        // The newest seal older than the cutoff, never the newest seal of
+        // all (the head in the HSM names it; the chain must go on from it).
+        let Some(latest) = store.latest_seal().await? else {
+            return Ok(0);
+        };
         let mut through: Option<Seal> = None;
         let mut after = start;
         'scan: loop {
@@ -936,18 +939,13 @@ impl Clm {
             }
             for s in seals {
                 after = s.body.seal_no;
-                if s.body.sealed_at >= cutoff {
+                if s.body.seal_no >= latest.body.seal_no || s.body.sealed_at >= cutoff {
                     break 'scan;
                 }
                 through = Some(s);
             }
         }
-        let latest = store.latest_seal().await?;
-        let Some(through) = through.filter(|t| {
-            latest
-                .as_ref()
-                .is_some_and(|l| l.body.seal_no > t.body.seal_no)
-        }) else {
+        let Some(through) = through else {
             return Ok(0);
         };
         // Only a verified prefix is purged: purging must not launder tampering.
@@ -988,24 +986,47 @@ impl Clm {
 
     // ---- queries ---------------------------------------------------------
 
-    /// `GET /api/v1/audit`: a keyset page of one log, organisation-scoped
-    /// for everyone but a super admin.
+    /// `GET /api/v1/audit`: a keyset page of one log (by seq), filtered,
+    /// organisation-scoped for everyone but a super admin.
     pub async fn audit_query(
         &self,
         p: &Principal,
-        log: AuditLog,
-        mut filter: AuditFilter,
-        limit: u64,
+        q: AuditQuery,
     ) -> ServiceResult<serde_json::Value> {
         p.require(Permission::ReadAudit)?;
-        if let Some(org) = p.scope() {
-            filter.organization_id = Some(org.0);
+        if let Some(o) = &q.outcome
+            && !["success", "failure", "denied"].contains(&o.as_str())
+        {
+            return Err(ServiceError::invalid(
+                "invalid_outcome",
+                "outcome must be success, failure or denied",
+            ));
         }
-        let limit = limit.clamp(1, 1000);
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ServiceError::invalid(
+                "invalid_limit",
+                "limit must be between 1 and 1000",
+            ));
+        }
+        let log = q.log.unwrap_or(AuditLog::Core);
+        let filter = AuditFilter {
+            organization_id: p.scope().map(|o| o.0),
+            from: q.from,
+            to: q.to,
+            actor_id: q.actor_id,
+            action: q.action,
+            target_type: q.target_type,
+            target_id: q.target_id,
+            outcome: q.outcome,
+            after_seq: q.after,
+        };
         let items = self.audit_store(log).query(&filter, limit).await?;
-        let next = (items.len() as u64 == limit)
-            .then(|| items.last().map(|e| e.seq))
-            .flatten();
+        let next = if items.len() as u64 == limit {
+            items.last().map(|e| e.seq)
+        } else {
+            None
+        };
         Ok(serde_json::json!({ "log": log, "items": items, "next_after": next }))
     }
 
@@ -1120,6 +1141,34 @@ impl Clm {
         }
         Ok(())
     }
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// `core` (default) or `secure`.
+    pub log: Option<AuditLog>,
+    /// RFC 3339; entries at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// RFC 3339; entries before.
+    pub to: Option<DateTime<Utc>>,
+    pub actor_id: Option<Uuid>,
+    pub action: Option<String>,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub outcome: Option<String>,
+    /// Keyset cursor: the `next_after` of the previous page.
+    pub after: Option<i64>,
+    /// 1–1000, default 100.
+    pub limit: Option<u64>,
+}
+
+/// Query of `GET /api/v1/audit/export`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    pub log: Option<AuditLog>,
 }
 
 /// Where an export continues.

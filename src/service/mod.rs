@@ -25,7 +25,9 @@ use std::sync::Arc;
 use tokio::sync::RwLock;
 
 pub use api_keys::NewApiKey;
-pub use audit::{BadEntry, ExportCursor, LogReport, Reason, SealOutcome, VerifyReport};
+pub use audit::{
+    AuditQuery, BadEntry, ExportCursor, ExportQuery, LogReport, Reason, SealOutcome, VerifyReport,
+};
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};

@@ -147,6 +147,7 @@ pub(crate) async fn append(
     e: &AuditEvent,
 ) -> StoreResult<()> {
     let txn = db.begin().await?;
+    lock_sqlite_writer(&txn, log).await?;
     match log {
         AuditLog::Core => insert_core(&txn, signer, e).await?,
         AuditLog::Secure => insert_secure(&txn, signer, e).await?,
@@ -171,72 +172,157 @@ async fn prepare<C: ConnectionTrait>(
     signer: &AuditSigner,
     e: &AuditEvent,
 ) -> StoreResult<Prepared> {
+    prepare_many(db, log, signer, std::slice::from_ref(e))
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Database("no audit entry prepared".into()))
+}
+
+/// Seqs, ids, times, hashes and MACs (one HSM round trip) for `events`.
+async fn prepare_many<C: ConnectionTrait>(
+    db: &C,
+    log: AuditLog,
+    signer: &AuditSigner,
+    events: &[AuditEvent],
+) -> StoreResult<Vec<Prepared>> {
     let mac = signer.0.as_ref().ok_or(StoreError::Audit(
         crate::domain::audit::AuditMacError::NoKey,
     ))?;
     let version = mac.current_version()?;
-    let seq = next_seq(db, log).await?;
-    let id = Uuid::new_v4();
-    let at = truncate_to_micros(Utc::now());
-    let org = e.organization_id.map(|o| o.0);
-    let actor = e.actor.id.map(|a| a.0);
-    let fields = EntryFields {
-        seq,
-        id,
-        occurred_at: at,
-        actor_id: actor,
-        actor_kind: e.actor.kind,
-        organization_id: org,
-        action: e.action,
-        target_type: e.target_type,
-        target_id: e.target_id.as_deref(),
-        outcome: e.outcome.as_str(),
-        request_id: e.context.request_id.as_deref(),
-        source_ip: e.context.source_ip.as_deref(),
-        user_agent: e.context.user_agent.as_deref(),
-        details: &e.details,
-        key_version: version,
+    let seqs = next_seqs(db, log, events.len()).await?;
+    let mut out = Vec::with_capacity(events.len());
+    for (e, seq) in events.iter().zip(seqs) {
+        let id = Uuid::new_v4();
+        let at = truncate_to_micros(Utc::now());
+        let fields = EntryFields {
+            seq,
+            id,
+            occurred_at: at,
+            actor_id: e.actor.id.map(|a| a.0),
+            actor_kind: e.actor.kind,
+            organization_id: e.organization_id.map(|o| o.0),
+            action: e.action,
+            target_type: e.target_type,
+            target_id: e.target_id.as_deref(),
+            outcome: e.outcome.as_str(),
+            request_id: e.context.request_id.as_deref(),
+            source_ip: e.context.source_ip.as_deref(),
+            user_agent: e.context.user_agent.as_deref(),
+            details: &e.details,
+            key_version: version,
+        };
+        out.push(Prepared {
+            seq,
+            id,
+            at,
+            hash: entry_hash(log, &fields).to_vec(),
+            mac: Vec::new(),
+            version,
+        });
+    }
+    let macs = if out.len() == 1 {
+        vec![mac.mac(version, out[0].hash.clone()).await?]
+    } else {
+        mac.mac_many(version, out.iter().map(|p| p.hash.clone()).collect())
+            .await?
     };
-    let hash = entry_hash(log, &fields);
-    let tag = mac.mac(version, hash.to_vec()).await?;
-    Ok(Prepared {
-        seq,
-        id,
-        at,
-        hash: hash.to_vec(),
-        mac: tag.to_vec(),
-        version,
-    })
+    for (p, m) in out.iter_mut().zip(macs) {
+        p.mac = m.to_vec();
+    }
+    Ok(out)
 }
 
-/// The next seq of `log`, drawn inside the caller's transaction.
-async fn next_seq<C: ConnectionTrait>(db: &C, log: AuditLog) -> StoreResult<i64> {
-    let t = tables(log);
-    let sql = match db.get_database_backend() {
-        DatabaseBackend::Postgres => format!("SELECT {}_audit_next_seq() AS seq", t.prefix),
-        _ => {
-            // Take SQLite's write lock before reading the high-water mark
-            // (an UPDATE that matches nothing still does, and fires no
-            // trigger), so no other connection can take the same number.
-            db.execute_unprepared(&format!("UPDATE {} SET seq = seq WHERE 0", t.log))
-                .await?;
-            // sqlite_sequence remembers numbers of deleted rows too, so a
-            // seq is never handed out twice.
-            format!(
-                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{log}'), 0), \
-                 COALESCE((SELECT MAX(seq) FROM {log}), 0)) + 1 AS seq",
-                log = t.log
-            )
+/// Appends `events` to `log` inside the caller's transaction with one seq
+/// draw, one HSM round trip and one multi-row INSERT — the bulk form of
+/// [`insert_core`] / [`insert_secure`], same hashes and MACs.
+async fn insert_many<C: ConnectionTrait>(
+    db: &C,
+    log: AuditLog,
+    signer: &AuditSigner,
+    events: &[AuditEvent],
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let prepared = prepare_many(db, log, signer, events).await?;
+    match log {
+        AuditLog::Core => {
+            audit_log::Entity::insert_many(events.iter().zip(prepared).map(|(e, p)| {
+                audit_row!(audit_log, e, p.seq, p.id, p.at, p.hash, p.mac, p.version)
+            }))
+            .exec_without_returning(db)
+            .await?;
         }
-    };
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            sql,
-        ))
+        AuditLog::Secure => {
+            secure_audit_log::Entity::insert_many(events.iter().zip(prepared).map(|(e, p)| {
+                audit_row!(
+                    secure_audit_log,
+                    e,
+                    p.seq,
+                    p.id,
+                    p.at,
+                    p.hash,
+                    p.mac,
+                    p.version
+                )
+            }))
+            .exec_without_returning(db)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// SQLite: takes the write lock now (an UPDATE that matches nothing still
+/// does, and fires no trigger), for a transaction that has not written yet,
+/// so that the seq it reads next cannot be taken by another connection
+/// (that would only fail the insert, but failing is worse than waiting).
+async fn lock_sqlite_writer<C: ConnectionTrait>(db: &C, log: AuditLog) -> StoreResult<()> {
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        db.execute_unprepared(&format!("UPDATE {} SET seq = seq WHERE 0", tables(log).log))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The next `n` seqs of `log`, drawn inside the caller's transaction, in
+/// ascending order.
+async fn next_seqs<C: ConnectionTrait>(db: &C, log: AuditLog, n: usize) -> StoreResult<Vec<i64>> {
+    let t = tables(log);
+    let backend = db.get_database_backend();
+    if backend == DatabaseBackend::Postgres {
+        let sql = if n == 1 {
+            format!("SELECT {}_audit_next_seq() AS seq", t.prefix)
+        } else {
+            format!(
+                "SELECT {}_audit_next_seq() AS seq FROM generate_series(1, {n})",
+                t.prefix
+            )
+        };
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_string(backend, sql))
+            .await?;
+        let mut seqs = rows
+            .iter()
+            .map(|r| r.try_get::<i64>("", "seq"))
+            .collect::<Result<Vec<_>, _>>()?;
+        seqs.sort_unstable();
+        return Ok(seqs);
+    }
+    // One writer: the numbers after the high-water mark are ours.
+    // sqlite_sequence remembers numbers of deleted rows too, so a seq is
+    // never handed out twice.
+    let sql = format!(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{log}'), 0), \
+         COALESCE((SELECT MAX(seq) FROM {log}), 0)) + 1 AS seq",
+        log = t.log
+    );
+    let first = db
+        .query_one_raw(sea_orm::Statement::from_string(backend, sql))
         .await?
-        .ok_or_else(|| StoreError::Database("no seq returned".into()))?;
-    Ok(row.try_get::<i64>("", "seq")?)
+        .ok_or_else(|| StoreError::Database("no seq returned".into()))?
+        .try_get::<i64>("", "seq")?;
+    Ok((first..first + n as i64).collect())
 }
 
 /// Filters of the auditors' query.
@@ -608,21 +694,18 @@ impl AuditStore {
     }
 
     /// Writes `events` in transactions of `batch` entries each through the
-    /// production writer (for `clm bench audit-fill`).
+    /// production writer's bulk form (for `clm bench audit-fill`).
     pub async fn append_many(
         &self,
         signer: &AuditSigner,
         events: &[AuditEvent],
         batch: usize,
     ) -> StoreResult<()> {
-        for chunk in events.chunks(batch.max(1)) {
+        // Bounded by the backends' limits on bound parameters per statement.
+        for chunk in events.chunks(batch.clamp(1, 1000)) {
             let txn = self.db.begin().await?;
-            for e in chunk {
-                match self.log {
-                    AuditLog::Core => insert_core(&txn, signer, e).await?,
-                    AuditLog::Secure => insert_secure(&txn, signer, e).await?,
-                }
-            }
+            lock_sqlite_writer(&txn, self.log).await?;
+            insert_many(&txn, self.log, signer, chunk).await?;
             txn.commit().await?;
         }
         Ok(())
