@@ -29,6 +29,9 @@ const TABLES: &[&str] = &[
     "certificate_metadata",
     "webhooks",
     "webhook_deliveries",
+    "audit_seals",
+    "audit_checkpoints",
+    "audit_purge_permits",
 ];
 const VIEWS: &[&str] = &[
     "active_users_with_roles",

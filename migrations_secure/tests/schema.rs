@@ -32,6 +32,9 @@ const CORE_TABLES: &[&str] = &[
     "certificate_metadata",
     "webhooks",
     "webhook_deliveries",
+    "audit_seals",
+    "audit_checkpoints",
+    "audit_purge_permits",
 ];
 const CORE_VIEWS: &[&str] = &[
     "active_users_with_roles",
@@ -47,6 +50,9 @@ const TABLES: &[&str] = &[
     "certificate_revocations",
     "key_rotation_history",
     "secure_audit_log",
+    "secure_audit_seals",
+    "secure_audit_checkpoints",
+    "secure_audit_purge_permits",
 ];
 const VIEWS: &[&str] = &["active_certificates", "expiring_certificates"];
 
