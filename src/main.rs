@@ -86,6 +86,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// Issuance throughput (CSR → certificate signed in the HSM, all
+    /// database writes and audit entries) with audit MACs and the sealer on,
+    /// then off. The "off" run writes entries that do not verify: use a
+    /// throwaway installation.
+    Issue {
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Rounds of each (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +155,14 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             Command::Bench {
                 command: BenchCommand::AuditFill { entries, batch },
             } => bench_audit_fill(&cfg, entries, batch).await,
+            Command::Bench {
+                command:
+                    BenchCommand::Issue {
+                        requests,
+                        concurrency,
+                        rounds,
+                    },
+            } => bench_issue(&cfg, requests, concurrency, rounds).await,
         }
     });
     match result {
@@ -371,6 +392,111 @@ async fn bench_audit_fill(cfg: &Config, entries: u64, batch: usize) -> CliResult
     println!(
         "clm bench audit-fill: {entries} entries in {secs:.2}s ({:.0}/s)",
         entries as f64 / secs.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_issue(
+    cfg: &Config,
+    requests: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    // Proves and loads the CA keys (changes nothing on an initialised
+    // installation).
+    clm.bootstrap(cfg).await.map_err(|e| e.log_message())?;
+    let p = clm
+        .principal_for_benchmark(&cfg.bootstrap_admin_email)
+        .await
+        .map_err(|e| e.log_message())?;
+    let profile = clm
+        .default_profile_for_benchmark()
+        .await
+        .map_err(|e| e.log_message())?;
+    let off = clm.without_audit_macs_for_benchmark();
+    let mut on_rates = Vec::new();
+    let mut off_rates = Vec::new();
+    // All "on" rounds first: the entries of an "off" round carry no valid
+    // MAC, and the sealer (rightly) stops sealing at the first of them.
+    let plan: Vec<(usize, bool)> = [true, false]
+        .into_iter()
+        .flat_map(|on| (0..rounds.max(1)).map(move |r| (r, on)))
+        .collect();
+    {
+        for (round, audit_on) in plan {
+            let app = if audit_on { clm.clone() } else { off.clone() };
+            let csrs: Vec<String> = (0..requests)
+                .map(|i| {
+                    let name = format!("b{round}-{i}-{audit_on}.bench.test");
+                    let key = rcgen::KeyPair::generate()?;
+                    let mut params = rcgen::CertificateParams::new(vec![name.clone()])?;
+                    params
+                        .distinguished_name
+                        .push(rcgen::DnType::CommonName, name);
+                    Ok(params.serialize_request(&key)?.pem()?)
+                })
+                .collect::<Result<_, rcgen::Error>>()?;
+            // With audit on, the sealer runs alongside as in `clm serve`.
+            let with_sealer = std::env::var("CLM_BENCH_SEALER").map_or(true, |v| v != "off");
+            let sealer = (audit_on && with_sealer).then(|| {
+                let s = clm.clone();
+                actix_web::rt::spawn(async move {
+                    let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        let _ = s.seal_audit().await;
+                    }
+                })
+            });
+            let started = std::time::Instant::now();
+            let queue = std::sync::Arc::new(std::sync::Mutex::new(csrs));
+            let mut workers = Vec::new();
+            for _ in 0..concurrency.max(1) {
+                let (app, p, queue) = (app.clone(), p.clone(), queue.clone());
+                workers.push(actix_web::rt::spawn(async move {
+                    let ctx = clm::domain::model::RequestContext::default();
+                    loop {
+                        let next = queue.lock().ok().and_then(|mut q| q.pop());
+                        let Some(csr) = next else { break };
+                        let body = clm::service::SubmitRequest {
+                            profile_id: profile,
+                            csr_pem: Some(csr),
+                            validity_days: None,
+                        };
+                        if let Err(e) = app.submit_request(&p, body, None, &ctx).await {
+                            return Err(e.log_message());
+                        }
+                    }
+                    Ok(())
+                }));
+            }
+            for w in workers {
+                w.await??;
+            }
+            let rate = requests as f64 / started.elapsed().as_secs_f64();
+            if let Some(s) = sealer {
+                s.abort();
+            }
+            println!(
+                "round {round}: audit {}: {rate:.1} issuances/s",
+                if audit_on { "on " } else { "off" }
+            );
+            if audit_on {
+                on_rates.push(rate);
+            } else {
+                off_rates.push(rate);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut on_rates), median(&mut off_rates));
+    println!(
+        "clm bench issue: audit on {on:.1}/s, off {off:.1}/s, on/off = {:.1} %",
+        100.0 * on / off
     );
     Ok(ExitCode::SUCCESS)
 }
