@@ -15,6 +15,8 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${CLM_DEPS_TEST:-0}" = 1 ]; then
   command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+  # tests/audit.rs tampers with the SQLite databases directly.
+  command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -72,6 +72,10 @@ pub struct Config {
     pub expiry_notice_days: Vec<u32>,
     /// `json` (default) or `text`.
     pub log_format: String,
+    /// How often `clm serve` seals new audit entries (issue #7).
+    pub audit_seal_interval_seconds: i64,
+    /// Sealed audit entries older than this are purged (daily job).
+    pub audit_retention_days: i64,
 }
 
 /// Keys a `clm.toml` may set: the environment variable names without the
@@ -106,6 +110,8 @@ struct FileConfig {
     ocsp_signer_days: Option<i64>,
     expiry_notice_days: Option<String>,
     log_format: Option<String>,
+    audit_seal_interval_seconds: Option<i64>,
+    audit_retention_days: Option<i64>,
 }
 
 impl Config {
@@ -242,6 +248,14 @@ impl Config {
                 .or(file.expiry_notice_days)
                 .unwrap_or_else(|| "30,7,1".into()),
         )?;
+        let audit_seal_interval_seconds = positive(
+            "CLM_AUDIT_SEAL_INTERVAL_SECONDS",
+            file.audit_seal_interval_seconds,
+            1,
+        )?;
+        // Seven years (seed 001: SOX/GDPR retention).
+        let audit_retention_days =
+            positive("CLM_AUDIT_RETENTION_DAYS", file.audit_retention_days, 2555)?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -303,6 +317,8 @@ impl Config {
             ocsp_signer_days,
             expiry_notice_days,
             log_format,
+            audit_seal_interval_seconds,
+            audit_retention_days,
             data_dir,
         })
     }

@@ -41,6 +41,64 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The tamper-evident audit trails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Load generators for benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Exit 0 if both audit trails are intact; non-zero and the first bad
+    /// entry otherwise.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal every committed entry now (the server does so every
+    /// CLM_AUDIT_SEAL_INTERVAL_SECONDS).
+    Seal,
+    /// New audit MAC key in the HSM (version + 1); the old one stays for
+    /// verification.
+    RotateKey,
+    /// Delete whole seals older than the retention (CLM_AUDIT_RETENTION_DAYS
+    /// unless given), leaving a checkpoint and an audited entry.
+    Purge {
+        #[arg(long)]
+        retention_days: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Write N real audit entries (half per log) through the production
+    /// writer, `batch` per transaction.
+    AuditFill {
+        #[arg(long)]
+        entries: u64,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+    /// Issuance throughput (CSR → certificate signed in the HSM, all
+    /// database writes and audit entries) with audit MACs and the sealer on,
+    /// then off. The "off" run writes entries that do not verify: use a
+    /// throwaway installation.
+    Issue {
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Rounds of each (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +151,18 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             } => user_add(&cfg, &email, &roles, &org)
                 .await
                 .map(|_| ExitCode::SUCCESS),
+            Command::Audit { command } => audit(&cfg, command).await,
+            Command::Bench {
+                command: BenchCommand::AuditFill { entries, batch },
+            } => bench_audit_fill(&cfg, entries, batch).await,
+            Command::Bench {
+                command:
+                    BenchCommand::Issue {
+                        requests,
+                        concurrency,
+                        rounds,
+                    },
+            } => bench_issue(&cfg, requests, concurrency, rounds).await,
         }
     });
     match result {
@@ -151,6 +221,11 @@ fn print_report(report: &InitReport) {
 async fn serve(cfg: &Config) -> CliResult<()> {
     let clm = init(cfg).await?;
     spawn_jobs(clm.clone(), cfg.job_interval_seconds);
+    spawn_audit_jobs(
+        clm.clone(),
+        cfg.audit_seal_interval_seconds,
+        cfg.audit_retention_days,
+    );
     let tls_dir = cfg.tls_dir();
     clm::http::serve(
         clm,
@@ -235,6 +310,235 @@ where
             }
         }
     });
+}
+
+/// Audit sealing (every `seal_seconds`; it also picks up audit keys rotated
+/// by another process) and the daily retention purge.
+fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
+    let period = std::time::Duration::from_secs(u64::try_from(seal_seconds).unwrap_or(1));
+    let sealer = clm.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sealer.load_audit_keys().await {
+                tracing::warn!(error = %e.log_message(), "audit key reload failed");
+            }
+            match sealer.seal_audit().await {
+                Ok(outcomes) => {
+                    for (log, o) in outcomes {
+                        if let Some(why) = o.refused {
+                            tracing::error!(log = %log, reason = %why, "audit sealing refused");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.log_message(), "audit seal job failed"),
+            }
+        }
+    });
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(24 * 3600));
+        loop {
+            tick.tick().await;
+            let ctx = clm::domain::model::RequestContext {
+                request_id: Some(format!("purge-{}", uuid::Uuid::new_v4())),
+                ..Default::default()
+            };
+            match clm.purge_audit(retention_days, &ctx).await {
+                Ok(done) => {
+                    for (log, n) in done.into_iter().filter(|(_, n)| *n > 0) {
+                        tracing::info!(log = %log, purged = n, "audit entries past retention purged");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.log_message(), "audit purge job failed"),
+            }
+        }
+    });
+}
+
+async fn audit(cfg: &Config, command: AuditCommand) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    let ctx = clm::domain::model::RequestContext {
+        request_id: Some(format!("cli-{}", uuid::Uuid::new_v4())),
+        user_agent: Some("clm audit".into()),
+        ..Default::default()
+    };
+    match command {
+        AuditCommand::Verify { json } => {
+            let report = clm.verify_audit().await.map_err(|e| e.log_message())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for l in &report.logs {
+                    match &l.first_bad {
+                        None => println!(
+                            "{}: ok, {} entries, {} seals, {} unsealed",
+                            l.log, l.entries, l.seals, l.unsealed
+                        ),
+                        Some(b) => println!("{}: FAILED: {b}", l.log),
+                    }
+                }
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Seal => {
+            let mut code = ExitCode::SUCCESS;
+            for (log, o) in clm.seal_audit().await.map_err(|e| e.log_message())? {
+                println!("{log}: sealed {} entries in {} seals", o.entries, o.seals);
+                if let Some(why) = o.refused {
+                    println!("{log}: REFUSED: {why}");
+                    code = ExitCode::FAILURE;
+                }
+            }
+            Ok(code)
+        }
+        AuditCommand::RotateKey => {
+            let v = clm
+                .rotate_audit_key(&ctx)
+                .await
+                .map_err(|e| e.log_message())?;
+            println!("clm audit rotate-key: audit MAC key version {v} is active");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Purge { retention_days } => {
+            let days = retention_days.unwrap_or(cfg.audit_retention_days);
+            for (log, n) in clm
+                .purge_audit(days, &ctx)
+                .await
+                .map_err(|e| e.log_message())?
+            {
+                println!("{log}: purged {n} entries older than {days} days");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn bench_audit_fill(cfg: &Config, entries: u64, batch: usize) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    let started = std::time::Instant::now();
+    clm.bench_audit_fill(entries, batch)
+        .await
+        .map_err(|e| e.log_message())?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "clm bench audit-fill: {entries} entries in {secs:.2}s ({:.0}/s)",
+        entries as f64 / secs.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_issue(
+    cfg: &Config,
+    requests: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    // Proves and loads the CA keys (changes nothing on an initialised
+    // installation).
+    clm.bootstrap(cfg).await.map_err(|e| e.log_message())?;
+    let p = clm
+        .principal_for_benchmark(&cfg.bootstrap_admin_email)
+        .await
+        .map_err(|e| e.log_message())?;
+    let profile = clm
+        .default_profile_for_benchmark()
+        .await
+        .map_err(|e| e.log_message())?;
+    let off = clm.without_audit_macs_for_benchmark();
+    let mut on_rates = Vec::new();
+    let mut off_rates = Vec::new();
+    // All "on" rounds first: the entries of an "off" round carry no valid
+    // MAC, and the sealer (rightly) stops sealing at the first of them.
+    let plan: Vec<(usize, bool)> = [true, false]
+        .into_iter()
+        .flat_map(|on| (0..rounds.max(1)).map(move |r| (r, on)))
+        .collect();
+    {
+        for (round, audit_on) in plan {
+            let app = if audit_on { clm.clone() } else { off.clone() };
+            let csrs: Vec<String> = (0..requests)
+                .map(|i| {
+                    let name = format!("b{round}-{i}-{audit_on}.bench.test");
+                    let key = rcgen::KeyPair::generate()?;
+                    let mut params = rcgen::CertificateParams::new(vec![name.clone()])?;
+                    params
+                        .distinguished_name
+                        .push(rcgen::DnType::CommonName, name);
+                    Ok(params.serialize_request(&key)?.pem()?)
+                })
+                .collect::<Result<_, rcgen::Error>>()?;
+            // With audit on, the sealer runs alongside as in `clm serve`.
+            let with_sealer = std::env::var("CLM_BENCH_SEALER").map_or(true, |v| v != "off");
+            let sealer = (audit_on && with_sealer).then(|| {
+                let s = clm.clone();
+                actix_web::rt::spawn(async move {
+                    let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        let _ = s.seal_audit().await;
+                    }
+                })
+            });
+            let started = std::time::Instant::now();
+            let queue = std::sync::Arc::new(std::sync::Mutex::new(csrs));
+            let mut workers = Vec::new();
+            for _ in 0..concurrency.max(1) {
+                let (app, p, queue) = (app.clone(), p.clone(), queue.clone());
+                workers.push(actix_web::rt::spawn(async move {
+                    let ctx = clm::domain::model::RequestContext::default();
+                    loop {
+                        let next = queue.lock().ok().and_then(|mut q| q.pop());
+                        let Some(csr) = next else { break };
+                        let body = clm::service::SubmitRequest {
+                            profile_id: profile,
+                            csr_pem: Some(csr),
+                            validity_days: None,
+                            subject: None,
+                            sans: None,
+                            key_algorithm: None,
+                            passphrase: None,
+                        };
+                        if let Err(e) = app.submit_request(&p, body, None, &ctx).await {
+                            return Err(e.log_message());
+                        }
+                    }
+                    Ok(())
+                }));
+            }
+            for w in workers {
+                w.await??;
+            }
+            let rate = requests as f64 / started.elapsed().as_secs_f64();
+            if let Some(s) = sealer {
+                s.abort();
+            }
+            println!(
+                "round {round}: audit {}: {rate:.1} issuances/s",
+                if audit_on { "on " } else { "off" }
+            );
+            if audit_on {
+                on_rates.push(rate);
+            } else {
+                off_rates.push(rate);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut on_rates), median(&mut off_rates));
+    println!(
+        "clm bench issue: audit on {on:.1}/s, off {off:.1}/s, on/off = {:.1} %",
+        100.0 * on / off
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn migrate(cfg: &Config) -> CliResult<()> {

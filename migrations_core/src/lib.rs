@@ -6,10 +6,12 @@
 
 use sea_orm_migration::prelude::*;
 
+pub mod audit_chain;
 mod m20261122_000001_init;
 mod m20261122_000002_webhooks;
 mod m20261122_000010_renewal;
 mod m20261122_000011_key_recovery;
+mod m20261123_000001_audit_chain;
 pub mod sql;
 
 pub struct Migrator;
@@ -22,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_webhooks::Migration),
             Box::new(m20261122_000010_renewal::Migration),
             Box::new(m20261122_000011_key_recovery::Migration),
+            Box::new(m20261123_000001_audit_chain::Migration),
         ]
     }
 

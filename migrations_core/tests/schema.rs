@@ -30,6 +30,9 @@ const TABLES: &[&str] = &[
     "webhooks",
     "webhook_deliveries",
     "certificate_expiry_notices",
+    "audit_seals",
+    "audit_checkpoints",
+    "audit_purge_permits",
 ];
 const VIEWS: &[&str] = &[
     "active_users_with_roles",

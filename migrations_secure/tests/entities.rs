@@ -66,6 +66,53 @@ macro_rules! round_trip {
     }};
 }
 
+/// The seals, checkpoints and purge permits both audit logs have.
+macro_rules! audit_chain_round_trips {
+    ($db:expr, $t:expr, $covered:expr, $seals:path, $checkpoints:path, $permits:path) => {{
+        use $checkpoints as c;
+        use $permits as p;
+        use $seals as s;
+        $covered.insert(round_trip!(
+            $db,
+            $seals,
+            s::Model {
+                seal_no: 1,
+                first_seq: 1,
+                last_seq: 10,
+                entry_count: 9,
+                gaps: json!([4]),
+                running_hash: vec![3; 32],
+                prev_mac: vec![],
+                key_version: 1,
+                sealed_at: $t,
+                mac: vec![4; 32],
+            }
+        ));
+        $covered.insert(round_trip!(
+            $db,
+            $checkpoints,
+            c::Model {
+                purged_through_seal: 1,
+                purged_through_seq: 10,
+                seal_mac: vec![4; 32],
+                key_version: 2,
+                created_at: $t,
+                mac: vec![5; 32],
+            }
+        ));
+        $covered.insert(round_trip!(
+            $db,
+            $permits,
+            p::Model {
+                id: Uuid::new_v4(),
+                table_name: "audit_log".into(),
+                up_to: 10,
+                created_at: $t,
+            }
+        ));
+    }};
+}
+
 async fn scenario(db: DatabaseConnection) {
     let db = &db;
     migrations_core::Migrator::up(db, None).await.unwrap();
@@ -253,6 +300,10 @@ async fn scenario(db: DatabaseConnection) {
             source_ip: Some("192.0.2.1".into()),
             user_agent: Some("test".into()),
             details: json!({"method": "password"}),
+            seq: 1,
+            entry_hash: Some(vec![1; 32]),
+            mac: Some(vec![2; 32]),
+            mac_key_version: Some(1),
         }
     ));
     covered.insert(round_trip!(
@@ -562,8 +613,28 @@ async fn scenario(db: DatabaseConnection) {
             source_ip: None,
             user_agent: None,
             details: json!({"kind": "root"}),
+            seq: 7,
+            entry_hash: None,
+            mac: None,
+            mac_key_version: None,
         }
     ));
+    audit_chain_round_trips!(
+        db,
+        t,
+        covered,
+        core::audit_seals,
+        core::audit_checkpoints,
+        core::audit_purge_permits
+    );
+    audit_chain_round_trips!(
+        db,
+        t,
+        covered,
+        secure::secure_audit_seals,
+        secure::secure_audit_checkpoints,
+        secure::secure_audit_purge_permits
+    );
 
     // Every table of both schemas has an entity, and was exercised above.
     let tables: BTreeSet<String> = leftovers(db)

@@ -33,6 +33,9 @@ const CORE_TABLES: &[&str] = &[
     "webhooks",
     "webhook_deliveries",
     "certificate_expiry_notices",
+    "audit_seals",
+    "audit_checkpoints",
+    "audit_purge_permits",
 ];
 const CORE_VIEWS: &[&str] = &[
     "active_users_with_roles",
@@ -51,6 +54,9 @@ const TABLES: &[&str] = &[
     "ca_crls",
     "ocsp_signers",
     "key_recoveries",
+    "secure_audit_seals",
+    "secure_audit_checkpoints",
+    "secure_audit_purge_permits",
 ];
 const VIEWS: &[&str] = &["active_certificates", "expiring_certificates"];
 

@@ -4,6 +4,7 @@
 //! performs no I/O.
 
 pub mod algorithm;
+pub mod audit;
 pub mod der;
 pub mod ids;
 pub mod model;

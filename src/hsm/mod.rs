@@ -15,6 +15,7 @@
 //! Every `*_blocking` method blocks; the `async` twins move it onto tokio's
 //! blocking pool so no runtime worker waits on the token.
 
+mod audit;
 mod error;
 mod keys;
 mod pool;
@@ -33,6 +34,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use sha2::{Digest, Sha256};
 
+pub use audit::AuditKeyring;
 pub use error::HsmError;
 pub use keys::HsmKey;
 pub use secret::{KeyAttributes, SecretKeyRef};

@@ -6,6 +6,7 @@
 //! and a plain-HTTP listener for what relying parties fetch anonymously
 //! (CA certificates, later CRLs and OCSP), which must not need TLS.
 
+mod audit;
 mod extract;
 mod handlers;
 mod problem;
@@ -120,7 +121,10 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
             .route(
                 "/key-recoveries/{id}/{decision}",
                 web::post().to(decide_key_recovery),
-            ),
+            )
+            .route("/audit", web::get().to(audit::query))
+            .route("/audit/verify", web::get().to(audit::verify))
+            .route("/audit/export", web::get().to(audit::export)),
     );
     public_routes(cfg);
 }

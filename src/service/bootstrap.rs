@@ -79,9 +79,11 @@ impl Clm {
             ..Default::default()
         };
         let mut report = InitReport::default();
-        self.ensure_secret_key(KeyPurpose::Kek, &mut report, &ctx)
-            .await?;
+        // The audit key first: registering any key writes an audit entry,
+        // which needs the audit key.
         self.ensure_secret_key(KeyPurpose::AuditMac, &mut report, &ctx)
+            .await?;
+        self.ensure_secret_key(KeyPurpose::Kek, &mut report, &ctx)
             .await?;
         let org = self.ensure_system_org(&mut report, &ctx).await?;
         let root = self
@@ -172,6 +174,10 @@ impl Clm {
             version: 1,
             public_key_der: None,
         };
+        if purpose == KeyPurpose::AuditMac {
+            // Its own registration is the first entry it MACs.
+            self.audit_keys.install(1, handle.cka_id.clone(), true)?;
+        }
         let event = AuditEvent::new(Actor::SYSTEM, "key.generated", ctx)
             .target("encryption_key", key.id)
             .details(serde_json::json!({ "purpose": purpose, "label": key.label, "version": 1 }));

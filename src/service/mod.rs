@@ -4,6 +4,7 @@
 //! through `hsm::Hsm` and `domain::Signer`, and SQL only through `store`.
 
 mod api_keys;
+mod audit;
 pub mod auth;
 mod bootstrap;
 mod cas;
@@ -32,6 +33,9 @@ use std::sync::Arc;
 use tokio::sync::RwLock;
 
 pub use api_keys::NewApiKey;
+pub use audit::{
+    AuditQuery, BadEntry, ExportCursor, ExportQuery, LogReport, Reason, SealOutcome, VerifyReport,
+};
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};
@@ -56,7 +60,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::config::Config;
 use crate::domain::model::User;
 use crate::domain::{CaId, Secret};
-use crate::hsm::{Hsm, HsmKey};
+use crate::hsm::{AuditKeyring, Hsm, HsmKey};
 use crate::store::{CoreDb, SecureDb};
 
 /// Settings the use cases need (a subset of [`Config`]).
@@ -105,6 +109,9 @@ pub struct Clm {
     core: CoreDb,
     secure: SecureDb,
     hsm: Hsm,
+    /// Audit MAC keys by version; both databases write their audit entries
+    /// through it.
+    audit_keys: AuditKeyring,
     settings: Settings,
     /// CA signing keys proven against their certificates at start-up.
     ca_keys: Arc<RwLock<HashMap<CaId, Arc<HsmKey>>>>,
@@ -128,17 +135,22 @@ impl Clm {
         })
         .await
         .map_err(ServiceError::internal)??;
-        Ok(Self {
-            core,
-            secure,
+        let audit_keys = AuditKeyring::new(hsm.clone());
+        let mac: Arc<dyn crate::domain::audit::AuditMac> = Arc::new(audit_keys.clone());
+        let clm = Self {
+            core: core.with_audit_mac(mac.clone()),
+            secure: secure.with_audit_mac(mac),
             hsm,
+            audit_keys,
             settings: settings.clone(),
             ca_keys: Arc::default(),
             dummy_hash,
             login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
             crl_state: Arc::default(),
             ocsp: Arc::default(),
-        })
+        };
+        clm.load_audit_keys().await?;
+        Ok(clm)
     }
 
     pub fn hsm(&self) -> &Hsm {

@@ -77,11 +77,15 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 impl Clm {
     async fn webhook_secret(&self, id: uuid::Uuid) -> ServiceResult<Secret> {
+        // Derived from version 1 of the audit key, whatever is current:
+        // rotating the audit key must not change the secrets receivers hold.
         let key = self
             .secure
-            .find_active_key(KeyPurpose::AuditMac)
+            .list_keys()
             .await?
-            .ok_or_else(|| ServiceError::internal("no active MAC key registered"))?;
+            .into_iter()
+            .find(|k| k.purpose == KeyPurpose::AuditMac && k.version == 1)
+            .ok_or_else(|| ServiceError::internal("no audit MAC key of version 1 registered"))?;
         let ckaid = hex::decode(&key.ckaid_hex).map_err(ServiceError::internal)?;
         let mac = self
             .hsm

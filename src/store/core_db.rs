@@ -24,6 +24,8 @@ use crate::domain::{
 #[derive(Clone, Debug)]
 pub struct CoreDb {
     pub(super) db: DatabaseConnection,
+    /// MACs audit entries; empty until [`CoreDb::with_audit_mac`].
+    pub(super) audit: audit::AuditSigner,
 }
 
 /// What is needed to create a user; the hash is computed by the service.
@@ -40,7 +42,29 @@ impl CoreDb {
     pub async fn connect(url: &Secret) -> StoreResult<Self> {
         Ok(Self {
             db: super::connect(url).await?,
+            audit: audit::AuditSigner::default(),
         })
+    }
+
+    /// This handle, writing audit entries MACed by `mac`. Without it every
+    /// audited change fails rather than store an entry without a MAC.
+    pub fn with_audit_mac(self, mac: std::sync::Arc<dyn crate::domain::audit::AuditMac>) -> Self {
+        Self {
+            audit: audit::AuditSigner::new(mac),
+            ..self
+        }
+    }
+
+    /// Seals, checkpoints and entries of this database's audit log.
+    pub fn audit_store(&self) -> audit::AuditStore {
+        audit::AuditStore {
+            db: self.db.clone(),
+            log: crate::domain::audit::AuditLog::Core,
+        }
+    }
+
+    pub fn audit_signer(&self) -> &audit::AuditSigner {
+        &self.audit
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
@@ -53,7 +77,13 @@ impl CoreDb {
     }
 
     pub async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        audit::insert_core(&self.db, event).await
+        audit::append(
+            &self.db,
+            crate::domain::audit::AuditLog::Core,
+            &self.audit,
+            event,
+        )
+        .await
     }
 
     // ---- organisations -------------------------------------------------
@@ -95,7 +125,7 @@ impl CoreDb {
         .await?;
         let mut event = event.clone().target("organization", row.id);
         event.organization_id = Some(OrganizationId(row.id));
-        audit::insert_core(&txn, &event).await?;
+        audit::insert_core(&txn, &self.audit, &event).await?;
         txn.commit().await?;
         Ok(organization_from(row))
     }
@@ -216,7 +246,7 @@ impl CoreDb {
             .org(Some(new.organization_id))
             .target("user", id)
             .details(serde_json::json!({ "email": new.email.to_lowercase(), "roles": new.roles }));
-        audit::insert_core(&txn, &event).await?;
+        audit::insert_core(&txn, &self.audit, &event).await?;
         txn.commit().await?;
         self.find_user(UserId(id))
             .await?
@@ -252,7 +282,7 @@ impl CoreDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -293,7 +323,7 @@ impl CoreDb {
         if res.rows_affected == 0 {
             return Err(StoreError::Conflict("session already revoked".into()));
         }
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -328,7 +358,7 @@ impl CoreDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -347,7 +377,7 @@ impl CoreDb {
             .filter(policies::Column::CaId.eq(from.0))
             .exec(&txn)
             .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(res.rows_affected)
     }
@@ -423,7 +453,7 @@ impl CoreDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

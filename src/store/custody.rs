@@ -37,7 +37,7 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -85,7 +85,7 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -148,7 +148,7 @@ impl SecureDb {
                 "the recovery is no longer {from}"
             )));
         }
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -19,6 +19,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(String),
+    /// An audit entry could not be MACed, so the change it records is not
+    /// made either.
+    #[error("audit: {0}")]
+    Audit(#[from] crate::domain::audit::AuditMacError),
 }
 
 impl From<DbErr> for StoreError {

@@ -108,7 +108,7 @@ impl CoreDb {
         if let Some(n) = notice {
             workflow::insert_notifications(&txn, std::slice::from_ref(n)).await?;
         }
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -115,7 +115,7 @@ impl CoreDb {
             .filter(users::Column::Id.eq(user.0))
             .exec(&txn)
             .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -134,7 +134,7 @@ impl CoreDb {
             return Err(StoreError::Conflict("user already deactivated".into()));
         }
         revoke_credentials(&txn, user, Utc::now()).await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -155,7 +155,7 @@ impl CoreDb {
             .exec(&txn)
             .await?;
         revoke_credentials(&txn, user, now).await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -194,7 +194,7 @@ impl CoreDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -250,7 +250,7 @@ impl CoreDb {
         if res.rows_affected == 0 {
             return Err(StoreError::Conflict("API key already revoked".into()));
         }
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
+pub use audit::{AuditFilter, AuditSigner, AuditStore};
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
 pub use expiry::ExpiringCertificate;

@@ -104,7 +104,7 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         super::secure_db::certificate_from(cert)
     }
@@ -145,7 +145,7 @@ impl SecureDb {
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound)?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         super::secure_db::certificate_from(cert)
     }
@@ -289,7 +289,7 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -366,7 +366,7 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -411,7 +411,7 @@ impl SecureDb {
                 "certificate is no longer {from}"
             )));
         }
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

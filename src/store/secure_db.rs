@@ -30,13 +30,37 @@ use crate::domain::{
 #[derive(Clone, Debug)]
 pub struct SecureDb {
     pub(super) db: DatabaseConnection,
+    /// MACs audit entries; empty until [`SecureDb::with_audit_mac`].
+    pub(super) audit: audit::AuditSigner,
 }
 
 impl SecureDb {
     pub async fn connect(url: &Secret) -> StoreResult<Self> {
         Ok(Self {
             db: super::connect(url).await?,
+            audit: audit::AuditSigner::default(),
         })
+    }
+
+    /// This handle, writing audit entries MACed by `mac`. Without it every
+    /// audited change fails rather than store an entry without a MAC.
+    pub fn with_audit_mac(self, mac: std::sync::Arc<dyn crate::domain::audit::AuditMac>) -> Self {
+        Self {
+            audit: audit::AuditSigner::new(mac),
+            ..self
+        }
+    }
+
+    /// Seals, checkpoints and entries of this database's audit log.
+    pub fn audit_store(&self) -> audit::AuditStore {
+        audit::AuditStore {
+            db: self.db.clone(),
+            log: crate::domain::audit::AuditLog::Secure,
+        }
+    }
+
+    pub fn audit_signer(&self) -> &audit::AuditSigner {
+        &self.audit
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
@@ -49,7 +73,13 @@ impl SecureDb {
     }
 
     pub async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        audit::insert_secure(&self.db, event).await
+        audit::append(
+            &self.db,
+            crate::domain::audit::AuditLog::Secure,
+            &self.audit,
+            event,
+        )
+        .await
     }
 
     // ---- key registry ----------------------------------------------------
@@ -80,7 +110,58 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the active key `old` by `new` (registered with `old` as its
+    /// parent): `old` moves `active → deprecated` (compare-and-set) and stays
+    /// registered, so what it protected can still be checked — one audited
+    /// transaction.
+    pub async fn rotate_key(
+        &self,
+        old: KeyId,
+        new: &KeyReference,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        let res = encryption_keys::Entity::update_many()
+            .col_expr(
+                encryption_keys::Column::Status,
+                Expr::value(KeyStatus::Deprecated.as_str()),
+            )
+            .col_expr(
+                encryption_keys::Column::DeprecatedAt,
+                Expr::value(Some(now)),
+            )
+            .filter(encryption_keys::Column::Id.eq(old.0))
+            .filter(encryption_keys::Column::Status.eq(KeyStatus::Active.as_str()))
+            .exec(&txn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::Conflict("key is no longer active".into()));
+        }
+        encryption_keys::ActiveModel {
+            id: Set(new.id.0),
+            label: Set(new.label.clone()),
+            ckaid_hex: Set(new.ckaid_hex.clone()),
+            pkcs11_uri: Set(new.pkcs11_uri.clone()),
+            purpose: Set(new.purpose.as_str().to_string()),
+            algorithm: Set(new.algorithm.clone()),
+            status: Set(new.status.as_str().to_string()),
+            version: Set(new.version),
+            parent_key_id: Set(Some(old.0)),
+            public_key_der: Set(new.public_key_der.clone()),
+            activated_at: Set((new.status == KeyStatus::Active).then_some(now)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -128,7 +209,7 @@ impl SecureDb {
     ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         insert_ca_rows(&txn, ca, cert).await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -171,7 +252,7 @@ impl SecureDb {
         if let Some(link) = link {
             certificate_active_model(link).insert(&txn).await?;
         }
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -276,7 +357,7 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -302,7 +383,7 @@ impl SecureDb {
             )),
         )
         .await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -367,7 +448,7 @@ impl SecureDb {
     ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
         move_request(&txn, request, from, to, also).await?;
-        audit::insert_secure(&txn, event).await?;
+        audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

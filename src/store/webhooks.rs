@@ -75,7 +75,7 @@ impl CoreDb {
         }
         .insert(&txn)
         .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -108,7 +108,7 @@ impl CoreDb {
             .filter(webhooks::Column::Id.eq(id))
             .exec(&txn)
             .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -118,7 +118,7 @@ impl CoreDb {
         .insert(&txn)
         .await?;
         insert_notifications(&txn, notify).await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -203,7 +203,7 @@ impl CoreDb {
             .one(&txn)
             .await?
             .unwrap_or_default();
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(Approval {
             approvals_count: u8::try_from(count).map_err(super::error::corrupt)?,
@@ -228,7 +228,7 @@ impl CoreDb {
             RequestStatus::Rejected,
         )
         .await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -245,7 +245,7 @@ impl CoreDb {
         let txn = self.db.begin().await?;
         move_workflow(&txn, instance, from, to).await?;
         insert_notifications(&txn, notify).await?;
-        audit::insert_core(&txn, event).await?;
+        audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }

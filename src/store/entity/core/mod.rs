@@ -1,7 +1,10 @@
 //! Entities of clm_core, one module per table.
 
 pub mod api_keys;
+pub mod audit_checkpoints;
 pub mod audit_log;
+pub mod audit_purge_permits;
+pub mod audit_seals;
 pub mod certificate_expiry_notices;
 pub mod certificate_metadata;
 pub mod notifications;

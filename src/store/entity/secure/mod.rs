@@ -10,4 +10,7 @@ pub mod key_recoveries;
 pub mod key_rotation_history;
 pub mod ocsp_signers;
 pub mod private_keys;
+pub mod secure_audit_checkpoints;
 pub mod secure_audit_log;
+pub mod secure_audit_purge_permits;
+pub mod secure_audit_seals;

@@ -7,6 +7,9 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// Position in the log, assigned by the writer from the database's
+    /// sequence (never reused).
+    pub seq: i64,
     pub occurred_at: DateTimeUtc,
     pub actor_id: Option<Uuid>,
     pub actor_kind: String,
@@ -19,6 +22,11 @@ pub struct Model {
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
     pub details: Json,
+    /// SHA-256 of the canonical entry (`domain::audit::entry_hash`).
+    pub entry_hash: Option<Vec<u8>>,
+    /// HMAC-SHA-256 of `entry_hash` under the audit key, computed in the HSM.
+    pub mac: Option<Vec<u8>>,
+    pub mac_key_version: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
