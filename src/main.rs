@@ -470,7 +470,7 @@ async fn bench_issue(
                     params
                         .distinguished_name
                         .push(rcgen::DnType::CommonName, name);
-                    Ok(params.serialize_request(&key)?.pem()?)
+                    params.serialize_request(&key)?.pem()
                 })
                 .collect::<Result<_, rcgen::Error>>()?;
             // With audit on, the sealer runs alongside as in `clm serve`.

@@ -1179,6 +1179,64 @@ pub enum ExportCursor {
     Entries(i64),
 }
 
+/// A MAC source without a key, for the audit-off baseline of
+/// `clm bench issue` only: every entry it writes fails verification, so it
+/// is never used outside that benchmark (which runs on throwaway data).
+struct UnkeyedForBenchmark;
+
+impl crate::domain::audit::AuditMac for UnkeyedForBenchmark {
+    fn current_version(&self) -> Result<i32, crate::domain::audit::AuditMacError> {
+        Ok(0)
+    }
+
+    fn mac(&self, _version: i32, _data: Vec<u8>) -> crate::domain::audit::MacFuture<'_> {
+        Box::pin(async { Ok([0u8; 32]) })
+    }
+}
+
+impl Clm {
+    /// This application with audit entries written without HSM MACs — the
+    /// "audit off" baseline of `clm bench issue`. Entries it writes do not
+    /// verify; never use it on data that matters.
+    pub fn without_audit_macs_for_benchmark(&self) -> Clm {
+        let mac: std::sync::Arc<dyn crate::domain::audit::AuditMac> =
+            std::sync::Arc::new(UnkeyedForBenchmark);
+        let mut clm = self.clone();
+        clm.core = clm.core.with_audit_mac(mac.clone());
+        clm.secure = clm.secure.with_audit_mac(mac);
+        clm
+    }
+
+    /// The bootstrap super admin as a principal, for benchmarks that drive
+    /// use cases without HTTP.
+    pub async fn principal_for_benchmark(&self, email: &str) -> ServiceResult<Principal> {
+        let user = self
+            .core
+            .find_user_by_email(email)
+            .await?
+            .ok_or(ServiceError::NotFound("user"))?;
+        Ok(Principal {
+            user_id: user.id,
+            organization_id: user.organization_id,
+            email: user.email,
+            roles: user.roles,
+            session_id: None,
+            api_key_id: None,
+        })
+    }
+
+    /// The system-wide default profile's id.
+    pub async fn default_profile_for_benchmark(&self) -> ServiceResult<Uuid> {
+        Ok(self
+            .core
+            .find_system_profile_by_name(super::bootstrap::DEFAULT_PROFILE_NAME)
+            .await?
+            .ok_or(ServiceError::NotFound("profile"))?
+            .id
+            .0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1244,63 +1302,5 @@ mod tests {
         let text = b.to_string();
         assert!(text.starts_with("modified at seq 42 (id "), "{text}");
         assert!(text.contains("[seal 3]"), "{text}");
-    }
-}
-
-/// A MAC source without a key, for the audit-off baseline of
-/// `clm bench issue` only: every entry it writes fails verification, so it
-/// is never used outside that benchmark (which runs on throwaway data).
-struct UnkeyedForBenchmark;
-
-impl crate::domain::audit::AuditMac for UnkeyedForBenchmark {
-    fn current_version(&self) -> Result<i32, crate::domain::audit::AuditMacError> {
-        Ok(0)
-    }
-
-    fn mac(&self, _version: i32, _data: Vec<u8>) -> crate::domain::audit::MacFuture<'_> {
-        Box::pin(async { Ok([0u8; 32]) })
-    }
-}
-
-impl Clm {
-    /// This application with audit entries written without HSM MACs — the
-    /// "audit off" baseline of `clm bench issue`. Entries it writes do not
-    /// verify; never use it on data that matters.
-    pub fn without_audit_macs_for_benchmark(&self) -> Clm {
-        let mac: std::sync::Arc<dyn crate::domain::audit::AuditMac> =
-            std::sync::Arc::new(UnkeyedForBenchmark);
-        let mut clm = self.clone();
-        clm.core = clm.core.with_audit_mac(mac.clone());
-        clm.secure = clm.secure.with_audit_mac(mac);
-        clm
-    }
-
-    /// The bootstrap super admin as a principal, for benchmarks that drive
-    /// use cases without HTTP.
-    pub async fn principal_for_benchmark(&self, email: &str) -> ServiceResult<Principal> {
-        let user = self
-            .core
-            .find_user_by_email(email)
-            .await?
-            .ok_or(ServiceError::NotFound("user"))?;
-        Ok(Principal {
-            user_id: user.id,
-            organization_id: user.organization_id,
-            email: user.email,
-            roles: user.roles,
-            session_id: None,
-            api_key_id: None,
-        })
-    }
-
-    /// The system-wide default profile's id.
-    pub async fn default_profile_for_benchmark(&self) -> ServiceResult<Uuid> {
-        Ok(self
-            .core
-            .find_system_profile_by_name(super::bootstrap::DEFAULT_PROFILE_NAME)
-            .await?
-            .ok_or(ServiceError::NotFound("profile"))?
-            .id
-            .0)
     }
 }
