@@ -68,6 +68,15 @@ pub struct Config {
     /// Validity of the delegated OCSP signing certificates; renewed when a
     /// third is left.
     pub ocsp_signer_days: i64,
+    /// A retired KEK can be rolled back to for this long, then it is
+    /// destroyed in the token.
+    pub kek_rollback_days: i64,
+    /// Rotate the KEK automatically this often; 0 = only by hand.
+    pub kek_rotation_days: i64,
+    /// Archived keys rewrapped per committed batch.
+    pub kek_rewrap_batch: i64,
+    /// Pause between rewrap batches (lets tests interrupt a rotation).
+    pub kek_rewrap_pause_ms: i64,
     /// Owners are notified this many days before notAfter, once each.
     pub expiry_notice_days: Vec<u32>,
     /// `json` (default) or `text`.
@@ -109,6 +118,10 @@ struct FileConfig {
     ocsp_validity_seconds: Option<i64>,
     ocsp_signer_days: Option<i64>,
     expiry_notice_days: Option<String>,
+    kek_rollback_days: Option<i64>,
+    kek_rotation_days: Option<i64>,
+    kek_rewrap_batch: Option<i64>,
+    kek_rewrap_pause_ms: Option<i64>,
     log_format: Option<String>,
     audit_seal_interval_seconds: Option<i64>,
     audit_retention_days: Option<i64>,
@@ -210,6 +223,20 @@ impl Config {
                 }
                 Ok(v)
             };
+        let non_negative =
+            |key: &'static str, from_file: Option<i64>, default: i64| -> Result<i64, ConfigError> {
+                let v = match var(key) {
+                    Some(v) => parse_num(key, &v)?,
+                    None => from_file.unwrap_or(default),
+                };
+                if v < 0 {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: "must not be negative".into(),
+                    });
+                }
+                Ok(v)
+            };
         let hsm_pool_size = positive("CLM_HSM_POOL_SIZE", file.hsm_pool_size, 8)? as usize;
         let session_ttl_minutes =
             positive("CLM_SESSION_TTL_MINUTES", file.session_ttl_minutes, 8 * 60)?;
@@ -256,6 +283,11 @@ impl Config {
         // Seven years (seed 001: SOX/GDPR retention).
         let audit_retention_days =
             positive("CLM_AUDIT_RETENTION_DAYS", file.audit_retention_days, 2555)?;
+        let kek_rollback_days = positive("CLM_KEK_ROLLBACK_DAYS", file.kek_rollback_days, 7)?;
+        let kek_rotation_days = non_negative("CLM_KEK_ROTATION_DAYS", file.kek_rotation_days, 365)?;
+        let kek_rewrap_batch = positive("CLM_KEK_REWRAP_BATCH", file.kek_rewrap_batch, 100)?;
+        let kek_rewrap_pause_ms =
+            non_negative("CLM_KEK_REWRAP_PAUSE_MS", file.kek_rewrap_pause_ms, 0)?;
         let public_url = var("CLM_PUBLIC_URL")
             .or(file.public_url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into())
@@ -316,6 +348,10 @@ impl Config {
             ocsp_validity_seconds,
             ocsp_signer_days,
             expiry_notice_days,
+            kek_rollback_days,
+            kek_rotation_days,
+            kek_rewrap_batch,
+            kek_rewrap_pause_ms,
             log_format,
             audit_seal_interval_seconds,
             audit_retention_days,

@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Key-encryption keys and archived private keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Load generators for benchmarks.
     Bench {
         #[command(subcommand)]
@@ -77,7 +82,29 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// New KEK version; rewrap every archived key (resumes a rotation that
+    /// was interrupted).
+    RotateKek,
+    /// Back to the previous KEK, inside its rollback window.
+    RollbackKek,
+    /// The rotations with their progress.
+    Status,
+    /// Unwrap every archived key in the HSM and check it against its
+    /// certificate; non-zero exit on any failure.
+    Verify,
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
+    /// Create N real server-generated, archived keys (for rotation tests
+    /// and benchmarks).
+    KeysFill {
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
     /// Write N real audit entries (half per log) through the production
     /// writer, `batch` per transaction.
     AuditFill {
@@ -152,6 +179,18 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
                 .await
                 .map(|_| ExitCode::SUCCESS),
             Command::Audit { command } => audit(&cfg, command).await,
+            Command::Keys { command } => keys(&cfg, command).await,
+            Command::Bench {
+                command: BenchCommand::KeysFill { count, concurrency },
+            } => {
+                let clm = init(&cfg).await?;
+                let n = clm
+                    .bench_keys_fill(&cfg.bootstrap_admin_email, count, concurrency)
+                    .await
+                    .map_err(|e| e.log_message())?;
+                println!("clm bench keys-fill: {n} archived keys created");
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Bench {
                 command: BenchCommand::AuditFill { entries, batch },
             } => bench_audit_fill(&cfg, entries, batch).await,
@@ -269,6 +308,13 @@ fn spawn_jobs(clm: Clm, interval_seconds: i64) {
     every(period, "certificate expiry", move || {
         let c = c.clone();
         async move { c.expiry_sweep().await.map(|r| r.notices + r.expired) }
+    });
+    // Resumes an interrupted KEK rotation, destroys KEKs past their
+    // rollback window, rotates on schedule.
+    let c = clm.clone();
+    every(period, "KEK maintenance", move || {
+        let c = c.clone();
+        async move { c.kek_maintenance().await }
     });
     let c = clm.clone();
     every(period, "CRL refresh", move || {
@@ -539,6 +585,76 @@ async fn bench_issue(
         100.0 * on / off
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(cfg: &Config, command: KeysCommand) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    let ctx = clm::domain::model::RequestContext::default();
+    let actor = clm::domain::model::Actor::SYSTEM;
+    let print = |r: &clm::domain::model::KeyRotation| {
+        println!(
+            "{}\t{}\t{}/{}\tstarted {}",
+            r.id, r.status, r.rewrapped_count, r.total_count, r.started_at
+        )
+    };
+    match command {
+        KeysCommand::RotateKek | KeysCommand::RollbackKek => {
+            let rollback = matches!(command, KeysCommand::RollbackKek);
+            if !rollback
+                && let Some(r) = clm
+                    .continue_kek_rotation()
+                    .await
+                    .map_err(|e| e.log_message())?
+            {
+                println!("clm keys: resumed and finished an interrupted rotation");
+                print(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let started = if rollback {
+                clm.start_kek_rollback(actor, &ctx).await
+            } else {
+                clm.start_kek_rotation(actor, &ctx).await
+            }
+            .map_err(|e| e.log_message())?;
+            println!("clm keys: started, {} keys to rewrap", started.total_count);
+            if let Some(r) = clm
+                .continue_kek_rotation()
+                .await
+                .map_err(|e| e.log_message())?
+            {
+                print(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Status => {
+            for r in clm
+                .kek_rotation_history()
+                .await
+                .map_err(|e| e.log_message())?
+            {
+                print(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Verify => {
+            let (checked, failures) = clm
+                .verify_archived_keys()
+                .await
+                .map_err(|e| e.log_message())?;
+            for f in &failures {
+                println!("FAIL\t{f}");
+            }
+            println!(
+                "clm keys verify: {} of {checked} archived keys unwrap and match",
+                checked - failures.len()
+            );
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 async fn migrate(cfg: &Config) -> CliResult<()> {

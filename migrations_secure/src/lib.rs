@@ -9,6 +9,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_init;
 mod m20261122_000010_revocation;
 mod m20261122_000011_key_recovery;
+mod m20261122_000012_kek_rotation;
 mod m20261123_000001_audit_chain;
 
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000010_revocation::Migration),
             Box::new(m20261122_000011_key_recovery::Migration),
+            Box::new(m20261122_000012_kek_rotation::Migration),
             Box::new(m20261123_000001_audit_chain::Migration),
         ]
     }

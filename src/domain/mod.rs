@@ -22,5 +22,5 @@ pub use secret::Secret;
 pub use signer::{SignError, Signer};
 pub use status::{
     CaKind, CertificateStatus, KeyPurpose, KeyStatus, RecoveryStatus, RequestStatus,
-    RevocationReason, WorkflowKind,
+    RevocationReason, RotationStatus, WorkflowKind,
 };

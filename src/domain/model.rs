@@ -9,7 +9,8 @@ use super::ids::*;
 use super::profile::{ProfileRules, San};
 use super::role::Role;
 use super::status::{
-    CaKind, CertificateStatus, KeyPurpose, KeyStatus, RecoveryStatus, RequestStatus, WorkflowKind,
+    CaKind, CertificateStatus, KeyPurpose, KeyStatus, RecoveryStatus, RequestStatus,
+    RotationStatus, WorkflowKind,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,6 +89,20 @@ pub struct KeyReference {
     pub status: KeyStatus,
     pub version: i32,
     pub public_key_der: Option<Vec<u8>>,
+}
+
+/// One KEK rotation (clm_secure `key_rotation_history`): every archived
+/// key moves from `old_key_id` to `new_key_id`, or back on a rollback.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyRotation {
+    pub id: uuid::Uuid,
+    pub old_key_id: Option<KeyId>,
+    pub new_key_id: KeyId,
+    pub status: RotationStatus,
+    pub total_count: i64,
+    pub rewrapped_count: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// A request to recover an archived private key (clm_secure

@@ -138,6 +138,16 @@ named_enum!(
 );
 
 named_enum!(
+    /// Where a key rotation (rewrapping under a new KEK) stands.
+    RotationStatus {
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        RolledBack => "rolled_back",
+    }
+);
+
+named_enum!(
     /// What a workflow decides: a certificate request or a key recovery.
     WorkflowKind {
         CertificateRequest => "certificate_request",

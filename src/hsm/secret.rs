@@ -120,6 +120,20 @@ impl Hsm {
     }
 
     /// Whether a private or secret key with this `CKA_ID` exists in the token.
+    /// Destroys the secret key with `cka_id` (a retired KEK after its
+    /// rollback window).
+    pub fn destroy_secret_key_blocking(&self, cka_id: &[u8]) -> HsmResult<()> {
+        self.with_session(|s| {
+            let key = find_one(s, ObjectClass::SECRET_KEY, cka_id)?;
+            Ok(s.destroy_object(key)?)
+        })
+    }
+
+    pub async fn destroy_secret_key(&self, cka_id: &[u8]) -> HsmResult<()> {
+        let id = cka_id.to_vec();
+        self.run(move |h| h.destroy_secret_key_blocking(&id)).await
+    }
+
     pub fn key_exists_blocking(&self, cka_id: &[u8]) -> HsmResult<bool> {
         match self.with_session(|s| find_key(s, cka_id)) {
             Ok(_) => Ok(true),

@@ -366,6 +366,47 @@ impl Hsm {
             .await
     }
 
+    /// KEK rotation: unwraps `wrapped` under the old KEK into a temporary
+    /// session object (sensitive, extractable only by wrapping), wraps it
+    /// under the new KEK and destroys it — the key never exists in plain
+    /// form outside the token.
+    pub fn rewrap_private_key_blocking(
+        &self,
+        old_kek_id: &[u8],
+        new_kek_id: &[u8],
+        wrapped: &[u8],
+        alg: KeyAlgorithm,
+    ) -> HsmResult<Vec<u8>> {
+        let mut template = unwrap_template(alg, true, new_cka_id(), "clm-rewrap")?;
+        for a in &mut template {
+            if let Attribute::Sensitive(v) = a {
+                *v = true;
+            }
+        }
+        self.with_session(|s| {
+            let old = find_one(s, ObjectClass::SECRET_KEY, old_kek_id)?;
+            let new = find_one(s, ObjectClass::SECRET_KEY, new_kek_id)?;
+            let key = s.unwrap_key(&Mechanism::AesKeyWrapPad, old, wrapped, &template)?;
+            let rewrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, new, key);
+            let destroyed = s.destroy_object(key);
+            let rewrapped = rewrapped?;
+            destroyed?;
+            Ok(rewrapped)
+        })
+    }
+
+    pub async fn rewrap_private_key(
+        &self,
+        old_kek_id: &[u8],
+        new_kek_id: &[u8],
+        wrapped: Vec<u8>,
+        alg: KeyAlgorithm,
+    ) -> HsmResult<Vec<u8>> {
+        let (old, new) = (old_kek_id.to_vec(), new_kek_id.to_vec());
+        self.run(move |h| h.rewrap_private_key_blocking(&old, &new, &wrapped, alg))
+            .await
+    }
+
     /// Wraps a PKCS#8 private key of `alg` (PEM, `PRIVATE KEY`) under the KEK
     /// with `kek_id`. The key passes through the token as a temporary
     /// session object that is destroyed before this returns.
@@ -579,6 +620,32 @@ mod tests {
             Secret::new(pem),
             rcgen::PublicKeyData::subject_public_key_info(&key),
         )
+    }
+
+    #[test]
+    fn rewrapped_keys_open_under_the_new_kek_only() {
+        let hsm = &fixture().hsm;
+        let old = hsm.generate_kek_blocking("rewrap-old").unwrap();
+        let new = hsm.generate_kek_blocking("rewrap-new").unwrap();
+        let alg = KeyAlgorithm::EcdsaP256;
+        let (wrapped, spki) = hsm
+            .generate_wrapped_key_pair_blocking(&old.cka_id, alg)
+            .unwrap();
+        let rewrapped = hsm
+            .rewrap_private_key_blocking(&old.cka_id, &new.cka_id, &wrapped, alg)
+            .unwrap();
+        assert_ne!(rewrapped, wrapped);
+        let a = hsm
+            .export_private_key_blocking(&old.cka_id, &wrapped, alg, &spki)
+            .unwrap();
+        let b = hsm
+            .export_private_key_blocking(&new.cka_id, &rewrapped, alg, &spki)
+            .unwrap();
+        assert_eq!(a.expose(), b.expose(), "the same key");
+        assert!(
+            hsm.export_private_key_blocking(&old.cka_id, &rewrapped, alg, &spki)
+                .is_err()
+        );
     }
 
     #[test]

@@ -325,6 +325,22 @@ pub async fn rollover_ca(
     Ok(HttpResponse::Created().json(clm.rollover_ca(&p, parse_id(&id)?, &ctx).await?))
 }
 
+pub async fn rotate_kek(clm: web::Data<Clm>, Auth(p): Auth, Ctx(ctx): Ctx) -> Result<HttpResponse> {
+    Ok(HttpResponse::Accepted().json(clm.rotate_kek_for(&p, &ctx).await?))
+}
+
+pub async fn rollback_kek(
+    clm: web::Data<Clm>,
+    Auth(p): Auth,
+    Ctx(ctx): Ctx,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Accepted().json(clm.rollback_kek_for(&p, &ctx).await?))
+}
+
+pub async fn kek_rotations(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(clm.kek_rotations_for(&p).await?))
+}
+
 pub async fn release_hold(
     clm: web::Data<Clm>,
     Auth(p): Auth,

@@ -15,6 +15,7 @@ mod expiry;
 mod hsm_check;
 mod issuance;
 mod keygen;
+mod keys;
 mod ocsp;
 mod organizations;
 mod principal;
@@ -79,6 +80,10 @@ pub struct Settings {
     pub ocsp_validity_seconds: i64,
     pub ocsp_signer_days: i64,
     pub expiry_notice_days: Vec<u32>,
+    pub kek_rollback_days: i64,
+    pub kek_rotation_days: i64,
+    pub kek_rewrap_batch: u64,
+    pub kek_rewrap_pause_ms: u64,
     pub token_label: String,
 }
 
@@ -98,6 +103,10 @@ impl From<&Config> for Settings {
             ocsp_validity_seconds: c.ocsp_validity_seconds,
             ocsp_signer_days: c.ocsp_signer_days,
             expiry_notice_days: c.expiry_notice_days.clone(),
+            kek_rollback_days: c.kek_rollback_days,
+            kek_rotation_days: c.kek_rotation_days,
+            kek_rewrap_batch: c.kek_rewrap_batch.unsigned_abs(),
+            kek_rewrap_pause_ms: c.kek_rewrap_pause_ms.unsigned_abs(),
             token_label: c.pkcs11_token_label.clone(),
         }
     }
@@ -121,6 +130,9 @@ pub struct Clm {
     login_limiter: Arc<auth::LoginLimiter>,
     crl_state: Arc<crl::CrlState>,
     ocsp: Arc<ocsp::OcspState>,
+    /// Held while this process rewraps, so that the API's background task
+    /// and the KEK job do not do the same HSM work twice.
+    rewrapping: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Clm {
@@ -148,6 +160,7 @@ impl Clm {
             login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
             crl_state: Arc::default(),
             ocsp: Arc::default(),
+            rewrapping: Arc::default(),
         };
         clm.load_audit_keys().await?;
         Ok(clm)

@@ -42,6 +42,20 @@ impl SecureDb {
         Ok(())
     }
 
+    /// Every archived key with its certificate, for `clm keys verify`.
+    pub async fn all_archived_keys(&self) -> StoreResult<Vec<(CertificateId, WrappedKey)>> {
+        private_keys::Entity::find()
+            .filter(private_keys::Column::Status.eq("archived"))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let id = CertificateId(r.certificate_id);
+                Ok((id, wrapped_from(r)?))
+            })
+            .collect()
+    }
+
     /// The archived key of a certificate, if one was kept.
     pub async fn archived_key(
         &self,
@@ -52,16 +66,7 @@ impl SecureDb {
             .filter(private_keys::Column::Status.eq("archived"))
             .one(&self.db)
             .await?
-            .map(|r| {
-                Ok(WrappedKey {
-                    certificate_id: CertificateId(r.certificate_id),
-                    organization_id: OrganizationId(r.organization_id),
-                    kek_id: KeyId(r.kek_id),
-                    kek_version: r.kek_version,
-                    wrapped: r.wrapped_key,
-                    key_algorithm: parse_one(&r.key_algorithm)?,
-                })
-            })
+            .map(wrapped_from)
             .transpose()
     }
 }
@@ -152,6 +157,17 @@ impl SecureDb {
         txn.commit().await?;
         Ok(())
     }
+}
+
+fn wrapped_from(r: private_keys::Model) -> StoreResult<WrappedKey> {
+    Ok(WrappedKey {
+        certificate_id: CertificateId(r.certificate_id),
+        organization_id: OrganizationId(r.organization_id),
+        kek_id: KeyId(r.kek_id),
+        kek_version: r.kek_version,
+        wrapped: r.wrapped_key,
+        key_algorithm: parse_one(&r.key_algorithm)?,
+    })
 }
 
 fn recovery_from(r: key_recoveries::Model) -> StoreResult<KeyRecovery> {

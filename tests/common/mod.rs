@@ -207,6 +207,15 @@ impl TestApp {
         );
     }
 
+    /// SIGKILL of the server, then a fresh start on the same data.
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.wait_until_serving().await;
+    }
+
     async fn wait_until_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let ca_path = self.data_dir.path().join("tls/ca.pem");
