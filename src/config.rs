@@ -69,7 +69,7 @@ pub struct Config {
     /// third is left.
     pub ocsp_signer_days: i64,
     /// A retired KEK can be rolled back to for this long, then it is
-    /// destroyed in the token.
+    /// destroyed in the token (0: at the next job run, no rollback).
     pub kek_rollback_days: i64,
     /// Rotate the KEK automatically this often; 0 = only by hand.
     pub kek_rotation_days: i64,
@@ -283,7 +283,7 @@ impl Config {
         // Seven years (seed 001: SOX/GDPR retention).
         let audit_retention_days =
             positive("CLM_AUDIT_RETENTION_DAYS", file.audit_retention_days, 2555)?;
-        let kek_rollback_days = positive("CLM_KEK_ROLLBACK_DAYS", file.kek_rollback_days, 7)?;
+        let kek_rollback_days = non_negative("CLM_KEK_ROLLBACK_DAYS", file.kek_rollback_days, 7)?;
         let kek_rotation_days = non_negative("CLM_KEK_ROTATION_DAYS", file.kek_rotation_days, 365)?;
         let kek_rewrap_batch = positive("CLM_KEK_REWRAP_BATCH", file.kek_rewrap_batch, 100)?;
         let kek_rewrap_pause_ms =

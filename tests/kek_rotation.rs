@@ -18,6 +18,11 @@ const SETTINGS: &[(&str, &str)] = &[
     ("CLM_JOB_INTERVAL_SECONDS", "1"),
 ];
 const KEYS: usize = 1000;
+/// A rollback window of zero: the job destroys the old KEK at once.
+const NO_WINDOW: &[(&str, &str)] = &[
+    ("CLM_KEK_ROLLBACK_DAYS", "0"),
+    ("CLM_JOB_INTERVAL_SECONDS", "1"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite() {
@@ -25,6 +30,22 @@ async fn sqlite() {
         .await
         .unwrap();
     rotation_survives_a_kill_and_rolls_back(&mut app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_window_closes() {
+    let app = TestApp::start_with(Backend::Sqlite, NO_WINDOW)
+        .await
+        .unwrap();
+    old_kek_is_destroyed_after_the_window(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_window_closes() {
+    let Some(app) = TestApp::start_with(Backend::Postgres, NO_WINDOW).await else {
+        return;
+    };
+    old_kek_is_destroyed_after_the_window(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,9 +151,38 @@ async fn rotation_survives_a_kill_and_rolls_back(app: &mut TestApp) {
     let out = app.clm(&["keys", "rollback-kek"]);
     assert!(!out.status.success());
 
-    // Server-side key generation goes on under the restored KEK.
+    // The window of the rotation that was rolled back is spent.
     let r = app
         .post(&admin, "/api/v1/keys/kek/rollback", &json!({}))
         .await;
     assert_eq!(r.status(), 409);
+}
+
+fn token_secret_keys(app: &TestApp) -> String {
+    app.pkcs11_tool(&["--list-objects", "--type", "secrkey"])
+}
+
+async fn old_kek_is_destroyed_after_the_window(app: &TestApp) {
+    run(app, &["bench", "keys-fill", "--count", "20"]);
+    assert!(token_secret_keys(app).contains("clm-kek-v1"));
+    // The CLI rotates in the foreground.
+    let out = run(app, &["keys", "rotate-kek"]);
+    assert!(out.contains("20/20"), "{out}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while token_secret_keys(app).contains("clm-kek-v1") {
+        assert!(Instant::now() < deadline, "{}", app.server_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let objects = token_secret_keys(app);
+    assert!(objects.contains("clm-kek-v2"), "{objects}");
+    let check = run(app, &["hsm", "check"]);
+    assert_eq!(check.matches("ok\tkek").count(), 1, "{check}");
+    let report = run(app, &["keys", "verify"]);
+    assert!(report.contains("20 of 20 archived keys"), "{report}");
+    let out = app.clm(&["keys", "rollback-kek"]);
+    assert!(
+        !out.status.success(),
+        "no rollback once the old KEK is gone"
+    );
 }

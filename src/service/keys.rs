@@ -240,7 +240,7 @@ impl Clm {
         let ctx = RequestContext::default();
         for k in self.secure.kek_past_rollback(Utc::now()).await? {
             if !self.secure.keys_under(k.id, 1).await?.is_empty() {
-                tracing::warn!(key = %k.id, "a deprecated KEK still protects keys; not destroyed");
+                tracing::warn!(key = %k.id, "a retired KEK still protects keys; not destroyed");
                 continue;
             }
             let cka_id = hex::decode(&k.ckaid_hex).map_err(ServiceError::internal)?;
@@ -249,7 +249,7 @@ impl Clm {
                 .target("encryption_key", k.id)
                 .details(serde_json::json!({ "version": k.version }));
             self.secure
-                .move_key(k.id, KeyStatus::Deprecated, KeyStatus::Destroyed, &event)
+                .move_key(k.id, k.status, KeyStatus::Destroyed, &event)
                 .await?;
             done += 1;
         }

@@ -269,11 +269,15 @@ impl SecureDb {
         Ok(back)
     }
 
-    /// Deprecated KEKs whose rollback window has passed.
+    /// Retired KEKs (deprecated by a rotation, or disabled by a rollback)
+    /// whose rollback window has passed.
     pub async fn kek_past_rollback(&self, now: DateTime<Utc>) -> StoreResult<Vec<KeyReference>> {
         encryption_keys::Entity::find()
             .filter(encryption_keys::Column::Purpose.eq(KeyPurpose::Kek.as_str()))
-            .filter(encryption_keys::Column::Status.eq(KeyStatus::Deprecated.as_str()))
+            .filter(
+                encryption_keys::Column::Status
+                    .is_in([KeyStatus::Deprecated.as_str(), KeyStatus::Disabled.as_str()]),
+            )
             .filter(encryption_keys::Column::RollbackExpiresAt.lte(now))
             .all(&self.db)
             .await?
