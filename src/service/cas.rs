@@ -221,7 +221,7 @@ impl Clm {
     pub(super) async fn usable_ca(&self, id: CaId) -> ServiceResult<CertificateAuthority> {
         let ca = self
             .secure
-            .find_ca(id)
+            .find_issuing_ca(id)
             .await?
             .ok_or_else(|| ServiceError::internal(format!("profile names missing CA {id}")))?;
         if ca.status != "active" {

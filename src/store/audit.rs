@@ -235,7 +235,7 @@ async fn prepare_many<C: ConnectionTrait>(
 /// Appends `events` to `log` inside the caller's transaction with one seq
 /// draw, one HSM round trip and one multi-row INSERT — the bulk form of
 /// [`insert_core`] / [`insert_secure`], same hashes and MACs.
-async fn insert_many<C: ConnectionTrait>(
+pub(super) async fn insert_many<C: ConnectionTrait>(
     db: &C,
     log: AuditLog,
     signer: &AuditSigner,

@@ -11,11 +11,10 @@ use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
 use super::entity::core::{
-    certificate_metadata, organizations, policies, roles, sessions, user_organizations, user_roles,
-    users,
+    organizations, policies, roles, sessions, user_organizations, user_roles, users,
 };
 use super::{StoreError, StoreResult, audit, json_strings, parse_all, parse_one};
-use crate::domain::model::{AuditEvent, Certificate, Organization, Profile, Session, User};
+use crate::domain::model::{AuditEvent, Organization, Profile, Session, User};
 use crate::domain::{
     CaId, OrganizationId, ProfileId, ProfileRules, Role, Secret, SessionId, UserId,
 };
@@ -23,7 +22,15 @@ use crate::domain::{
 /// Handle on clm_core.
 #[derive(Clone, Debug)]
 pub struct CoreDb {
+    /// Writes, and reads that must see this handle's own transaction.
     pub(super) db: DatabaseConnection,
+    /// Plain reads (see [`super::Connections`]).
+    pub(super) read: DatabaseConnection,
+    pub(super) mirror: super::batched::Writer<super::batched::Mirror>,
+    /// Profiles and webhooks as issuance sees them (`store::cache`).
+    pub(super) profiles: super::cache::Recent<ProfileId, Option<Profile>>,
+    pub(super) webhooks:
+        super::cache::Recent<OrganizationId, Vec<super::entity::core::webhooks::Model>>,
     /// MACs audit entries; empty until [`CoreDb::with_audit_mac`].
     pub(super) audit: audit::AuditSigner,
 }
@@ -40,8 +47,13 @@ pub struct NewUser<'a> {
 
 impl CoreDb {
     pub async fn connect(url: &Secret) -> StoreResult<Self> {
+        let c = super::connect(url).await?;
         Ok(Self {
-            db: super::connect(url).await?,
+            db: c.write,
+            read: c.read,
+            mirror: Default::default(),
+            profiles: Default::default(),
+            webhooks: Default::default(),
             audit: audit::AuditSigner::default(),
         })
     }
@@ -51,6 +63,7 @@ impl CoreDb {
     pub fn with_audit_mac(self, mac: std::sync::Arc<dyn crate::domain::audit::AuditMac>) -> Self {
         Self {
             audit: audit::AuditSigner::new(mac),
+            mirror: Default::default(),
             ..self
         }
     }
@@ -91,14 +104,14 @@ impl CoreDb {
     pub async fn find_organization_by_slug(&self, slug: &str) -> StoreResult<Option<Organization>> {
         let row = organizations::Entity::find()
             .filter(organizations::Column::Slug.eq(slug))
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         Ok(row.map(organization_from))
     }
 
     pub async fn find_organization(&self, id: OrganizationId) -> StoreResult<Option<Organization>> {
         let row = organizations::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         Ok(row.map(organization_from))
     }
@@ -136,7 +149,7 @@ impl CoreDb {
         let row = users::Entity::find()
             .filter(users::Column::Email.eq(email.to_lowercase()))
             .filter(users::Column::DeletedAt.is_null())
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         match row {
             Some(u) => Ok(Some(self.user_with_roles(u).await?)),
@@ -147,7 +160,7 @@ impl CoreDb {
     pub async fn find_user(&self, id: UserId) -> StoreResult<Option<User>> {
         let row = users::Entity::find_by_id(id.0)
             .filter(users::Column::DeletedAt.is_null())
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         match row {
             Some(u) => Ok(Some(self.user_with_roles(u).await?)),
@@ -159,14 +172,14 @@ impl CoreDb {
     pub async fn any_user_with_role(&self, role: Role) -> StoreResult<bool> {
         let Some(role_row) = roles::Entity::find()
             .filter(roles::Column::Name.eq(role.as_str()))
-            .one(&self.db)
+            .one(&self.read)
             .await?
         else {
             return Ok(false);
         };
         let n = user_roles::Entity::find()
             .filter(user_roles::Column::RoleId.eq(role_row.id))
-            .count(&self.db)
+            .count(&self.read)
             .await?;
         Ok(n > 0)
     }
@@ -175,7 +188,7 @@ impl CoreDb {
         let links = user_roles::Entity::find()
             .filter(user_roles::Column::UserId.eq(u.id))
             .find_also_related(roles::Entity)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let mut role_list = Vec::with_capacity(links.len());
         for (_, role) in links {
@@ -298,7 +311,7 @@ impl CoreDb {
             .filter(sessions::Column::RevokedAt.is_null())
             .filter(sessions::Column::ExpiresAt.gt(now))
             .filter(sessions::Column::IdleExpiresAt.gt(now))
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         Ok(row.map(|r| Session {
             id: SessionId(r.id),
@@ -360,6 +373,7 @@ impl CoreDb {
         .await?;
         audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        self.profiles.clear();
         Ok(())
     }
 
@@ -379,6 +393,7 @@ impl CoreDb {
             .await?;
         audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        self.profiles.clear();
         Ok(res.rows_affected)
     }
 
@@ -395,18 +410,23 @@ impl CoreDb {
             None => q,
         };
         q.order_by_asc(policies::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(profile_from)
             .collect()
     }
 
+    /// A profile (a copy at most a second old, see `store::cache`).
     pub async fn find_profile(&self, id: ProfileId) -> StoreResult<Option<Profile>> {
+        self.profiles.get_or_read(id, self.read_profile(id)).await
+    }
+
+    async fn read_profile(&self, id: ProfileId) -> StoreResult<Option<Profile>> {
         policies::Entity::find_by_id(id.0)
             .filter(policies::Column::PolicyType.eq("certificate_profile"))
             .filter(policies::Column::DeletedAt.is_null())
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(profile_from)
             .transpose()
@@ -416,47 +436,13 @@ impl CoreDb {
         policies::Entity::find()
             .filter(policies::Column::Name.eq(name))
             .filter(policies::Column::OrganizationId.is_null())
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(profile_from)
             .transpose()
     }
 
     // ---- certificate metadata ------------------------------------------
-
-    /// Mirrors an issued certificate into clm_core (step 4 of decision 3).
-    /// Idempotent: reconciliation may call it again for the same id.
-    pub async fn record_certificate(&self, c: &Certificate, event: &AuditEvent) -> StoreResult<()> {
-        if certificate_metadata::Entity::find_by_id(c.id.0)
-            .one(&self.db)
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let txn = self.db.begin().await?;
-        certificate_metadata::ActiveModel {
-            id: Set(c.id.0),
-            organization_id: Set(c.organization_id.map(Into::into)),
-            ca_id: Set(c.ca_id.0),
-            profile_id: Set(c.profile_id.map(Into::into)),
-            request_id: Set(c.request_id.map(Into::into)),
-            owner_id: Set(c.owner_id.map(Into::into)),
-            common_name: Set(Some(c.subject.clone())),
-            sans: Set(json_strings(&c.sans)),
-            serial_hex: Set(c.serial_hex.clone()),
-            not_before: Set(c.not_before),
-            not_after: Set(c.not_after),
-            status: Set(c.status.as_str().to_string()),
-            created_at: Set(c.created_at),
-            updated_at: Set(c.created_at),
-        }
-        .insert(&txn)
-        .await?;
-        audit::insert_core(&txn, &self.audit, event).await?;
-        txn.commit().await?;
-        Ok(())
-    }
 }
 
 fn organization_from(r: organizations::Model) -> Organization {

@@ -46,7 +46,7 @@ impl SecureDb {
     pub async fn all_archived_keys(&self) -> StoreResult<Vec<(CertificateId, WrappedKey)>> {
         private_keys::Entity::find()
             .filter(private_keys::Column::Status.eq("archived"))
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|r| {
@@ -64,7 +64,7 @@ impl SecureDb {
         private_keys::Entity::find()
             .filter(private_keys::Column::CertificateId.eq(certificate.0))
             .filter(private_keys::Column::Status.eq("archived"))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(wrapped_from)
             .transpose()
@@ -97,7 +97,7 @@ impl SecureDb {
 
     pub async fn find_key_recovery(&self, id: Uuid) -> StoreResult<Option<KeyRecovery>> {
         key_recoveries::Entity::find_by_id(id)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(recovery_from)
             .transpose()
@@ -118,7 +118,7 @@ impl SecureDb {
                 RecoveryStatus::Approved.as_str(),
             ]))
             .order_by_desc(key_recoveries::Column::CreatedAt)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(recovery_from)
             .transpose()

@@ -56,7 +56,7 @@ impl CoreDb {
             .filter(certificate_metadata::Column::NotAfter.gt(Utc::now()))
             .order_by_asc(certificate_metadata::Column::NotAfter)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|r| ExpiringCertificate {
@@ -77,7 +77,7 @@ impl CoreDb {
             .column(certificate_expiry_notices::Column::DaysBefore)
             .filter(certificate_expiry_notices::Column::CertificateId.eq(id.0))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok(days
             .into_iter()

@@ -41,7 +41,7 @@ impl CoreDb {
         Ok(organizations::Entity::find()
             .filter(organizations::Column::DeletedAt.is_null())
             .order_by_asc(organizations::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|r| Organization {
@@ -62,7 +62,7 @@ impl CoreDb {
         }
         let rows = q
             .order_by_asc(users::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -213,7 +213,7 @@ impl CoreDb {
                     .is_null()
                     .or(api_keys::Column::ExpiresAt.gt(now)),
             )
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(api_key_from)
             .transpose()
@@ -223,7 +223,7 @@ impl CoreDb {
         api_keys::Entity::find()
             .filter(api_keys::Column::UserId.eq(user.0))
             .order_by_asc(api_keys::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(api_key_from)
@@ -232,7 +232,7 @@ impl CoreDb {
 
     pub async fn find_api_key(&self, id: ApiKeyId) -> StoreResult<Option<ApiKey>> {
         api_keys::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(api_key_from)
             .transpose()

@@ -10,11 +10,14 @@
 //! [`StoreError::Conflict`].
 
 mod audit;
+mod batched;
+mod cache;
 mod core_db;
 mod custody;
 pub mod entity;
 mod error;
 mod expiry;
+mod group;
 mod identity;
 mod revocation;
 mod rotation;
@@ -64,33 +67,64 @@ pub struct CertificateFilter {
     pub text: Option<String>,
 }
 
-async fn connect(url: &Secret) -> StoreResult<DatabaseConnection> {
+/// The connections of one database: `write` for everything that changes
+/// it (and reads inside those transactions), `read` for plain reads.
+///
+/// SQLite has one writer; with a single pooled connection every read
+/// would queue behind whatever transaction is in flight, so reads get a
+/// pool of read-only connections of their own (WAL lets them run beside
+/// the writer and see every committed transaction). PostgreSQL uses one
+/// pool for both.
+#[derive(Clone, Debug)]
+pub(crate) struct Connections {
+    pub write: DatabaseConnection,
+    pub read: DatabaseConnection,
+}
+
+/// Read-only connections SQLite opens beside its writer.
+const SQLITE_READERS: u32 = 4;
+
+async fn connect(url: &Secret) -> StoreResult<Connections> {
     let raw = url.expose();
-    let mut opts = ConnectOptions::new(raw.to_string());
-    opts.sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10));
-    if raw.starts_with("sqlite:") {
-        // SQLite serialises writers anyway; one connection avoids
-        // SQLITE_BUSY between our own connections. Never touch the pool
-        // while holding a transaction on it.
-        opts.max_connections(1).min_connections(1);
-    } else {
-        opts.max_connections(16).min_connections(1);
+    if !raw.starts_with("sqlite:") {
+        let db = open(raw, 16, false).await?;
+        return Ok(Connections {
+            write: db.clone(),
+            read: db,
+        });
     }
-    let db = Database::connect(opts).await.map_err(|e| {
+    // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY
+    // between our own connections. Never touch the write pool while
+    // holding a transaction on it.
+    let write = open(raw, 1, false).await?;
+    let read = open(raw, SQLITE_READERS, true).await?;
+    Ok(Connections { write, read })
+}
+
+async fn open(url: &str, connections: u32, read_only: bool) -> StoreResult<DatabaseConnection> {
+    use sea_orm::sqlx::sqlite::SqliteJournalMode;
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .max_connections(connections)
+        .min_connections(1)
+        // Per connection, so that a connection the pool opens later has
+        // them too. Statement journals and sorts stay in memory instead
+        // of temporary files.
+        .map_sqlx_sqlite_opts(move |o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5))
+                .pragma("temp_store", "memory")
+                .read_only(read_only)
+        });
+    Database::connect(opts).await.map_err(|e| {
         // The error text of sqlx can contain the URL; never log it whole.
         StoreError::Database(format!(
             "cannot connect: {}",
-            redact_url(&e.to_string(), raw)
+            redact_url(&e.to_string(), url)
         ))
-    })?;
-    if raw.starts_with("sqlite:") {
-        db.execute_unprepared(
-            "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-        )
-        .await?;
-    }
-    Ok(db)
+    })
 }
 
 fn redact_url(message: &str, url: &str) -> String {

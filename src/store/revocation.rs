@@ -166,6 +166,7 @@ impl SecureDb {
             .filter(certificate_authorities::Column::CertificateId.eq(certificate.0))
             .exec(&self.db)
             .await?;
+        self.issuing_cas.clear();
         Ok(())
     }
 
@@ -178,7 +179,7 @@ impl SecureDb {
             .column(certificate_revocations::Column::Reason)
             .filter(certificate_revocations::Column::CaId.eq(ca.0))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         rows.into_iter()
             .map(|(serial_hex, revoked_at, reason)| {
@@ -206,7 +207,7 @@ impl SecureDb {
                 .filter(certificates::Column::CaId.eq(ca.0))
                 .filter(certificates::Column::SerialHex.eq(serial_hex))
                 .into_tuple()
-                .one(&self.db)
+                .one(&self.read)
                 .await?;
         row.map(|(status, revoked_at, reason)| {
             Ok(SerialStatus {
@@ -235,7 +236,7 @@ impl SecureDb {
             .order_by_asc(certificates::Column::UpdatedAt)
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok(rows
             .into_iter()
@@ -249,7 +250,7 @@ impl SecureDb {
             .select_only()
             .column(certificate_authorities::Column::CrlNumber)
             .into_tuple()
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         current.map(|n| n + 1).ok_or(StoreError::NotFound)
     }
@@ -296,7 +297,7 @@ impl SecureDb {
 
     pub async fn latest_crl(&self, ca: CaId) -> StoreResult<Option<StoredCrl>> {
         Ok(ca_crls::Entity::find_by_id(ca.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(|r| StoredCrl {
                 ca_id: CaId(r.ca_id),
@@ -314,7 +315,7 @@ impl SecureDb {
             .select_only()
             .column(ca_crls::Column::CrlNumber)
             .into_tuple()
-            .one(&self.db)
+            .one(&self.read)
             .await?)
     }
 
@@ -323,17 +324,17 @@ impl SecureDb {
         let Some(row) = ocsp_signers::Entity::find()
             .filter(ocsp_signers::Column::CaId.eq(ca.0))
             .order_by_desc(ocsp_signers::Column::NotAfter)
-            .one(&self.db)
+            .one(&self.read)
             .await?
         else {
             return Ok(None);
         };
         let key = encryption_keys::Entity::find_by_id(row.key_id)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .ok_or_else(|| StoreError::Corrupt("OCSP signer names a missing key".into()))?;
         let cert = certificates::Entity::find_by_id(row.certificate_id)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .ok_or_else(|| StoreError::Corrupt("OCSP signer names a missing certificate".into()))?;
         Ok(Some((
@@ -385,7 +386,7 @@ impl SecureDb {
             .filter(certificates::Column::Status.eq(CertificateStatus::Valid.as_str()))
             .order_by_asc(certificates::Column::NotAfter)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(super::secure_db::certificate_from)

@@ -92,7 +92,7 @@ impl SecureDb {
         key_rotation_history::Entity::find()
             .filter(key_rotation_history::Column::KeyPurpose.eq(KeyPurpose::Kek.as_str()))
             .filter(key_rotation_history::Column::Status.eq(RotationStatus::Running.as_str()))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(rotation_from)
             .transpose()
@@ -104,7 +104,7 @@ impl SecureDb {
             .filter(key_rotation_history::Column::KeyPurpose.eq(KeyPurpose::Kek.as_str()))
             .order_by_desc(key_rotation_history::Column::StartedAt)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(rotation_from)
@@ -117,7 +117,7 @@ impl SecureDb {
             .filter(private_keys::Column::KekId.eq(kek.0))
             .order_by_asc(private_keys::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|r| Ok((r.id, r.wrapped_key, parse_one(&r.key_algorithm)?)))
@@ -279,7 +279,7 @@ impl SecureDb {
                     .is_in([KeyStatus::Deprecated.as_str(), KeyStatus::Disabled.as_str()]),
             )
             .filter(encryption_keys::Column::RollbackExpiresAt.lte(now))
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(super::secure_db::key_from)
@@ -289,7 +289,7 @@ impl SecureDb {
     /// When the deprecated key `id` may no longer be rolled back to.
     pub async fn rollback_deadline(&self, id: KeyId) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(encryption_keys::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .and_then(|k| k.rollback_expires_at))
     }
@@ -300,7 +300,7 @@ impl SecureDb {
             .filter(encryption_keys::Column::Purpose.eq(purpose.as_str()))
             .filter(encryption_keys::Column::Status.eq(KeyStatus::Active.as_str()))
             .order_by_desc(encryption_keys::Column::Version)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .and_then(|k| k.activated_at.or(Some(k.created_at))))
     }

@@ -29,15 +29,25 @@ use crate::domain::{
 /// Handle on clm_secure.
 #[derive(Clone, Debug)]
 pub struct SecureDb {
+    /// Writes, and reads that must see this handle's own transaction.
     pub(super) db: DatabaseConnection,
+    /// Plain reads (see [`super::Connections`]).
+    pub(super) read: DatabaseConnection,
+    pub(super) issuance: super::batched::Writer<super::batched::IssuanceWrite>,
+    /// CAs as issuance sees them (`store::cache`).
+    pub(super) issuing_cas: super::cache::Recent<CaId, Option<CertificateAuthority>>,
     /// MACs audit entries; empty until [`SecureDb::with_audit_mac`].
     pub(super) audit: audit::AuditSigner,
 }
 
 impl SecureDb {
     pub async fn connect(url: &Secret) -> StoreResult<Self> {
+        let c = super::connect(url).await?;
         Ok(Self {
-            db: super::connect(url).await?,
+            db: c.write,
+            read: c.read,
+            issuance: Default::default(),
+            issuing_cas: Default::default(),
             audit: audit::AuditSigner::default(),
         })
     }
@@ -47,6 +57,7 @@ impl SecureDb {
     pub fn with_audit_mac(self, mac: std::sync::Arc<dyn crate::domain::audit::AuditMac>) -> Self {
         Self {
             audit: audit::AuditSigner::new(mac),
+            issuance: Default::default(),
             ..self
         }
     }
@@ -172,7 +183,7 @@ impl SecureDb {
             .filter(encryption_keys::Column::Purpose.eq(purpose.as_str()))
             .filter(encryption_keys::Column::Status.eq(KeyStatus::Active.as_str()))
             .order_by_desc(encryption_keys::Column::Version)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(key_from)
             .transpose()
@@ -180,7 +191,7 @@ impl SecureDb {
 
     pub async fn find_key(&self, id: KeyId) -> StoreResult<Option<KeyReference>> {
         encryption_keys::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(key_from)
             .transpose()
@@ -189,7 +200,7 @@ impl SecureDb {
     pub async fn list_keys(&self) -> StoreResult<Vec<KeyReference>> {
         encryption_keys::Entity::find()
             .order_by_asc(encryption_keys::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(key_from)
@@ -211,6 +222,7 @@ impl SecureDb {
         insert_ca_rows(&txn, ca, cert).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        self.issuing_cas.clear();
         Ok(())
     }
 
@@ -254,13 +266,14 @@ impl SecureDb {
         }
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        self.issuing_cas.clear();
         Ok(())
     }
 
     pub async fn list_cas(&self) -> StoreResult<Vec<CertificateAuthority>> {
         let rows = certificate_authorities::Entity::find()
             .order_by_asc(certificate_authorities::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -269,9 +282,15 @@ impl SecureDb {
         Ok(out)
     }
 
+    /// [`SecureDb::find_ca`] for the issuance path: a copy at most a second
+    /// old, and none older than this process's last change to any CA.
+    pub async fn find_issuing_ca(&self, id: CaId) -> StoreResult<Option<CertificateAuthority>> {
+        self.issuing_cas.get_or_read(id, self.find_ca(id)).await
+    }
+
     pub async fn find_ca(&self, id: CaId) -> StoreResult<Option<CertificateAuthority>> {
         match certificate_authorities::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
         {
             Some(r) => Ok(Some(self.ca_from(r).await?)),
@@ -282,7 +301,7 @@ impl SecureDb {
     pub async fn find_ca_by_name(&self, name: &str) -> StoreResult<Option<CertificateAuthority>> {
         let row = certificate_authorities::Entity::find()
             .filter(certificate_authorities::Column::Name.eq(name))
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         match row {
             Some(r) => Ok(Some(self.ca_from(r).await?)),
@@ -295,12 +314,12 @@ impl SecureDb {
         r: certificate_authorities::Model,
     ) -> StoreResult<CertificateAuthority> {
         let key = encryption_keys::Entity::find_by_id(r.key_id)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("CA {} names a missing key", r.id)))?;
         let certificate_der = match r.certificate_id {
             Some(cid) => certificates::Entity::find_by_id(cid)
-                .one(&self.db)
+                .one(&self.read)
                 .await?
                 .map(|c| c.certificate_der),
             None => None,
@@ -324,47 +343,55 @@ impl SecureDb {
 
     // ---- requests and issuance ------------------------------------------
 
-    /// Records the intent to issue (decision 3, step 1): the request with its
-    /// reserved serial. A serial already reserved for this CA is a conflict;
-    /// the caller draws a new one.
+    /// Stores a new request (pending approval, or approved with its
+    /// reserved serial: the intent of decision 3, step 1) with its audit
+    /// entry. Concurrent calls share transactions (`store::batched`).
     pub async fn insert_request(
         &self,
         r: &CertificateRequest,
         event: &AuditEvent,
     ) -> StoreResult<()> {
+        self.issuance_writes()
+            .submit(super::batched::IssuanceWrite::Intent {
+                request: r.clone(),
+                event: event.clone(),
+            })
+            .await
+    }
+
+    /// Stores the signed certificate, moves its request `approved → issued`
+    /// (compare-and-set) and audits — one transaction (decision 3, step 3),
+    /// shared with concurrent calls.
+    pub async fn complete_issuance(
+        &self,
+        request: RequestId,
+        cert: &Certificate,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
+        self.issuance_writes()
+            .submit(super::batched::IssuanceWrite::Issued {
+                request,
+                cert: cert.clone(),
+                event: event.clone(),
+            })
+            .await
+    }
+
+    /// [`SecureDb::insert_request`] in a transaction of its own.
+    pub(super) async fn insert_request_alone(
+        &self,
+        r: &CertificateRequest,
+        event: &AuditEvent,
+    ) -> StoreResult<()> {
         let txn = self.db.begin().await?;
-        certificate_requests::ActiveModel {
-            id: Set(r.id.0),
-            organization_id: Set(r.organization_id.0),
-            profile_id: Set(r.profile_id.0),
-            requester_id: Set(r.requester_id.0),
-            ca_id: Set(r.ca_id.0),
-            status: Set(r.status.as_str().to_string()),
-            csr_der: Set(r.csr_der.clone()),
-            subject: Set(r.subject.clone()),
-            sans: Set(json_strings(&r.sans)),
-            key_algorithm: Set(r.key_algorithm.as_str().to_string()),
-            validity_days: Set(r.validity_days as i32),
-            reserved_serial_hex: Set(r.reserved_serial_hex.clone()),
-            certificate_id: Set(None),
-            failure_reason: Set(None),
-            idempotency_key: Set(r.idempotency_key.clone()),
-            replaces_certificate_id: Set(r.replaces_certificate_id.map(Into::into)),
-            supersede_replaced: Set(r.supersede_replaced),
-            created_at: Set(r.created_at),
-            updated_at: Set(r.created_at),
-            ..Default::default()
-        }
-        .insert(&txn)
-        .await?;
+        request_active_model(r).insert(&txn).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
 
-    /// Stores the signed certificate, moves its request `approved → issued`
-    /// (compare-and-set) and audits — one transaction (decision 3, step 3).
-    pub async fn complete_issuance(
+    /// [`SecureDb::complete_issuance`] in a transaction of its own.
+    pub(super) async fn complete_issuance_alone(
         &self,
         request: RequestId,
         cert: &Certificate,
@@ -455,7 +482,7 @@ impl SecureDb {
 
     pub async fn find_request(&self, id: RequestId) -> StoreResult<Option<CertificateRequest>> {
         certificate_requests::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(request_from)
             .transpose()
@@ -469,7 +496,7 @@ impl SecureDb {
         certificate_requests::Entity::find()
             .filter(certificate_requests::Column::RequesterId.eq(requester.0))
             .filter(certificate_requests::Column::IdempotencyKey.eq(key))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(request_from)
             .transpose()
@@ -489,13 +516,13 @@ impl SecureDb {
         if let Some(status) = status {
             q = q.filter(certificate_requests::Column::Status.eq(status.as_str()));
         }
-        let total = q.clone().count(&self.db).await?;
+        let total = q.clone().count(&self.read).await?;
         let rows = q
             .order_by_desc(certificate_requests::Column::CreatedAt)
             .order_by_desc(certificate_requests::Column::Id)
             .offset(page.offset())
             .limit(page.per_page)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok((
             rows.into_iter()
@@ -536,13 +563,13 @@ impl SecureDb {
                     .or(certificates::Column::SerialHex.like(pattern.to_ascii_lowercase())),
             );
         }
-        let total = q.clone().count(&self.db).await?;
+        let total = q.clone().count(&self.read).await?;
         let rows = q
             .order_by_desc(certificates::Column::CreatedAt)
             .order_by_desc(certificates::Column::Id)
             .offset(page.offset())
             .limit(page.per_page)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok((
             rows.into_iter()
@@ -554,7 +581,7 @@ impl SecureDb {
 
     pub async fn find_certificate(&self, id: CertificateId) -> StoreResult<Option<Certificate>> {
         certificates::Entity::find_by_id(id.0)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(certificate_from)
             .transpose()
@@ -625,6 +652,31 @@ async fn move_request<C: ConnectionTrait>(
         return Err(StoreError::Conflict(format!("request is no longer {from}")));
     }
     Ok(())
+}
+
+pub(super) fn request_active_model(r: &CertificateRequest) -> certificate_requests::ActiveModel {
+    certificate_requests::ActiveModel {
+        id: Set(r.id.0),
+        organization_id: Set(r.organization_id.0),
+        profile_id: Set(r.profile_id.0),
+        requester_id: Set(r.requester_id.0),
+        ca_id: Set(r.ca_id.0),
+        status: Set(r.status.as_str().to_string()),
+        csr_der: Set(r.csr_der.clone()),
+        subject: Set(r.subject.clone()),
+        sans: Set(json_strings(&r.sans)),
+        key_algorithm: Set(r.key_algorithm.as_str().to_string()),
+        validity_days: Set(r.validity_days as i32),
+        reserved_serial_hex: Set(r.reserved_serial_hex.clone()),
+        certificate_id: Set(None),
+        failure_reason: Set(None),
+        idempotency_key: Set(r.idempotency_key.clone()),
+        replaces_certificate_id: Set(r.replaces_certificate_id.map(Into::into)),
+        supersede_replaced: Set(r.supersede_replaced),
+        created_at: Set(r.created_at),
+        updated_at: Set(r.created_at),
+        ..Default::default()
+    }
 }
 
 pub(super) fn certificate_active_model(c: &Certificate) -> certificates::ActiveModel {

@@ -77,6 +77,7 @@ impl CoreDb {
         .await?;
         audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        self.webhooks.clear();
         Ok(())
     }
 
@@ -86,7 +87,7 @@ impl CoreDb {
             q = q.filter(webhooks::Column::OrganizationId.eq(org.0));
         }
         q.order_by_asc(webhooks::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(webhook_from)
@@ -95,7 +96,7 @@ impl CoreDb {
 
     pub async fn find_webhook(&self, id: Uuid) -> StoreResult<Option<Webhook>> {
         webhooks::Entity::find_by_id(id)
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(webhook_from)
             .transpose()
@@ -110,6 +111,7 @@ impl CoreDb {
             .await?;
         audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        self.webhooks.clear();
         Ok(())
     }
 
@@ -120,11 +122,11 @@ impl CoreDb {
         event: &str,
         payload: &serde_json::Value,
     ) -> StoreResult<usize> {
-        let hooks = webhooks::Entity::find()
+        let read = webhooks::Entity::find()
             .filter(webhooks::Column::OrganizationId.eq(org.0))
             .filter(webhooks::Column::Status.eq("active"))
-            .all(&self.db)
-            .await?;
+            .all(&self.read);
+        let hooks = self.webhooks.get_or_read(org, read).await?;
         let now = Utc::now();
         let mut n = 0;
         for hook in hooks {
@@ -165,12 +167,12 @@ impl CoreDb {
             .filter(webhook_deliveries::Column::NextAttemptAt.lte(now))
             .order_by_asc(webhook_deliveries::Column::NextAttemptAt)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             if let Some(hook) = webhooks::Entity::find_by_id(r.webhook_id)
-                .one(&self.db)
+                .one(&self.read)
                 .await?
                 && hook.status == "active"
             {
@@ -254,7 +256,7 @@ impl CoreDb {
             .filter(webhook_deliveries::Column::WebhookId.eq(webhook))
             .order_by_desc(webhook_deliveries::Column::CreatedAt)
             .limit(200)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(delivery_from)

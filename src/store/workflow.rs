@@ -126,7 +126,7 @@ impl CoreDb {
     pub async fn find_workflow(&self, request: RequestId) -> StoreResult<Option<WorkflowInstance>> {
         workflow_instances::Entity::find()
             .filter(workflow_instances::Column::RequestId.eq(request.0))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(instance_from)
             .transpose()
@@ -136,7 +136,7 @@ impl CoreDb {
         Ok(workflow_steps::Entity::find()
             .filter(workflow_steps::Column::InstanceId.eq(instance))
             .order_by_asc(workflow_steps::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|s| WorkflowStep {
@@ -260,7 +260,7 @@ impl CoreDb {
             .filter(workflow_instances::Column::Status.eq(RequestStatus::PendingApproval.as_str()))
             .filter(workflow_instances::Column::ExpiresAt.lte(now))
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(instance_from)
@@ -275,7 +275,7 @@ impl CoreDb {
     ) -> StoreResult<Vec<UserId>> {
         let Some(role_row) = roles::Entity::find()
             .filter(roles::Column::Name.eq(role.as_str()))
-            .one(&self.db)
+            .one(&self.read)
             .await?
         else {
             return Ok(Vec::new());
@@ -285,14 +285,14 @@ impl CoreDb {
             .select_only()
             .column(user_roles::Column::UserId)
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok(users::Entity::find()
             .filter(users::Column::Id.is_in(holders))
             .filter(users::Column::OrganizationId.eq(org.0))
             .filter(users::Column::Status.eq("active"))
             .filter(users::Column::DeletedAt.is_null())
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|u| UserId(u.id))
@@ -314,7 +314,7 @@ impl CoreDb {
         }
         Ok(q.order_by_desc(notifications::Column::CreatedAt)
             .limit(500)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|n| Notification {
@@ -343,7 +343,7 @@ impl CoreDb {
         if res.rows_affected == 0
             && notifications::Entity::find_by_id(id)
                 .filter(notifications::Column::UserId.eq(user.0))
-                .one(&self.db)
+                .one(&self.read)
                 .await?
                 .is_none()
         {
