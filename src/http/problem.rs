@@ -77,10 +77,15 @@ impl From<ServiceError> for ApiError {
                 err.retry_after = Some(*retry_after_secs);
                 err
             }
-            Unavailable { message, .. } => {
-                tracing::warn!(error = %e.log_message(), "dependency unavailable");
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", *message);
-                err.retry_after = Some(5);
+            Unavailable {
+                code,
+                message,
+                retry_after_secs,
+                ..
+            } => {
+                tracing::warn!(code, error = %e.log_message(), "dependency unavailable");
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, *message);
+                err.retry_after = Some(*retry_after_secs);
                 err
             }
             Internal { .. } => {

@@ -170,11 +170,35 @@ impl Clm {
         &self.hsm
     }
 
-    /// Readiness: both databases answer and the token is logged in.
+    /// Readiness: both databases answer and the token is logged in. The
+    /// error texts are for anyone who asks (`/readyz` is public): they say
+    /// which dependency and why in general terms; causes go to the log.
+    /// The HSM check goes through the circuit breaker: while it is open
+    /// this answers at once, and when a retry is due it is the probe that
+    /// recovers the token.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let core = self.core.ping().await.map_err(|e| e.to_string());
-        let secure = self.secure.ping().await.map_err(|e| e.to_string());
-        let hsm = self.hsm.health_check().await.map_err(|e| e.to_string());
+        let db = |r: Result<(), crate::store::StoreError>, name: &str| {
+            r.map_err(|e| {
+                tracing::warn!(check = name, error = %e, "readiness check failed");
+                "the database does not answer".to_string()
+            })
+        };
+        let core = db(self.core.ping().await, "clm_core");
+        let secure = db(self.secure.ping().await, "clm_secure");
+        let hsm = match self.hsm.health_check().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(check = "hsm", error = %e, "readiness check failed");
+                Err(match self.hsm.unavailable() {
+                    Some(down) => format!(
+                        "{}; next recovery attempt in {}s",
+                        down.reason,
+                        down.retry_after.as_secs().max(1)
+                    ),
+                    None => "the token does not answer; recovering".to_string(),
+                })
+            }
+        };
         vec![("clm_core", core), ("clm_secure", secure), ("hsm", hsm)]
     }
 }
