@@ -138,10 +138,14 @@ impl Breaker {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Time left before the next probe (zero when closed or due).
+    /// Time left before the next probe, in whole seconds rounded up (zero
+    /// when closed or due).
     pub(super) fn retry_after(&self) -> Duration {
-        let at = self.retry_at_ms.load(Ordering::Acquire);
-        Duration::from_millis(at.saturating_sub(self.now_ms()))
+        let left = self
+            .retry_at_ms
+            .load(Ordering::Acquire)
+            .saturating_sub(self.now_ms());
+        Duration::from_secs(left.div_ceil(1000))
     }
 
     fn reason(&self) -> &'static str {
