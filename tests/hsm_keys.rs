@@ -64,7 +64,9 @@ fn private_key_id(app: &TestApp, label: &str) -> String {
     let listing = app.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
     let mut lines = listing.lines().map(str::trim);
     while let Some(line) = lines.next() {
-        if line == format!("label:      {label}") || line.strip_prefix("label:").map(str::trim) == Some(label) {
+        if line == format!("label:      {label}")
+            || line.strip_prefix("label:").map(str::trim) == Some(label)
+        {
             for next in lines.by_ref() {
                 if let Some(id) = next.strip_prefix("ID:") {
                     return id.trim().to_string();
@@ -80,7 +82,10 @@ async fn missing_ca_key(app: &mut TestApp) {
     assert!(ok, "a healthy token passes:\n{report}");
     assert!(!report.contains("FAIL"), "{report}");
     for purpose in ["kek", "audit_mac", "ca_signing", "ocsp_signing"] {
-        assert!(report.contains(&format!("ok\t{purpose}\t")), "{purpose}:\n{report}");
+        assert!(
+            report.contains(&format!("ok\t{purpose}\t")),
+            "{purpose}:\n{report}"
+        );
     }
 
     let admin = app.admin_token().await;
@@ -123,7 +128,9 @@ async fn missing_ca_key(app: &mut TestApp) {
     let default_profile = app.default_profile_id(&admin).await;
     // The doomed CA signs once, so the server holds its key's handle.
     assert_eq!(
-        request(app, &admin, &doomed_profile, "first.doomed.test").await.status(),
+        request(app, &admin, &doomed_profile, "first.doomed.test")
+            .await
+            .status(),
         201
     );
 
@@ -145,19 +152,34 @@ async fn missing_ca_key(app: &mut TestApp) {
         .unwrap();
     let items = requests["items"].as_array().unwrap();
     assert!(
-        items.iter().all(|r| r["status"] == "issued" || r["status"] == "failed"),
+        items
+            .iter()
+            .all(|r| r["status"] == "issued" || r["status"] == "failed"),
         "{requests}"
     );
-    assert!(items.iter().filter(|r| r["status"] == "failed").count() <= 2, "{requests}");
+    assert!(
+        items.iter().filter(|r| r["status"] == "failed").count() <= 2,
+        "{requests}"
+    );
 
     // Everything else keeps working.
     let r = request(app, &admin, &default_profile, "other.ca.test").await;
     assert_eq!(r.status(), 201);
     let other = r.json::<Value>().await.unwrap();
     let cert_id = other["certificate_id"].as_str().unwrap();
-    assert_eq!(app.get(&admin, &format!("/api/v1/certificates/{cert_id}")).await.status(), 200);
+    assert_eq!(
+        app.get(&admin, &format!("/api/v1/certificates/{cert_id}"))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(app.get(&admin, "/api/v1/certificates").await.status(), 200);
-    assert_eq!(app.get(&admin, &format!("/api/v1/cas/{doomed_id}")).await.status(), 200);
+    assert_eq!(
+        app.get(&admin, &format!("/api/v1/cas/{doomed_id}"))
+            .await
+            .status(),
+        200
+    );
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "the token itself is fine");
 
@@ -177,13 +199,24 @@ async fn missing_ca_key(app: &mut TestApp) {
 
     // After a restart the CA fails its start-up proof; the server serves.
     app.kill_and_restart().await;
-    assert!(app.server_log().contains("CA cannot sign"), "{}", app.server_log());
+    assert!(
+        app.server_log().contains("CA cannot sign"),
+        "{}",
+        app.server_log()
+    );
     let admin = app.admin_token().await;
     expect_ca_unavailable(request(app, &admin, &doomed_profile, "fourth.doomed.test").await).await;
     assert_eq!(
-        request(app, &admin, &default_profile, "after.restart.test").await.status(),
+        request(app, &admin, &default_profile, "after.restart.test")
+            .await
+            .status(),
         201
     );
     let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
-    assert!(cas.as_array().unwrap().iter().any(|c| c["id"] == doomed_id.as_str()));
+    assert!(
+        cas.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == doomed_id.as_str())
+    );
 }

@@ -19,7 +19,12 @@ on_both_backends! {
     token_outage_is_survived_and_recovered => token_outage;
 }
 
-async fn request_certificate(app: &TestApp, token: &str, profile: &str, cn: &str) -> reqwest::Response {
+async fn request_certificate(
+    app: &TestApp,
+    token: &str,
+    profile: &str,
+    cn: &str,
+) -> reqwest::Response {
     app.post(
         token,
         "/api/v1/certificate-requests",
@@ -45,7 +50,14 @@ async fn expect_unavailable(r: reqwest::Response, code: &str) -> Value {
     assert!(retry >= 1, "Retry-After {retry}");
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let text = r.text().await.unwrap();
-    for leak in ["CKR", "C_", "Pkcs11", "GeneralError", "ObjectHandle", "clm-ca-"] {
+    for leak in [
+        "CKR",
+        "C_",
+        "Pkcs11",
+        "GeneralError",
+        "ObjectHandle",
+        "clm-ca-",
+    ] {
         assert!(!text.contains(leak), "problem leaks {leak}: {text}");
     }
     let body: Value = serde_json::from_str(&text).unwrap();
@@ -167,7 +179,11 @@ async fn token_outage(app: &TestApp) {
     assert_eq!(r.status(), 200);
     let list: Value = r.json().await.unwrap();
     assert!(
-        list["items"].as_array().unwrap().iter().any(|c| c["id"] == id.as_str()),
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str()),
         "{list}"
     );
     assert_eq!(app.get(&admin, "/api/v1/cas").await.status(), 200);
@@ -179,7 +195,10 @@ async fn token_outage(app: &TestApp) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/pkix-crl");
     let report = openssl_ocsp(app, &f, false);
-    assert!(report.contains(": good") && report.contains("Response verify OK"), "{report}");
+    assert!(
+        report.contains(": good") && report.contains("Response verify OK"),
+        "{report}"
+    );
     let report = openssl_ocsp(app, &f, true);
     assert!(report.to_ascii_lowercase().contains("trylater"), "{report}");
 
@@ -189,7 +208,13 @@ async fn token_outage(app: &TestApp) {
     let (status, body) = readyz(app).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["hsm"]["status"], "unavailable", "{body}");
-    assert!(body["checks"]["hsm"]["reason"].as_str().unwrap().contains("token"), "{body}");
+    assert!(
+        body["checks"]["hsm"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("token"),
+        "{body}"
+    );
     assert_eq!(body["checks"]["clm_core"]["status"], "ok", "{body}");
     assert_eq!(body["checks"]["clm_secure"]["status"], "ok", "{body}");
     assert!(!body.to_string().contains("CKR"), "{body}");
@@ -221,7 +246,11 @@ async fn token_outage(app: &TestApp) {
             break r.json::<Value>().await.unwrap();
         }
         expect_unavailable(r, "hsm_unavailable").await;
-        assert!(Instant::now() < deadline, "issuance did not recover:\n{}", app.server_log());
+        assert!(
+            Instant::now() < deadline,
+            "issuance did not recover:\n{}",
+            app.server_log()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let (status, body) = readyz(app).await;
@@ -232,7 +261,10 @@ async fn token_outage(app: &TestApp) {
     let f2 = files(app, dir2.path(), &after);
     openssl_verify(&f2);
     let report = openssl_ocsp(app, &f2, true);
-    assert!(report.contains(": good") && report.contains("Response verify OK"), "{report}");
+    assert!(
+        report.contains(": good") && report.contains("Response verify OK"),
+        "{report}"
+    );
     assert_eq!(app.client.get(&crl_url).send().await.unwrap().status(), 200);
     app.login(common::ADMIN_EMAIL, &app.admin_password).await;
 

@@ -100,10 +100,12 @@ impl AuditKeyring {
     pub fn mac_many_blocking(&self, version: i32, items: &[Vec<u8>]) -> HsmResult<Vec<[u8; 32]>> {
         let entry = self.entry(version)?;
         self.hsm.with_session(Op::Mac, |s| {
-            let mut handle =
-                entry
-                    .handle
-                    .get_or_find(s, s.generation, ObjectClass::SECRET_KEY, &entry.cka_id)?;
+            let mut handle = entry.handle.get_or_find(
+                s,
+                s.generation,
+                ObjectClass::SECRET_KEY,
+                &entry.cka_id,
+            )?;
             let mut out = Vec::with_capacity(items.len());
             for data in items {
                 let mac = match s.sign(&Mechanism::Sha256Hmac, handle, data) {

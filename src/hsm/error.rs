@@ -117,11 +117,7 @@ impl From<CkError> for HsmError {
         match e {
             CkError::Pkcs11(rv, func) => match Trouble::from_rv(rv) {
                 Some(t) => HsmError::Trouble(t, format!("{func:?}: {rv:?}")),
-                None if matches!(
-                    rv,
-                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid
-                ) =>
-                {
+                None if matches!(rv, RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid) => {
                     HsmError::KeyNotFound
                 }
                 None => HsmError::Pkcs11(format!("{func:?}: {rv:?}")),

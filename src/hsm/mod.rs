@@ -102,7 +102,8 @@ fn lock_poisoned(what: &str) -> HsmError {
 }
 
 fn load(path: &Path) -> HsmResult<Pkcs11> {
-    let ctx = Pkcs11::new(path).map_err(|e| HsmError::Module(format!("{}: {e}", path.display())))?;
+    let ctx =
+        Pkcs11::new(path).map_err(|e| HsmError::Module(format!("{}: {e}", path.display())))?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| HsmError::Module(format!("{}: {e}", path.display())))?;
     Ok(ctx)
@@ -290,7 +291,10 @@ impl Hsm {
             .map_err(|_| lock_poisoned("anchor session"))?;
         match anchor.as_ref() {
             Some((_, s)) => Ok(s.get_session_info()?.session_state()),
-            None => Err(HsmError::Trouble(Trouble::Login, "no anchor session".into())),
+            None => Err(HsmError::Trouble(
+                Trouble::Login,
+                "no anchor session".into(),
+            )),
         }
     }
 
@@ -329,7 +333,10 @@ impl Hsm {
                 logins.clear();
             }
             metrics::counter!(M_RECOVERIES, "kind" => "reinitialise").increment(1);
-            tracing::info!(generation = live.generation, "PKCS#11 module re-initialised");
+            tracing::info!(
+                generation = live.generation,
+                "PKCS#11 module re-initialised"
+            );
         }
         // Disconnected until the token is found: the next probe
         // re-initialises again (SoftHSM only sees a returned token after

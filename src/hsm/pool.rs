@@ -276,7 +276,9 @@ impl Hsm {
                 self.inner.pool.drain(Some(current));
                 match self.relogin() {
                     // The login needs a token: escalate.
-                    Err(HsmError::Trouble(Trouble::Token, _)) => return self.recover(Trouble::Token),
+                    Err(HsmError::Trouble(Trouble::Token, _)) => {
+                        return self.recover(Trouble::Token);
+                    }
                     other => other?,
                 }
             }
@@ -338,9 +340,11 @@ impl Hsm {
             if let Some((again, detail)) = self.trouble_in(&result).or_else(|| match &result {
                 // A recovery that failed outright (e.g. token not found
                 // after re-initialising) keeps the original trouble.
-                Err(e @ (HsmError::TokenNotFound(_) | HsmError::Module(_) | HsmError::LoginFailed(_))) => {
-                    Some((trouble, e.to_string()))
-                }
+                Err(
+                    e @ (HsmError::TokenNotFound(_)
+                    | HsmError::Module(_)
+                    | HsmError::LoginFailed(_)),
+                ) => Some((trouble, e.to_string())),
                 _ => None,
             }) {
                 tracing::warn!(op = op.as_str(), %detail, "PKCS#11 trouble persists after recovery");

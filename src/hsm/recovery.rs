@@ -111,9 +111,7 @@ fn code_of(t: Trouble) -> u8 {
 /// waits [`BACKOFF_BASE`]).
 pub(super) fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(OPEN_AFTER).min(16);
-    BACKOFF_BASE
-        .saturating_mul(1 << doublings)
-        .min(BACKOFF_CAP)
+    BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_CAP)
 }
 
 impl Breaker {
@@ -201,15 +199,16 @@ impl Breaker {
     /// recovery failed). Opens the breaker once failures repeat, and pushes
     /// the next probe out by the backoff.
     pub(super) fn failed(&self, trouble: Trouble) {
-        self.pending
-            .fetch_max(code_of(trouble), Ordering::AcqRel);
+        self.pending.fetch_max(code_of(trouble), Ordering::AcqRel);
         if let Ok(mut r) = self.reason.lock() {
             *r = trouble_of(self.pending.load(Ordering::Acquire)).public_reason();
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= OPEN_AFTER {
             let wait = backoff(failures);
-            let at = self.now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            let at = self
+                .now_ms()
+                .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
             self.retry_at_ms.store(at, Ordering::Release);
             if !self.open.swap(true, Ordering::AcqRel) {
                 metrics::gauge!(M_CIRCUIT_OPEN).set(1.0);

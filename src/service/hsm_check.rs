@@ -71,9 +71,10 @@ impl Clm {
                 self.hsm.find_key_pair(alg, &id).await.map(|pair| {
                     let spki = crate::domain::Signer::public_key_spki(&pair);
                     match &key.public_key_der {
-                        Some(registered) if registered.as_slice() != spki => Err(
-                            "the token's public key differs from the registered one".to_string(),
-                        ),
+                        Some(registered) if registered.as_slice() != spki => {
+                            Err("the token's public key differs from the registered one"
+                                .to_string())
+                        }
                         _ => Ok(()),
                     }
                 })
@@ -88,7 +89,9 @@ impl Clm {
                     if kind == expected {
                         Ok(())
                     } else {
-                        Err(format!("a {kind:?} key where a {expected:?} key is registered"))
+                        Err(format!(
+                            "a {kind:?} key where a {expected:?} key is registered"
+                        ))
                     }
                 })
             }
