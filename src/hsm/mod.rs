@@ -32,7 +32,12 @@
 //!   must be redone, and every object handle is different: the old numbers
 //!   are invalid or, worse, name *other* objects. Cached handles therefore
 //!   carry the module generation they were found in ([`HandleCache`]) and
-//!   are re-found by `CKA_ID` in a new generation.
+//!   are re-found by `CKA_ID` in a new generation;
+//! - with the whole `tokens` directory gone even `C_Initialize` fails, so
+//!   a re-initialise may leave the module uninitialised until the next
+//!   probe.
+//!
+//! More in `docs/hsm.md`.
 //!
 //! Owned here: key pairs for CAs and their signatures (`keys`), the AES
 //! key-encryption key and the HMAC key (`secret`), wrapping end-entity keys
@@ -91,6 +96,8 @@ struct Live {
     /// older generation mean nothing (their numbers may now name other
     /// sessions and objects) and are never used or closed.
     generation: u64,
+    /// `ctx` was finalized and initialising it again failed.
+    finalized: bool,
 }
 
 /// `C_Initialize` may run once per process and library (until
@@ -124,6 +131,7 @@ fn module_for(path: &Path) -> HsmResult<Arc<Module>> {
         live: RwLock::new(Live {
             ctx: load(&key)?,
             generation: 0,
+            finalized: false,
         }),
         path: key.clone(),
         logins: Mutex::default(),
@@ -324,10 +332,20 @@ impl Hsm {
             {
                 abandon(session);
             }
-            if let Err(e) = live.ctx.clone().finalize() {
+            tracing::info!(
+                generation = live.generation,
+                "re-initialising the PKCS#11 module"
+            );
+            if !live.finalized
+                && let Err(e) = live.ctx.clone().finalize()
+            {
                 tracing::warn!(error = %e, "C_Finalize failed; initialising anyway");
             }
+            live.finalized = true;
+            // SoftHSM refuses C_Initialize while its token directory is
+            // gone; the next probe tries again.
             live.ctx = load(&self.inner.module.path)?;
+            live.finalized = false;
             live.generation += 1;
             if let Ok(mut logins) = self.inner.module.logins.lock() {
                 logins.clear();
