@@ -114,7 +114,7 @@ impl Pool {
 }
 
 /// A checked-out session. Goes back to the pool when dropped (also during a
-/// panic), unless [`PooledSession::discard`] marked it as broken.
+/// panic), unless `keep` was cleared because it saw session trouble.
 struct PooledSession<'a> {
     pool: &'a Pool,
     session: Option<Session>,
@@ -327,41 +327,52 @@ impl Hsm {
                 return Err(breaker.refusal());
             }
         }
-        let mut result = self.attempt(f);
-        if let Some((trouble, detail)) = self.trouble_in(&result) {
-            metrics::counter!(M_ERRORS, "op" => op.as_str(), "kind" => trouble.as_str())
-                .increment(1);
-            tracing::warn!(op = op.as_str(), %detail, token = %self.inner.token_label,
-                "PKCS#11 trouble; recovering ({}) and retrying once", trouble.as_str());
-            result = match self.recover(trouble) {
-                Ok(()) => self.attempt(f),
-                Err(e) => Err(e),
-            };
-            if let Some((again, detail)) = self.trouble_in(&result).or_else(|| match &result {
-                // A recovery that failed outright (e.g. token not found
-                // after re-initialising) keeps the original trouble.
-                Err(
-                    e @ (HsmError::TokenNotFound(_)
-                    | HsmError::Module(_)
-                    | HsmError::LoginFailed(_)),
-                ) => Some((trouble, e.to_string())),
-                _ => None,
-            }) {
-                tracing::warn!(op = op.as_str(), %detail, "PKCS#11 trouble persists after recovery");
-                breaker.failed(trouble.max(again));
-                return Err(HsmError::unavailable(
-                    trouble.max(again).public_reason(),
-                    breaker.retry_after().max(Duration::from_secs(1)),
-                ));
+        let result = self.attempt(f);
+        let Some((trouble, detail)) = self.trouble_in(&result) else {
+            if matches!(result, Err(HsmError::Pkcs11(_))) {
+                metrics::counter!(M_ERRORS, "op" => op.as_str(), "kind" => "other").increment(1);
             }
-        } else if matches!(result, Err(HsmError::Pkcs11(_))) {
-            metrics::counter!(M_ERRORS, "op" => op.as_str(), "kind" => "other").increment(1);
+            return self.settle(&admission, result);
+        };
+        metrics::counter!(M_ERRORS, "op" => op.as_str(), "kind" => trouble.as_str()).increment(1);
+        tracing::warn!(op = op.as_str(), %detail, token = %self.inner.token_label,
+            "PKCS#11 trouble; recovering ({}) and retrying once", trouble.as_str());
+        let retried = self.recover(trouble).and_then(|()| {
+            let again = self.attempt(f);
+            match self.trouble_in(&again) {
+                Some((t, d)) => Err(HsmError::Trouble(t, d)),
+                None => Ok(again),
+            }
+        });
+        match retried {
+            Ok(result) => self.settle(&admission, result),
+            // Also a recovery that failed outright (no token with the label
+            // after re-initialising, C_Initialize refused).
+            Err(e) => {
+                let worst = match &e {
+                    HsmError::Trouble(t, _) => trouble.max(*t),
+                    _ => trouble,
+                };
+                tracing::warn!(op = op.as_str(), error = %e, "PKCS#11 trouble persists after recovery");
+                breaker.failed(worst);
+                Err(HsmError::unavailable(
+                    worst.public_reason(),
+                    breaker.retry_after().max(Duration::from_secs(1)),
+                ))
+            }
         }
-        if !matches!(result, Err(HsmError::Unavailable { .. })) {
-            breaker.succeeded();
-        } else if matches!(admission, Admission::Probe(_)) {
-            // A probe that timed out in the pool proves nothing either way.
-            breaker.failed(Trouble::Session);
+    }
+
+    /// Tells the breaker about an operation that reached the token.
+    fn settle<T>(&self, admission: &Admission, result: HsmResult<T>) -> HsmResult<T> {
+        match (&result, admission) {
+            // A busy pool proves nothing about the token either way; a
+            // probe that met one must leave room for the next probe.
+            (Err(HsmError::Unavailable { .. }), Admission::Probe(t)) => {
+                self.inner.breaker.failed(*t)
+            }
+            (Err(HsmError::Unavailable { .. }), Admission::Normal) => {}
+            _ => self.inner.breaker.succeeded(),
         }
         result
     }
