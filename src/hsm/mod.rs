@@ -377,11 +377,12 @@ impl Hsm {
             .is_ok_and(|slot| live.ctx.get_token_info(slot).is_ok())
     }
 
-    /// `None` while the breaker lets operations through; otherwise why the
-    /// token is unavailable and when the next recovery attempt is due.
-    /// One atomic load when all is well.
+    /// `None` while the breaker lets operations through (also when a probe
+    /// is due: the caller's operation may be it); otherwise why the token is
+    /// unavailable and when the next recovery attempt is due. One atomic
+    /// load when all is well.
     pub fn unavailable(&self) -> Option<HsmStatus> {
-        if !self.inner.breaker.is_open() {
+        if !self.inner.breaker.refuses() {
             return None;
         }
         match self.inner.breaker.refusal() {

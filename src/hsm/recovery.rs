@@ -136,6 +136,13 @@ impl Breaker {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Open, and no probe may start now (one is under way or not yet due).
+    pub(super) fn refuses(&self) -> bool {
+        self.is_open()
+            && (self.probing.load(Ordering::Acquire)
+                || self.now_ms() < self.retry_at_ms.load(Ordering::Acquire))
+    }
+
     /// Time left before the next probe, in whole seconds rounded up (zero
     /// when closed or due).
     pub(super) fn retry_after(&self) -> Duration {
@@ -243,8 +250,12 @@ mod tests {
         assert!(refused.retry_after().unwrap() >= Duration::from_secs(1));
         // Once the backoff has passed: one probe, and it runs the worst
         // pending recovery; a second caller is still turned away.
+        assert!(b.refuses());
         b.retry_at_ms.store(0, Ordering::Release);
+        // Due: callers are no longer turned away up front, one may probe.
+        assert!(!b.refuses());
         assert_eq!(b.admit().unwrap(), Admission::Probe(Trouble::Token));
+        assert!(b.refuses());
         assert!(b.admit().is_err());
         b.failed(Trouble::Token);
         assert!(b.is_open() && b.retry_after() > Duration::ZERO);
