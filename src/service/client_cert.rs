@@ -240,20 +240,22 @@ impl Clm {
         else {
             return Ok(refuse(None, None, Refusal::Unknown));
         };
-        let client_auth = pki::allows_client_auth(&cert.certificate_der)?;
-        if let Err(r) = judge(&cert, client_auth, now) {
-            return Ok(refuse(Some(cert), None, r));
-        }
-        let chain = self.secure.issuer_chain(cert.ca_id).await?;
-        if let Err(r) = issuers_in_service(&chain, now) {
-            return Ok(refuse(Some(cert), None, r));
-        }
-        let Some(binding) = self
+        // Read first so that a refusal is audited against the principal
+        // the certificate stood for.
+        let binding = self
             .core
             .find_client_cert_binding(cert.id)
             .await?
-            .filter(|b| cert.organization_id == Some(b.organization_id))
-        else {
+            .filter(|b| cert.organization_id == Some(b.organization_id));
+        let client_auth = pki::allows_client_auth(&cert.certificate_der)?;
+        let usable = judge(&cert, client_auth, now).and(issuers_in_service(
+            &self.secure.issuer_chain(cert.ca_id).await?,
+            now,
+        ));
+        if let Err(r) = usable {
+            return Ok(refuse(Some(cert), binding, r));
+        }
+        let Some(binding) = binding else {
             return Ok(refuse(Some(cert), None, Refusal::NotBound));
         };
         let user = self
