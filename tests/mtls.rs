@@ -143,6 +143,13 @@ async fn bound_until_revoked(app: &TestApp) {
     assert_eq!(binding["bound_to"], "user", "{binding}");
     assert_eq!(binding["user_id"], alice_id.as_str());
     assert_eq!(bind(app, &alice, &cert).await.status(), 409);
+    let other_org = app.create_org(&admin, "Mtls Other").await;
+    let (_, outsider) = app
+        .create_user(&admin, &other_org, "eve@other.test", &["requester"])
+        .await;
+    let binding_path = format!("/api/v1/certificates/{}/binding", cert.id);
+    assert_eq!(app.get(&outsider, &binding_path).await.status(), 404);
+    assert_eq!(bind(app, &outsider, &cert).await.status(), 404);
 
     // Now it is Alice, with her roles, on one connection for several calls.
     for _ in 0..3 {

@@ -51,7 +51,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
-            "a valid bearer token is required",
+            "a valid bearer token (or a bound client certificate) is required",
         )
     }
 }

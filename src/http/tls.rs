@@ -307,7 +307,7 @@ mod tests {
         // A CA's own certificate is no client certificate.
         assert!(verify(&v, &clm.der).is_err());
         // The set follows clm's CAs.
-        v.cas.replace(&[other.der.clone()]);
+        v.cas.replace(std::slice::from_ref(&other.der));
         verify(
             &v,
             &leaf(&other, -1..30, ExtendedKeyUsagePurpose::ClientAuth),

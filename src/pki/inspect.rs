@@ -227,7 +227,7 @@ mod tests {
     fn only_end_entities_with_client_auth_authenticate_clients() {
         let s = SoftSigner::new(KeyAlgorithm::EcdsaP256);
         assert!(!allows_client_auth(&self_signed(&s)).unwrap(), "a CA");
-        let mut leaf = |ekus: Vec<rcgen::ExtendedKeyUsagePurpose>| {
+        let leaf = |ekus: Vec<rcgen::ExtendedKeyUsagePurpose>| {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(vec!["c.test".into()]).unwrap();
             params.extended_key_usages = ekus;
