@@ -259,7 +259,7 @@ impl Clm {
         })
     }
 
-    pub(super) async fn active_user(&self, id: crate::domain::UserId) -> ServiceResult<User> {
+    async fn active_user(&self, id: crate::domain::UserId) -> ServiceResult<User> {
         self.core
             .find_user(id)
             .await?

@@ -6,8 +6,9 @@
 //! session it acts as the user, bound with an API key it acts as that key
 //! (its roles, its expiry, its revocation). Only the certificate's owner may
 //! bind it and only to themselves, so nobody can make a certificate act as
-//! a principal they do not control; a certificate cannot bind another, so a
-//! stolen one cannot entrench itself.
+//! a principal they do not control; and a call authenticated by a
+//! certificate cannot bind one, so every binding goes back to a login or
+//! an API key.
 //!
 //! Every request re-reads clm's own state — the certificate by the SHA-256
 //! of its DER, its issuers, the binding, the user and the key — so a
@@ -96,7 +97,7 @@ impl From<Refusal> for ServiceError {
 /// The certificate's own state at `now`: what the CA says of it, before
 /// anyone asks whom it is bound to. Validity comes from clm's record, which
 /// holds the certificate's own notBefore/notAfter.
-pub fn judge(cert: &Certificate, client_auth: bool, now: DateTime<Utc>) -> Result<(), Refusal> {
+fn judge(cert: &Certificate, client_auth: bool, now: DateTime<Utc>) -> Result<(), Refusal> {
     if cert.is_ca || !client_auth {
         return Err(Refusal::NotClientAuth);
     }
@@ -274,8 +275,8 @@ impl Clm {
             None => Principal {
                 user_id: user.id,
                 organization_id: user.organization_id,
-                email: user.email.clone(),
-                roles: user.roles.clone(),
+                email: user.email,
+                roles: user.roles,
                 session_id: None,
                 api_key_id: None,
                 client_certificate_id: None,

@@ -41,7 +41,7 @@ pub use audit::{
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};
-pub use client_cert::{BindingView, ConnectionAudit, Refusal};
+pub use client_cert::ConnectionAudit;
 pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
 pub use expiry::ExpiryReport;
