@@ -2,22 +2,23 @@
 //! of service errors to problem documents. The only room (with `main.rs`)
 //! that imports actix.
 //!
-//! Two listeners: the API (HTTPS with rustls unless `CLM_TLS_ENABLED=false`)
-//! and a plain-HTTP listener for what relying parties fetch anonymously
-//! (CA certificates, later CRLs and OCSP), which must not need TLS.
+//! Two listeners: the API (HTTPS with rustls unless `CLM_TLS_ENABLED=false`,
+//! accepting client certificates issued by clm — see [`tls`]) and a
+//! plain-HTTP listener for what relying parties fetch anonymously (CA
+//! certificates, CRLs and OCSP), which must not need TLS.
 
 mod audit;
+mod bindings;
 mod extract;
 mod handlers;
 mod problem;
 mod relying;
+mod tls;
 
 use std::path::Path;
 
 use actix_web::dev::Service;
 use actix_web::{App, HttpMessage, HttpServer, web};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use extract::MAX_BODY;
 pub use problem::{ApiError, Problem};
@@ -117,6 +118,12 @@ pub fn api_routes(cfg: &mut web::ServiceConfig) {
                 "/certificates/{id}/renew",
                 web::post().to(renew_certificate),
             )
+            .route("/certificates/{id}/binding", web::post().to(bindings::bind))
+            .route("/certificates/{id}/binding", web::get().to(bindings::get))
+            .route(
+                "/certificates/{id}/binding",
+                web::delete().to(bindings::unbind),
+            )
             .route(
                 "/certificates/{id}/private-key",
                 web::post().to(recover_private_key),
@@ -160,12 +167,15 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
             .default_service(web::to(handlers::not_found))
     });
     let api = match listeners.tls_dir {
-        Some(dir) => api
-            .bind_rustls_0_23(listeners.api, tls_config(dir)?)
-            .map_err(|source| HttpError::Bind {
-                addr: listeners.api.to_string(),
-                source,
-            })?,
+        Some(dir) => {
+            let client_cas = tls::ClientCas::load_and_follow(data.get_ref().clone()).await;
+            api.on_connect(tls::on_connect)
+                .bind_rustls_0_23(listeners.api, tls::server_config(dir, client_cas)?)
+                .map_err(|source| HttpError::Bind {
+                    addr: listeners.api.to_string(),
+                    source,
+                })?
+        }
         None => api.bind(listeners.api).map_err(|source| HttpError::Bind {
             addr: listeners.api.to_string(),
             source,
@@ -239,27 +249,4 @@ where
         }
         Ok(res)
     }
-}
-
-fn tls_config(dir: &Path) -> Result<rustls::ServerConfig, HttpError> {
-    let cert_path = dir.join("server.crt");
-    let key_path = dir.join("server.key");
-    let tls_err = |path: &Path, message: String| HttpError::Tls {
-        path: path.display().to_string(),
-        message,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| tls_err(&cert_path, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls_err(&cert_path, e.to_string()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e.to_string()))?;
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| tls_err(dir, e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| tls_err(dir, e.to_string()))
 }

@@ -15,6 +15,13 @@ pub enum ServiceError {
     Invalid { code: &'static str, message: String },
     #[error("authentication required")]
     Unauthenticated,
+    /// A credential the caller proved to hold is refused; `code` says why
+    /// (a client certificate that is revoked, expired, not bound…).
+    #[error("{message}")]
+    CredentialRefused {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("{0}")]
     Forbidden(&'static str),
     /// Also the answer for objects of another organisation (decision 7).

@@ -9,6 +9,7 @@ pub mod auth;
 mod bootstrap;
 mod cas;
 mod certificates;
+mod client_cert;
 mod crl;
 pub mod error;
 mod expiry;
@@ -40,6 +41,7 @@ pub use audit::{
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};
+pub use client_cert::ConnectionAudit;
 pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
 pub use expiry::ExpiryReport;
@@ -252,6 +254,21 @@ impl Clm {
         let org = self.core.find_organization(p.organization_id).await?;
         let mut v = user_json(&user);
         v["organization"] = serde_json::json!(org);
+        // How this call authenticated and the roles it acts with (an API
+        // key's may be fewer than the user's).
+        let method = if p.client_certificate_id.is_some() {
+            "client_certificate"
+        } else if p.api_key_id.is_some() {
+            "api_key"
+        } else {
+            "session"
+        };
+        v["authentication"] = serde_json::json!({
+            "method": method,
+            "roles": p.roles,
+            "api_key_id": p.api_key_id,
+            "certificate_id": p.client_certificate_id,
+        });
         Ok(v)
     }
 }
