@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod hsm;
 pub mod http;
+pub mod logging;
 pub mod pki;
 pub mod service;
 pub mod store;

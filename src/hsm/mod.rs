@@ -232,9 +232,31 @@ impl Hsm {
         F: FnOnce(&Hsm) -> HsmResult<T> + Send + 'static,
     {
         let hsm = self.clone();
-        tokio::task::spawn_blocking(move || f(&hsm))
+        // The caller's span (with its request id) goes along to the log
+        // lines of the blocking side.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&hsm)))
             .await
             .map_err(|e| HsmError::Pkcs11(format!("HSM task failed: {e}")))?
+    }
+
+    /// Ends this process's use of the token at shutdown: closes the idle
+    /// pooled sessions and the anchor session (which logs out), then
+    /// `C_Finalize` — cryptoki's `Drop` does not finalise. Call once, when
+    /// nothing uses the HSM any more: every later operation fails.
+    pub fn finalize(&self) -> HsmResult<()> {
+        self.inner.pool.clear_idle();
+        let anchor = self
+            .inner
+            .anchor
+            .lock()
+            .map_err(|_| HsmError::Pkcs11("anchor session lock poisoned".into()))?
+            .take();
+        drop(anchor);
+        match modules()?.remove(&self.inner.module) {
+            Some(m) => Ok(m.ctx.finalize()?),
+            None => Ok(()),
+        }
     }
 
     /// RFC 7512 URI naming an object of this token by label and `CKA_ID`,

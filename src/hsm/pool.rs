@@ -43,7 +43,7 @@ impl Pool {
     }
 
     /// Closes every idle session: after session trouble they are suspect.
-    fn clear_idle(&self) {
+    pub(super) fn clear_idle(&self) {
         let idle = match self.state.lock() {
             Ok(mut state) => std::mem::take(&mut state.idle),
             Err(_) => return,
