@@ -517,6 +517,24 @@ mod tests {
     }
 
     #[test]
+    fn issuance_rate_and_shutdown_timeout() {
+        let c = Config::from_sources(&env(&[]), None, None).unwrap();
+        assert_eq!(c.issuance_rate_per_minute, 3000);
+        assert_eq!(c.shutdown_timeout_seconds, 30);
+        let c = Config::from_sources(&env(&[("CLM_ISSUANCE_RATE_PER_MINUTE", "0")]), None, None)
+            .unwrap();
+        assert_eq!(c.issuance_rate_per_minute, 0, "0 turns the limit off");
+        for (key, bad) in [
+            ("CLM_ISSUANCE_RATE_PER_MINUTE", "-1"),
+            ("CLM_ISSUANCE_RATE_PER_MINUTE", "99999999999"),
+            ("CLM_SHUTDOWN_TIMEOUT_SECONDS", "0"),
+        ] {
+            let err = Config::from_sources(&env(&[(key, bad)]), None, None).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}={bad}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let err =
             Config::from_sources(&env(&[("CLM_TLS_ENABLED", "maybe")]), None, None).unwrap_err();

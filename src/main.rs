@@ -183,7 +183,7 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             Command::Bench {
                 command: BenchCommand::KeysFill { count, concurrency },
             } => {
-                let clm = init(&cfg).await?;
+                let clm = init(&unthrottled(&cfg)).await?;
                 let n = clm
                     .bench_keys_fill(&cfg.bootstrap_admin_email, count, concurrency)
                     .await
@@ -249,6 +249,7 @@ fn print_admin_password(report: &InitReport) {
 }
 
 async fn serve(cfg: &Config) -> CliResult<()> {
+    let signals = clm::http::StopSignals::register()?;
     clm::http::install_metrics();
     let clm = open(cfg).await?;
     // In the log (JSON), not on stdout: only a generated password goes there.
@@ -273,6 +274,7 @@ async fn serve(cfg: &Config) -> CliResult<()> {
             tls_dir: cfg.tls_enabled.then_some(tls_dir.as_path()),
             shutdown_timeout: timeout,
         },
+        signals,
     )
     .await?;
     // Requests are answered; let job runs in progress finish, then close
@@ -494,17 +496,22 @@ async fn bench_audit_fill(cfg: &Config, entries: u64, batch: usize) -> CliResult
     Ok(ExitCode::SUCCESS)
 }
 
+/// Load generators issue as one principal as fast as they can: the
+/// issuance rate limit is for clients, not for them.
+fn unthrottled(cfg: &Config) -> Config {
+    Config {
+        issuance_rate_per_minute: 0,
+        ..cfg.clone()
+    }
+}
+
 async fn bench_issue(
     cfg: &Config,
     requests: usize,
     concurrency: usize,
     rounds: usize,
 ) -> CliResult<ExitCode> {
-    // Throughput is measured, not protected against.
-    let cfg = &Config {
-        issuance_rate_per_minute: 0,
-        ..cfg.clone()
-    };
+    let cfg = &unthrottled(cfg);
     let clm = open(cfg).await?;
     // Proves and loads the CA keys (changes nothing on an initialised
     // installation).

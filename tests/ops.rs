@@ -569,6 +569,20 @@ async fn shutdown_under_load(backend: Backend) {
         }
     }
     let answered_when_refused = answered.load(Ordering::SeqCst);
+    // Requests from now on get no connection and leave nothing behind.
+    for i in 0..4 {
+        let cn = format!("load-{tag}-late-{i}.clm.test");
+        let r = client
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&json!({ "profile_id": profile, "csr_pem": ec_csr(&[&cn]) }))
+            .send()
+            .await;
+        assert!(
+            r.as_ref().is_err_and(reqwest::Error::is_connect),
+            "{cn}: {r:?}"
+        );
+    }
     let exit = app.wait_for_exit(EXIT_DEADLINE).await;
     let mut outcomes = Vec::new();
     for t in tasks {

@@ -156,12 +156,13 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see
-/// [`StopSignals::stop_on_signal`]); returns once both listeners have
+/// `StopSignals::stop_on_signal`); returns once both listeners have
 /// stopped.
-pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> {
-    // Registered before anything listens: a signal that comes before the
-    // first request is answered is not the default (instant) death.
-    let signals = StopSignals::register().map_err(HttpError::Serve)?;
+pub async fn serve(
+    clm: Clm,
+    listeners: Listeners<'_>,
+    signals: StopSignals,
+) -> Result<(), HttpError> {
     let data = web::Data::new(clm);
     let api_data = data.clone();
     let api = HttpServer::new(move || {
@@ -220,13 +221,16 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
     a.and(b).map_err(HttpError::Serve)
 }
 
-struct StopSignals {
+/// SIGTERM and SIGINT, caught from [`StopSignals::register`] on: register
+/// before start-up work (migrations, bootstrap) so that a signal during it
+/// stops the server once it is up instead of killing the process midway.
+pub struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
-    fn register() -> std::io::Result<Self> {
+    pub fn register() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             term: signal(SignalKind::terminate())?,
