@@ -52,6 +52,18 @@ pub fn init(json: bool) {
     }));
 }
 
+/// `tokio::task::spawn_blocking` that keeps the caller's span, so that what
+/// the blocking side logs (HSM session trouble during a signature, say)
+/// still carries the request id. Any room may use it.
+pub fn spawn_blocking_in_span<F, R>(f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+}
+
 /// The JSON event format. Span fields come from the `FormattedFields` that
 /// [`JsonFields`] keeps per span (a JSON object); event fields override
 /// span fields of the same name; fields named like the head

@@ -278,6 +278,26 @@ async fn secrets_stay_out_of_the_logs(backend: Backend) {
     .await;
     assert_eq!(status, 200);
 
+    // The same over HTTP/2 (its own code path, its own debug lines).
+    let out_h2 = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(app.path("tls/ca.pem"))
+        .args(["-H", "x-request-id: ops-h2"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {api_key}"))
+        .arg(app.url("/api/v1/me"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out_h2.stdout), "2 200");
+
     // Server-side key generation: a passphrase in, a PKCS#12 out.
     let profile = keygen_profile(&app, &admin).await;
     let passphrase = "keygen passphrase 4f1d2a";
@@ -418,6 +438,7 @@ async fn secrets_stay_out_of_the_logs(backend: Backend) {
         ("ops-key-role", "/api/v1/api-keys", 403),
         ("ops-apikey", "/api/v1/api-keys", 201),
         ("ops-apikey-use", "/api/v1/me", 200),
+        ("ops-h2", "/api/v1/me", 200),
         ("ops-keygen", "/api/v1/certificate-requests", 201),
         (
             "ops-recovery-ask",
@@ -439,14 +460,8 @@ async fn secrets_stay_out_of_the_logs(backend: Backend) {
         assert_eq!(access.len(), 1, "one access-log line for {id}");
         assert_eq!(access[0]["route"], route, "{id}");
         assert_eq!(access[0]["status"], status, "{id}");
-        assert_eq!(
-            access[0]["method"],
-            if id == "ops-apikey-use" {
-                "GET"
-            } else {
-                "POST"
-            }
-        );
+        let get = id == "ops-apikey-use" || id == "ops-h2";
+        assert_eq!(access[0]["method"], if get { "GET" } else { "POST" });
         assert!(access[0]["duration_ms"].is_number(), "{id}");
     }
     // A line from the service room, logged while serving the request,

@@ -232,10 +232,7 @@ impl Hsm {
         F: FnOnce(&Hsm) -> HsmResult<T> + Send + 'static,
     {
         let hsm = self.clone();
-        // The caller's span (with its request id) goes along to the log
-        // lines of the blocking side.
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(&hsm)))
+        crate::logging::spawn_blocking_in_span(move || f(&hsm))
             .await
             .map_err(|e| HsmError::Pkcs11(format!("HSM task failed: {e}")))?
     }

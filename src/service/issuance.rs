@@ -370,7 +370,7 @@ impl Clm {
         let spki = spki_der.to_vec();
         let serial_c = serial.clone();
         let now = Utc::now();
-        let built = tokio::task::spawn_blocking(move || {
+        let built = crate::logging::spawn_blocking_in_span(move || {
             let issuer = pki::Issuer::new(key.as_ref(), &issuer_der)?;
             pki::build_leaf(&approved_c, &spki, &issuer, &serial_c, now, &urls)
         })
