@@ -37,6 +37,8 @@ pub enum HttpError {
     Tls { path: String, message: String },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("stopped by a second signal before the requests in flight finished")]
+    Interrupted,
 }
 
 pub struct Listeners<'a> {
@@ -207,9 +209,8 @@ pub async fn serve(
     // stop the whole actix System — cutting short the other one's drain.
     let api = api.disable_signals().shutdown_timeout(timeout).run();
     let public = public.disable_signals().shutdown_timeout(timeout).run();
-    actix_web::rt::spawn(
-        signals.stop_on_signal([api.handle(), public.handle()], listeners.shutdown_timeout),
-    );
+    let forced =
+        signals.stop_on_signal([api.handle(), public.handle()], listeners.shutdown_timeout);
     metrics::spawn_upkeep();
     tracing::info!(
         api = listeners.api,
@@ -217,8 +218,11 @@ pub async fn serve(
         tls = listeners.tls_dir.is_some(),
         "listening"
     );
-    let (a, b) = futures_util::future::join(api, public).await;
-    a.and(b).map_err(HttpError::Serve)
+    tokio::select! {
+        (a, b) = futures_util::future::join(api, public) => a.and(b).map_err(HttpError::Serve),
+        // Dropping the servers drops their connections.
+        () = forced => Err(HttpError::Interrupted),
+    }
 }
 
 /// SIGTERM and SIGINT, caught from [`StopSignals::register`] on: register
@@ -245,9 +249,10 @@ impl StopSignals {
         }
     }
 
-    /// SIGTERM or SIGINT: both listeners close at once (new connections
-    /// are refused), idle keep-alive connections are closed, requests in
-    /// flight get `timeout` to finish. A second signal stops at once.
+    /// The first signal starts the graceful stop of both servers: the
+    /// listeners close at once (new connections are refused), idle
+    /// keep-alive connections are closed, requests in flight get `timeout`
+    /// to finish. Resolves on a second signal, which should not wait.
     async fn stop_on_signal(
         mut self,
         servers: [actix_web::dev::ServerHandle; 2],
@@ -259,14 +264,15 @@ impl StopSignals {
             timeout_seconds = timeout.as_secs(),
             "shutting down: listeners closed, finishing requests in flight"
         );
-        let graceful = futures_util::future::join_all(servers.iter().map(|s| s.stop(true)));
-        tokio::select! {
-            _ = graceful => {}
-            _ = self.next() => {
-                tracing::warn!("second signal: stopping without waiting for requests in flight");
-                futures_util::future::join_all(servers.iter().map(|s| s.stop(false))).await;
-            }
+        for server in &servers {
+            // The command is sent now; the server futures carry it out.
+            let _ = server.stop(true);
         }
+        let name = self.next().await;
+        tracing::warn!(
+            signal = name,
+            "second signal: dropping the connections still open"
+        );
     }
 }
 
