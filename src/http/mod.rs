@@ -266,7 +266,7 @@ impl StopSignals {
         );
         for server in &servers {
             // The command is sent now; the server futures carry it out.
-            let _ = server.stop(true);
+            drop(server.stop(true));
         }
         let name = self.next().await;
         tracing::warn!(
