@@ -131,7 +131,7 @@ impl AuditKeyring {
 
     pub async fn mac_many(&self, version: i32, items: Vec<Vec<u8>>) -> HsmResult<Vec<[u8; 32]>> {
         let ring = self.clone();
-        tokio::task::spawn_blocking(move || ring.mac_many_blocking(version, &items))
+        crate::logging::spawn_blocking_in_span(move || ring.mac_many_blocking(version, &items))
             .await
             .map_err(|e| HsmError::Pkcs11(format!("HSM task failed: {e}")))?
     }

@@ -342,7 +342,7 @@ impl HsmKey {
 
     pub async fn sign_async(&self, message: Vec<u8>) -> Result<Vec<u8>, SignError> {
         let key = self.clone();
-        tokio::task::spawn_blocking(move || key.sign(&message))
+        crate::logging::spawn_blocking_in_span(move || key.sign(&message))
             .await
             .map_err(|e| SignError::Failed(format!("HSM task failed: {e}")))?
     }

@@ -424,9 +424,40 @@ impl Hsm {
         F: FnOnce(&Hsm) -> HsmResult<T> + Send + 'static,
     {
         let hsm = self.clone();
-        tokio::task::spawn_blocking(move || f(&hsm))
+        crate::logging::spawn_blocking_in_span(move || f(&hsm))
             .await
             .map_err(|e| HsmError::Pkcs11(format!("HSM task failed: {e}")))?
+    }
+
+    /// Ends this process's use of the token at shutdown: closes the idle
+    /// pooled sessions and the anchor session (which logs out), then
+    /// `C_Finalize` — cryptoki's `Drop` does not finalise. Call once, when
+    /// nothing uses the HSM any more: every later operation fails.
+    pub fn finalize(&self) -> HsmResult<()> {
+        let mut live = self
+            .inner
+            .module
+            .live
+            .write()
+            .map_err(|_| lock_poisoned("PKCS#11 module"))?;
+        // Sessions are closed while the library still knows them.
+        self.inner.pool.drain(Some(live.generation));
+        let anchor = self
+            .inner
+            .anchor
+            .lock()
+            .map_err(|_| lock_poisoned("anchor session"))?
+            .take();
+        match anchor {
+            Some((generation, session)) if generation == live.generation => drop(session),
+            Some((_, session)) => abandon(session),
+            None => {}
+        }
+        if live.finalized {
+            return Ok(());
+        }
+        live.finalized = true;
+        Ok(live.ctx.clone().finalize()?)
     }
 
     /// RFC 7512 URI naming an object of this token by label and `CKA_ID`,

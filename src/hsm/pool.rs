@@ -214,7 +214,7 @@ impl Hsm {
         metrics::gauge!(M_POOL_BUSY).set(state.busy as f64);
         let idle = state.idle.pop();
         drop(state);
-        metrics::histogram!(M_POOL_WAIT).record(started.elapsed());
+        metrics::histogram!(M_POOL_WAIT).record(started.elapsed().as_secs_f64() * 1e3);
         // From here the guard owns the slot: an error below releases it.
         let mut guard = PooledSession {
             pool,
@@ -304,7 +304,8 @@ impl Hsm {
     ) -> HsmResult<T> {
         let started = Instant::now();
         let result = self.guarded(op, &mut f);
-        metrics::histogram!(M_OP_DURATION, "op" => op.as_str()).record(started.elapsed());
+        metrics::histogram!(M_OP_DURATION, "op" => op.as_str())
+            .record(started.elapsed().as_secs_f64() * 1e3);
         result
     }
 

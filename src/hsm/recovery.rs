@@ -25,11 +25,11 @@ pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between two probes.
 pub(super) const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-pub(super) const M_OP_DURATION: &str = "clm_hsm_operation_duration_seconds";
+pub(super) const M_OP_DURATION: &str = "clm_hsm_operation_duration_milliseconds";
 pub(super) const M_ERRORS: &str = "clm_hsm_errors_total";
 pub(super) const M_POOL_BUSY: &str = "clm_hsm_pool_sessions_busy";
 pub(super) const M_POOL_MAX: &str = "clm_hsm_pool_sessions_max";
-pub(super) const M_POOL_WAIT: &str = "clm_hsm_pool_wait_seconds";
+pub(super) const M_POOL_WAIT: &str = "clm_hsm_pool_wait_milliseconds";
 pub(super) const M_CIRCUIT_OPEN: &str = "clm_hsm_circuit_open";
 pub(super) const M_RECOVERIES: &str = "clm_hsm_recoveries_total";
 

@@ -30,7 +30,7 @@ pub enum ServiceError {
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     /// Too many attempts; retry after the given number of seconds.
-    #[error("too many attempts; retry later")]
+    #[error("too many requests; retry after the number of seconds in Retry-After")]
     RateLimited { retry_after_secs: u64 },
     /// A dependency (the HSM, usually) is unavailable; retrying after
     /// `retry_after_secs` may help. `code` is `hsm_unavailable` (the token

@@ -21,10 +21,13 @@ mod ocsp;
 mod organizations;
 mod principal;
 mod profiles;
+mod rate_limit;
 mod recovery;
 mod renewal;
 mod revocation;
 mod rollover;
+pub mod shutdown;
+mod telemetry;
 mod users;
 mod webhooks;
 mod workflow;
@@ -75,6 +78,8 @@ pub struct Settings {
     pub login_max_failures: i64,
     pub login_lockout_seconds: i64,
     pub login_rate_per_minute: i64,
+    /// Issuance requests per principal and minute (0 = no limit).
+    pub issuance_rate_per_minute: u32,
     pub request_ttl_seconds: i64,
     pub job_interval_seconds: i64,
     pub webhook_retry_base_seconds: i64,
@@ -98,6 +103,7 @@ impl From<&Config> for Settings {
             login_max_failures: c.login_max_failures,
             login_lockout_seconds: c.login_lockout_seconds,
             login_rate_per_minute: c.login_rate_per_minute,
+            issuance_rate_per_minute: c.issuance_rate_per_minute,
             request_ttl_seconds: c.request_ttl_seconds,
             job_interval_seconds: c.job_interval_seconds,
             webhook_retry_base_seconds: c.webhook_retry_base_seconds,
@@ -130,6 +136,7 @@ pub struct Clm {
     /// passwords.
     dummy_hash: String,
     login_limiter: Arc<auth::LoginLimiter>,
+    issuance_limiter: Arc<rate_limit::RateLimiter>,
     crl_state: Arc<crl::CrlState>,
     ocsp: Arc<ocsp::OcspState>,
     /// Held while this process rewraps, so that the API's background task
@@ -160,6 +167,9 @@ impl Clm {
             ca_keys: Arc::default(),
             dummy_hash,
             login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
+            issuance_limiter: Arc::new(rate_limit::RateLimiter::new(
+                settings.issuance_rate_per_minute,
+            )),
             crl_state: Arc::default(),
             ocsp: Arc::default(),
             rewrapping: Arc::default(),

@@ -16,6 +16,7 @@ mod custody;
 pub mod entity;
 mod error;
 mod expiry;
+mod gauges;
 mod identity;
 mod revocation;
 mod rotation;
