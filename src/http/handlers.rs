@@ -487,10 +487,7 @@ pub async fn readyz(clm: web::Data<Clm>) -> HttpResponse {
         .map(|(name, r)| {
             let v = match r {
                 Ok(()) => serde_json::json!({ "status": "ok" }),
-                Err(e) => {
-                    tracing::warn!(check = name, error = %e, "readiness check failed");
-                    serde_json::json!({ "status": "unavailable" })
-                }
+                Err(reason) => serde_json::json!({ "status": "unavailable", "reason": reason }),
             };
             (name.to_string(), v)
         })

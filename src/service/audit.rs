@@ -1222,6 +1222,7 @@ impl Clm {
             roles: user.roles,
             session_id: None,
             api_key_id: None,
+            client_certificate_id: None,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod auth;
 mod bootstrap;
 mod cas;
 mod certificates;
+mod client_cert;
 mod crl;
 pub mod error;
 mod expiry;
@@ -20,10 +21,13 @@ mod ocsp;
 mod organizations;
 mod principal;
 mod profiles;
+mod rate_limit;
 mod recovery;
 mod renewal;
 mod revocation;
 mod rollover;
+pub mod shutdown;
+mod telemetry;
 mod users;
 mod webhooks;
 mod workflow;
@@ -40,6 +44,7 @@ pub use audit::{
 pub use bootstrap::{InitReport, migrate};
 pub use cas::NewCa;
 pub use certificates::{CertificateQuery, page_of};
+pub use client_cert::ConnectionAudit;
 pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
 pub use expiry::ExpiryReport;
@@ -73,6 +78,8 @@ pub struct Settings {
     pub login_max_failures: i64,
     pub login_lockout_seconds: i64,
     pub login_rate_per_minute: i64,
+    /// Issuance requests per principal and minute (0 = no limit).
+    pub issuance_rate_per_minute: u32,
     pub request_ttl_seconds: i64,
     pub job_interval_seconds: i64,
     pub webhook_retry_base_seconds: i64,
@@ -96,6 +103,7 @@ impl From<&Config> for Settings {
             login_max_failures: c.login_max_failures,
             login_lockout_seconds: c.login_lockout_seconds,
             login_rate_per_minute: c.login_rate_per_minute,
+            issuance_rate_per_minute: c.issuance_rate_per_minute,
             request_ttl_seconds: c.request_ttl_seconds,
             job_interval_seconds: c.job_interval_seconds,
             webhook_retry_base_seconds: c.webhook_retry_base_seconds,
@@ -128,6 +136,7 @@ pub struct Clm {
     /// passwords.
     dummy_hash: String,
     login_limiter: Arc<auth::LoginLimiter>,
+    issuance_limiter: Arc<rate_limit::RateLimiter>,
     crl_state: Arc<crl::CrlState>,
     ocsp: Arc<ocsp::OcspState>,
     /// Held while this process rewraps, so that the API's background task
@@ -158,6 +167,9 @@ impl Clm {
             ca_keys: Arc::default(),
             dummy_hash,
             login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
+            issuance_limiter: Arc::new(rate_limit::RateLimiter::new(
+                settings.issuance_rate_per_minute,
+            )),
             crl_state: Arc::default(),
             ocsp: Arc::default(),
             rewrapping: Arc::default(),
@@ -170,11 +182,35 @@ impl Clm {
         &self.hsm
     }
 
-    /// Readiness: both databases answer and the token is logged in.
+    /// Readiness: both databases answer and the token is logged in. The
+    /// error texts are for anyone who asks (`/readyz` is public): they say
+    /// which dependency and why in general terms; causes go to the log.
+    /// The HSM check goes through the circuit breaker: while it is open
+    /// this answers at once, and when a retry is due it is the probe that
+    /// recovers the token.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let core = self.core.ping().await.map_err(|e| e.to_string());
-        let secure = self.secure.ping().await.map_err(|e| e.to_string());
-        let hsm = self.hsm.health_check().await.map_err(|e| e.to_string());
+        let db = |r: Result<(), crate::store::StoreError>, name: &str| {
+            r.map_err(|e| {
+                tracing::warn!(check = name, error = %e, "readiness check failed");
+                "the database does not answer".to_string()
+            })
+        };
+        let core = db(self.core.ping().await, "clm_core");
+        let secure = db(self.secure.ping().await, "clm_secure");
+        let hsm = match self.hsm.health_check().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(check = "hsm", error = %e, "readiness check failed");
+                Err(match self.hsm.unavailable() {
+                    Some(down) => format!(
+                        "{}; next recovery attempt in {}s",
+                        down.reason,
+                        down.retry_after.as_secs().max(1)
+                    ),
+                    None => "the token does not answer; recovering".to_string(),
+                })
+            }
+        };
         vec![("clm_core", core), ("clm_secure", secure), ("hsm", hsm)]
     }
 }
@@ -228,6 +264,21 @@ impl Clm {
         let org = self.core.find_organization(p.organization_id).await?;
         let mut v = user_json(&user);
         v["organization"] = serde_json::json!(org);
+        // How this call authenticated and the roles it acts with (an API
+        // key's may be fewer than the user's).
+        let method = if p.client_certificate_id.is_some() {
+            "client_certificate"
+        } else if p.api_key_id.is_some() {
+            "api_key"
+        } else {
+            "session"
+        };
+        v["authentication"] = serde_json::json!({
+            "method": method,
+            "roles": p.roles,
+            "api_key_id": p.api_key_id,
+            "certificate_id": p.client_certificate_id,
+        });
         Ok(v)
     }
 }
