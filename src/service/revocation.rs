@@ -15,9 +15,10 @@ use crate::domain::{CertificateId, CertificateStatus, Permission, RevocationReas
 use crate::store::{Revocation, StoreError};
 
 /// Body of `POST /api/v1/certificates/{id}/revoke`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
+    #[schema(value_type = RevocationReason)]
     pub reason: String,
 }
 
