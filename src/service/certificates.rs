@@ -81,6 +81,7 @@ pub struct CertificateQuery {
     /// Substring of the subject or a SAN.
     pub q: Option<String>,
     /// Valid certificates whose `not_after` is within this many days.
+    #[param(maximum = 36_500)]
     pub expiring_within_days: Option<u32>,
     pub ca_id: Option<uuid::Uuid>,
     /// 1 to 1000000, default 1.
