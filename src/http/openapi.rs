@@ -33,7 +33,15 @@ pub struct Routes<'a> {
     schemas: Vec<(String, RefOr<Schema>)>,
 }
 
-impl Routes<'_> {
+impl<'a> Routes<'a> {
+    fn new(cfg: &'a mut web::ServiceConfig) -> Self {
+        Self {
+            cfg,
+            paths: Paths::new(),
+            schemas: Vec::new(),
+        }
+    }
+
     /// Registers `handler` at the method and path of its actix macro and
     /// records the operation its `#[utoipa::path]` describes.
     pub fn add<F: HttpServiceFactory + OpenApiFactory + 'static>(
@@ -52,11 +60,7 @@ impl Routes<'_> {
 /// otherwise.
 pub fn configure(table: fn(&mut Routes)) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        let mut routes = Routes {
-            cfg,
-            paths: Paths::new(),
-            schemas: Vec::new(),
-        };
+        let mut routes = Routes::new(cfg);
         table(&mut routes);
         let known = Arc::new(allowed_methods(&routes.paths));
         routes.cfg.default_service(web::to(move |req: HttpRequest| {
@@ -157,11 +161,7 @@ struct Base;
 pub fn document() -> OpenApi {
     let mut collected = None;
     let _ = App::new().configure(|cfg| {
-        let mut routes = Routes {
-            cfg,
-            paths: Paths::new(),
-            schemas: Vec::new(),
-        };
+        let mut routes = Routes::new(cfg);
         super::api_routes(&mut routes);
         collected = Some((routes.paths, routes.schemas));
     });
@@ -240,37 +240,39 @@ fn complete(doc: &mut OpenApi) {
             };
             let secured = op.security.is_none();
             let meta = op.tags.iter().flatten().any(|t| t == "meta");
-            let mut add = |status: u16, description: &str, when: bool| {
-                if when {
+            let implied = [
+                (
+                    "400",
+                    "Invalid input; `code` says what",
+                    in_path || in_query || json_body,
+                ),
+                ("401", "No valid bearer token", secured),
+                (
+                    "404",
+                    "No such object (or one of another organisation)",
+                    in_path,
+                ),
+                ("413", "The body is larger than 64 KiB", json_body),
+                ("415", "The body is not `application/json`", json_body),
+                (
+                    "500",
+                    "Internal error; the details are in the server log",
+                    !meta,
+                ),
+                (
+                    "503",
+                    "A dependency (usually the HSM) is unavailable",
+                    !meta,
+                ),
+            ];
+            for (status, description, applies) in implied {
+                if applies {
                     op.responses
                         .responses
-                        .entry(status.to_string())
+                        .entry(status.into())
                         .or_insert_with(|| ResponseBuilder::new().description(description).into());
                 }
-            };
-            add(
-                400,
-                "Malformed input: path, query, header or body",
-                in_path || in_query || json_body,
-            );
-            add(401, "No valid bearer token", secured);
-            add(
-                404,
-                "No such object (or one of another organisation)",
-                in_path,
-            );
-            add(413, "The body is larger than 64 KiB", json_body);
-            add(415, "The body is not `application/json`", json_body);
-            add(
-                500,
-                "Internal error; the details are in the server log",
-                !meta,
-            );
-            add(
-                503,
-                "A dependency (usually the HSM) is unavailable; retry later",
-                !meta,
-            );
+            }
             for (status, response) in &mut op.responses.responses {
                 if let RefOr::T(response) = response {
                     as_problem(status, response);
@@ -318,7 +320,7 @@ fn not_null(schema: &mut RefOr<Schema>) {
 }
 
 fn as_problem(status: &str, response: &mut utoipa::openapi::Response) {
-    if status.as_bytes().first().is_none_or(|c| *c < b'4') || !response.content.is_empty() {
+    if status < "400" || !response.content.is_empty() {
         return;
     }
     let problem = ContentBuilder::new()
@@ -341,11 +343,6 @@ fn as_problem(status: &str, response: &mut utoipa::openapi::Response) {
             response
                 .headers
                 .insert("WWW-Authenticate".into(), header("`Bearer`"));
-        }
-        "405" => {
-            response
-                .headers
-                .insert("Allow".into(), header("The methods of the path"));
         }
         "429" | "503" => {
             response

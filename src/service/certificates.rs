@@ -78,9 +78,10 @@ impl From<&Certificate> for CertificateSummary {
 #[into_params(parameter_in = Query)]
 pub struct CertificateQuery {
     pub status: Option<CertificateStatus>,
-    /// Substring of the subject or a SAN.
+    /// Substring of the subject or of the serial (hex).
+    #[param(max_length = 200)]
     pub q: Option<String>,
-    /// Valid certificates whose `not_after` is within this many days.
+    /// Not yet expired, and `not_after` within this many days.
     #[param(maximum = 36_500)]
     pub expiring_within_days: Option<u32>,
     pub ca_id: Option<uuid::Uuid>,
