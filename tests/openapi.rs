@@ -283,11 +283,11 @@ async fn schemathesis(app: &TestApp, token: &str, config: Option<&std::path::Pat
         // self-destructive calls need what schemathesis cannot know (the
         // current password) or are refused (deactivating oneself is 409).
         .args(["--exclude-path", "/api/v1/auth/logout"])
-        .args(["--no-color", "--report", "junit", "--report-dir"])
-        .arg(app.path("schemathesis"))
+        .arg("--no-color")
         .current_dir(app.data_dir.path())
         .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
         .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -300,7 +300,8 @@ async fn schemathesis(app: &TestApp, token: &str, config: Option<&std::path::Pat
         String::from_utf8_lossy(&out.stderr),
         tail(&app.server_log(), 40)
     );
-    assert!(report.contains("passed"), "{report}");
+    // Not a run that tested nothing.
+    assert!(report.contains(" passed"), "{report}");
     // The session survived the run, so everything after it was judged as
     // the admin and not as an anonymous caller.
     assert_eq!(app.get(token, "/api/v1/me").await.status(), 200);

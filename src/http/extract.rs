@@ -158,3 +158,68 @@ pub fn query_config() -> web::QueryConfig {
         ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::OptionalJson;
+
+    #[derive(Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        comment: Option<String>,
+    }
+
+    async fn echo(OptionalJson(b): OptionalJson<Body>) -> HttpResponse {
+        HttpResponse::Ok().body(b.comment.unwrap_or_else(|| "-".into()))
+    }
+
+    /// (content type, body) → (status, answer or problem code).
+    async fn send(content_type: Option<&str>, body: &'static str) -> (u16, String) {
+        let app = test::init_service(
+            App::new()
+                .app_data(web::PayloadConfig::new(64))
+                .route("/", web::post().to(echo)),
+        )
+        .await;
+        let mut req = test::TestRequest::post().uri("/").set_payload(body);
+        if let Some(ct) = content_type {
+            req = req.insert_header(("content-type", ct));
+        }
+        let res = test::call_service(&app, req.to_request()).await;
+        let status = res.status().as_u16();
+        let bytes = test::read_body(res).await;
+        let text = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(problem) => problem["code"].as_str().unwrap().to_string(),
+            Err(_) => String::from_utf8(bytes.to_vec()).unwrap(),
+        };
+        (status, text)
+    }
+
+    #[actix_web::test]
+    async fn optional_bodies_may_be_left_out_but_not_malformed() {
+        let json = Some("application/json");
+        assert_eq!(send(None, "").await, (200, "-".into()));
+        assert_eq!(send(json, "null").await, (200, "-".into()));
+        assert_eq!(send(json, r#"{"comment":"ok"}"#).await, (200, "ok".into()));
+        assert_eq!(
+            send(json, r#"{"comment":1}"#).await,
+            (400, "invalid_body".into())
+        );
+        assert_eq!(
+            send(json, r#"{"other":1}"#).await,
+            (400, "invalid_body".into())
+        );
+        assert_eq!(send(json, "{").await, (400, "invalid_body".into()));
+        assert_eq!(
+            send(Some("text/plain"), r#"{"comment":"x"}"#).await,
+            (415, "unsupported_media_type".into())
+        );
+        let big =
+            r#"{"comment":"................................................................"}"#;
+        assert_eq!(send(json, big).await, (413, "body_too_large".into()));
+    }
+}
