@@ -505,7 +505,9 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>> {
         Some(v) => Ok(Some(
             v.to_str()
                 .ok()
-                .filter(|s| !s.is_empty() && s.len() <= 128)
+                .filter(|s| {
+                    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+                })
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_idempotency_key",
