@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use extract::MAX_BODY;
-pub use openapi::{Routes, document};
+pub use openapi::Routes;
 pub use problem::{ApiError, Problem};
 
 use crate::service::Clm;
