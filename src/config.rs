@@ -52,6 +52,11 @@ pub struct Config {
     pub login_lockout_seconds: i64,
     /// Login attempts accepted per source address and minute.
     pub login_rate_per_minute: i64,
+    /// Issuance requests (submissions, renewals) per user or API key and
+    /// minute, per instance; 0 = no limit.
+    pub issuance_rate_per_minute: u32,
+    /// On SIGTERM, requests in flight get this long to finish.
+    pub shutdown_timeout_seconds: u64,
     /// A request pending approval for longer expires.
     pub request_ttl_seconds: i64,
     /// How often background jobs (request expiry) run.
@@ -111,6 +116,8 @@ struct FileConfig {
     login_max_failures: Option<i64>,
     login_lockout_seconds: Option<i64>,
     login_rate_per_minute: Option<i64>,
+    issuance_rate_per_minute: Option<i64>,
+    shutdown_timeout_seconds: Option<i64>,
     request_ttl_seconds: Option<i64>,
     job_interval_seconds: Option<i64>,
     webhook_retry_base_seconds: Option<i64>,
@@ -247,6 +254,24 @@ impl Config {
             positive("CLM_LOGIN_LOCKOUT_SECONDS", file.login_lockout_seconds, 900)?;
         let login_rate_per_minute =
             positive("CLM_LOGIN_RATE_PER_MINUTE", file.login_rate_per_minute, 30)?;
+        // A minute's burst of 3000 covers benchmarks and bulk roll-outs; the
+        // sustained 50/s is a fraction of what one instance issues, so a
+        // runaway client cannot starve the others.
+        let issuance_rate_per_minute = u32::try_from(non_negative(
+            "CLM_ISSUANCE_RATE_PER_MINUTE",
+            file.issuance_rate_per_minute,
+            3000,
+        )?)
+        .map_err(|_| ConfigError::Invalid {
+            key: "CLM_ISSUANCE_RATE_PER_MINUTE",
+            message: "too large".into(),
+        })?;
+        let shutdown_timeout_seconds = positive(
+            "CLM_SHUTDOWN_TIMEOUT_SECONDS",
+            file.shutdown_timeout_seconds,
+            30,
+        )?
+        .unsigned_abs();
         let request_ttl_seconds = positive(
             "CLM_REQUEST_TTL_SECONDS",
             file.request_ttl_seconds,
@@ -341,6 +366,8 @@ impl Config {
             login_max_failures,
             login_lockout_seconds,
             login_rate_per_minute,
+            issuance_rate_per_minute,
+            shutdown_timeout_seconds,
             request_ttl_seconds,
             job_interval_seconds,
             webhook_retry_base_seconds,
@@ -486,6 +513,24 @@ mod tests {
             let err = Config::from_sources(&env(&[("CLM_EXPIRY_NOTICE_DAYS", bad)]), None, None)
                 .unwrap_err();
             assert!(err.to_string().contains("CLM_EXPIRY_NOTICE_DAYS"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issuance_rate_and_shutdown_timeout() {
+        let c = Config::from_sources(&env(&[]), None, None).unwrap();
+        assert_eq!(c.issuance_rate_per_minute, 3000);
+        assert_eq!(c.shutdown_timeout_seconds, 30);
+        let c = Config::from_sources(&env(&[("CLM_ISSUANCE_RATE_PER_MINUTE", "0")]), None, None)
+            .unwrap();
+        assert_eq!(c.issuance_rate_per_minute, 0, "0 turns the limit off");
+        for (key, bad) in [
+            ("CLM_ISSUANCE_RATE_PER_MINUTE", "-1"),
+            ("CLM_ISSUANCE_RATE_PER_MINUTE", "99999999999"),
+            ("CLM_SHUTDOWN_TIMEOUT_SECONDS", "0"),
+        ] {
+            let err = Config::from_sources(&env(&[(key, bad)]), None, None).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}={bad}");
         }
     }
 

@@ -8,12 +8,14 @@
 //!
 //! Only `store` imports sea_orm, only `hsm` imports cryptoki, only `http`
 //! (and `main.rs`) import actix. `config` reads settings and is used by the
-//! binary to wire the rooms together.
+//! binary to wire the rooms together; `logging` sets up the log output and
+//! offers every room a span-keeping `spawn_blocking`.
 
 pub mod config;
 pub mod domain;
 pub mod hsm;
 pub mod http;
+pub mod logging;
 pub mod pki;
 pub mod service;
 pub mod store;

@@ -164,7 +164,7 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
+    clm::logging::init(cfg.log_format == "json");
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Command::Init => init(&cfg).await.map(|_| ExitCode::SUCCESS),
@@ -183,7 +183,7 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             Command::Bench {
                 command: BenchCommand::KeysFill { count, concurrency },
             } => {
-                let clm = init(&cfg).await?;
+                let clm = init(&unthrottled(&cfg)).await?;
                 let n = clm
                     .bench_keys_fill(&cfg.bootstrap_admin_email, count, concurrency)
                     .await
@@ -214,19 +214,6 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log_format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 async fn open(cfg: &Config) -> CliResult<Clm> {
@@ -247,6 +234,10 @@ fn print_report(report: &InitReport) {
     for action in &report.actions {
         println!("clm init: {action}");
     }
+    print_admin_password(report);
+}
+
+fn print_admin_password(report: &InitReport) {
     // Shown once, on stdout and never in the log.
     if let (Some(email), Some(pw)) = (&report.admin_email, &report.admin_password) {
         println!(
@@ -258,7 +249,15 @@ fn print_report(report: &InitReport) {
 }
 
 async fn serve(cfg: &Config) -> CliResult<()> {
-    let clm = init(cfg).await?;
+    let signals = clm::http::StopSignals::register()?;
+    clm::http::install_metrics();
+    let clm = open(cfg).await?;
+    // In the log (JSON), not on stdout: only a generated password goes there.
+    let report = clm.bootstrap(cfg).await.map_err(|e| e.log_message())?;
+    for action in &report.actions {
+        tracing::info!(action = %action, "init");
+    }
+    print_admin_password(&report);
     spawn_jobs(clm.clone(), cfg.job_interval_seconds);
     spawn_audit_jobs(
         clm.clone(),
@@ -266,15 +265,25 @@ async fn serve(cfg: &Config) -> CliResult<()> {
         cfg.audit_retention_days,
     );
     let tls_dir = cfg.tls_dir();
+    let timeout = std::time::Duration::from_secs(cfg.shutdown_timeout_seconds);
     clm::http::serve(
-        clm,
+        clm.clone(),
         clm::http::Listeners {
             api: &cfg.listen,
             public: &cfg.http_listen,
             tls_dir: cfg.tls_enabled.then_some(tls_dir.as_path()),
+            shutdown_timeout: timeout,
         },
+        signals,
     )
     .await?;
+    // Requests are answered; let job runs in progress finish, then close
+    // the token.
+    if !clm::service::shutdown::stop_jobs(timeout).await {
+        tracing::warn!("background jobs still running at the shutdown timeout");
+    }
+    clm.hsm().finalize().map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -347,6 +356,9 @@ where
         let mut tick = actix_web::rt::time::interval(period);
         loop {
             tick.tick().await;
+            let Some(_run) = clm::service::shutdown::begin_job().await else {
+                break;
+            };
             match job().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(job = name, items = n, "background job"),
@@ -367,6 +379,9 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
         let mut tick = actix_web::rt::time::interval(period);
         loop {
             tick.tick().await;
+            let Some(_run) = clm::service::shutdown::begin_job().await else {
+                break;
+            };
             if let Err(e) = sealer.load_audit_keys().await {
                 tracing::warn!(error = %e.log_message(), "audit key reload failed");
             }
@@ -386,6 +401,9 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
         let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(24 * 3600));
         loop {
             tick.tick().await;
+            let Some(_run) = clm::service::shutdown::begin_job().await else {
+                break;
+            };
             let ctx = clm::domain::model::RequestContext {
                 request_id: Some(format!("purge-{}", uuid::Uuid::new_v4())),
                 ..Default::default()
@@ -478,12 +496,22 @@ async fn bench_audit_fill(cfg: &Config, entries: u64, batch: usize) -> CliResult
     Ok(ExitCode::SUCCESS)
 }
 
+/// Load generators issue as one principal as fast as they can: the
+/// issuance rate limit is for clients, not for them.
+fn unthrottled(cfg: &Config) -> Config {
+    Config {
+        issuance_rate_per_minute: 0,
+        ..cfg.clone()
+    }
+}
+
 async fn bench_issue(
     cfg: &Config,
     requests: usize,
     concurrency: usize,
     rounds: usize,
 ) -> CliResult<ExitCode> {
+    let cfg = &unthrottled(cfg);
     let clm = open(cfg).await?;
     // Proves and loads the CA keys (changes nothing on an initialised
     // installation).

@@ -1,8 +1,8 @@
 //! Schema of clm_core: organisations, users and roles, sessions and API
 //! keys, policies (certificate profiles), workflows and their steps,
-//! notifications, certificate metadata and the application audit log. Its
-//! own migrator with its own tracking table. [`sql`] holds the DDL helpers
-//! both migrators share.
+//! notifications, certificate metadata, client certificate bindings and the
+//! application audit log. Its own migrator with its own tracking table.
+//! [`sql`] holds the DDL helpers both migrators share.
 
 use sea_orm_migration::prelude::*;
 
@@ -12,6 +12,7 @@ mod m20261122_000002_webhooks;
 mod m20261122_000010_renewal;
 mod m20261122_000011_key_recovery;
 mod m20261123_000001_audit_chain;
+mod m20261124_000030_client_certificate_bindings;
 pub mod sql;
 
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000010_renewal::Migration),
             Box::new(m20261122_000011_key_recovery::Migration),
             Box::new(m20261123_000001_audit_chain::Migration),
+            Box::new(m20261124_000030_client_certificate_bindings::Migration),
         ]
     }
 

@@ -33,6 +33,7 @@ const TABLES: &[&str] = &[
     "audit_seals",
     "audit_checkpoints",
     "audit_purge_permits",
+    "client_certificate_bindings",
 ];
 const VIEWS: &[&str] = &[
     "active_users_with_roles",

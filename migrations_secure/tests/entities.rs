@@ -124,7 +124,7 @@ async fn scenario(db: DatabaseConnection) {
     let id = Uuid::new_v4;
     let (org, user, approver, role) = (id(), id(), id(), id());
     let (policy, workflow, instance, webhook) = (id(), id(), id(), id());
-    let (key, kek, ca, cert, request) = (id(), id(), id(), id(), id());
+    let (key, kek, ca, cert, request, api_key) = (id(), id(), id(), id(), id(), id());
     let mut covered = BTreeSet::new();
 
     covered.insert(round_trip!(
@@ -310,7 +310,7 @@ async fn scenario(db: DatabaseConnection) {
         db,
         core::api_keys,
         core::api_keys::Model {
-            id: id(),
+            id: api_key,
             organization_id: org,
             user_id: user,
             name: "ci".into(),
@@ -320,6 +320,20 @@ async fn scenario(db: DatabaseConnection) {
             expires_at: Some(later),
             last_used_at: Some(t),
             revoked_at: Some(later),
+            created_at: t,
+            updated_at: t,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
+        core::client_certificate_bindings,
+        core::client_certificate_bindings::Model {
+            id: id(),
+            certificate_id: id(),
+            organization_id: org,
+            user_id: user,
+            api_key_id: Some(api_key),
+            last_used_at: Some(later),
             created_at: t,
             updated_at: t,
         }

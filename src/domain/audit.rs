@@ -339,6 +339,12 @@ pub enum AuditMacError {
     NoKey,
     #[error("audit MAC key version {0} is unknown")]
     UnknownVersion(i32),
+    /// The token is unavailable for now; retrying later may succeed.
+    #[error("audit MAC unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("audit MAC failed: {0}")]
     Failed(String),
 }

@@ -77,6 +77,19 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// Which principal a client certificate authenticates as: its owner, or
+/// one API key of its owner (then with that key's roles and lifetime).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertBinding {
+    pub id: uuid::Uuid,
+    pub certificate_id: CertificateId,
+    pub organization_id: OrganizationId,
+    pub user_id: UserId,
+    pub api_key_id: Option<ApiKeyId>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A token object registered in `encryption_keys`: a reference, never bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyReference {

@@ -15,6 +15,9 @@ pub enum SignError {
     /// The token is unreachable or refused; the message is for logs only.
     #[error("signing key unavailable: {0}")]
     Unavailable(String),
+    /// The token answers but no longer holds the key.
+    #[error("the signing key is missing from the token")]
+    KeyMissing,
     #[error("signing failed: {0}")]
     Failed(String),
 }

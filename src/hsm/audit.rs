@@ -11,18 +11,20 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::{Hsm, HsmError, HsmResult, find_one};
+use super::recovery::Op;
+use super::{HandleCache, Hsm, HsmError, HsmResult, find_one};
 use crate::domain::audit::{AuditLog, AuditMac, AuditMacError, MacFuture, MacManyFuture};
 
 /// Application name on the head objects (`CKA_APPLICATION`).
 const HEAD_APPLICATION: &[u8] = b"clm-audit";
 
 /// One audit key: its `CKA_ID` and the object handle found for it (handles
-/// stay valid across the sessions of one application; re-found if stale).
+/// stay valid across the sessions of one application, not across a
+/// re-initialise; re-found if stale).
 #[derive(Clone)]
 struct KeyEntry {
     cka_id: Vec<u8>,
-    handle: Option<ObjectHandle>,
+    handle: Arc<HandleCache>,
 }
 
 #[derive(Default)]
@@ -69,7 +71,7 @@ impl AuditKeyring {
                 version,
                 KeyEntry {
                     cka_id,
-                    handle: None,
+                    handle: Arc::default(),
                 },
             );
         }
@@ -93,23 +95,17 @@ impl AuditKeyring {
             .ok_or(HsmError::KeyNotFound)
     }
 
-    fn remember_handle(&self, version: i32, handle: ObjectHandle) {
-        if let Ok(mut keys) = self.keys.write()
-            && let Some(k) = keys.by_version.get_mut(&version)
-        {
-            k.handle = Some(handle);
-        }
-    }
-
     /// HMAC-SHA-256 of each item under the key of `version`, on one
     /// session: the sealer and the verifier check thousands at a time.
     pub fn mac_many_blocking(&self, version: i32, items: &[Vec<u8>]) -> HsmResult<Vec<[u8; 32]>> {
         let entry = self.entry(version)?;
-        let (macs, handle) = self.hsm.with_session(|s| {
-            let mut handle = match entry.handle {
-                Some(h) => h,
-                None => find_one(s, ObjectClass::SECRET_KEY, &entry.cka_id)?,
-            };
+        self.hsm.with_session(Op::Mac, |s| {
+            let mut handle = entry.handle.get_or_find(
+                s,
+                s.generation,
+                ObjectClass::SECRET_KEY,
+                &entry.cka_id,
+            )?;
             let mut out = Vec::with_capacity(items.len());
             for data in items {
                 let mac = match s.sign(&Mechanism::Sha256Hmac, handle, data) {
@@ -118,6 +114,7 @@ impl AuditKeyring {
                         // A stale cached handle: the id is the key's real name.
                         HsmError::KeyNotFound => {
                             handle = find_one(s, ObjectClass::SECRET_KEY, &entry.cka_id)?;
+                            entry.handle.set(s.generation, handle);
                             s.sign(&Mechanism::Sha256Hmac, handle, data)?
                         }
                         other => return Err(other),
@@ -128,17 +125,13 @@ impl AuditKeyring {
                         .map_err(|_| HsmError::Encoding("HMAC of unexpected length".into()))?,
                 );
             }
-            Ok((out, handle))
-        })?;
-        if entry.handle != Some(handle) {
-            self.remember_handle(version, handle);
-        }
-        Ok(macs)
+            Ok(out)
+        })
     }
 
     pub async fn mac_many(&self, version: i32, items: Vec<Vec<u8>>) -> HsmResult<Vec<[u8; 32]>> {
         let ring = self.clone();
-        tokio::task::spawn_blocking(move || ring.mac_many_blocking(version, &items))
+        crate::logging::spawn_blocking_in_span(move || ring.mac_many_blocking(version, &items))
             .await
             .map_err(|e| HsmError::Pkcs11(format!("HSM task failed: {e}")))?
     }
@@ -150,7 +143,7 @@ impl AuditKeyring {
         let label = head_label(log);
         self.hsm
             .run(move |h| {
-                h.with_session(|s| {
+                h.with_session(Op::AuditHead, |s| {
                     Ok(head_values(s, &label)?
                         .into_iter()
                         .map(|(_, v)| v)
@@ -167,7 +160,7 @@ impl AuditKeyring {
         let label = head_label(log);
         self.hsm
             .run(move |h| {
-                h.with_session(|s| {
+                h.with_session(Op::AuditHead, |s| {
                     let old = head_values(s, &label)?;
                     let new = s.create_object(&[
                         Attribute::Class(ObjectClass::DATA),
@@ -207,10 +200,7 @@ impl AuditMac for AuditKeyring {
             let mut macs = self
                 .mac_many(version, vec![data])
                 .await
-                .map_err(|e| match e {
-                    HsmError::KeyNotFound => AuditMacError::UnknownVersion(version),
-                    other => AuditMacError::Failed(other.to_string()),
-                })?;
+                .map_err(|e| mac_error(version, e))?;
             macs.pop()
                 .ok_or_else(|| AuditMacError::Failed("no MAC returned".into()))
         })
@@ -220,11 +210,19 @@ impl AuditMac for AuditKeyring {
         Box::pin(async move {
             AuditKeyring::mac_many(self, version, items)
                 .await
-                .map_err(|e| match e {
-                    HsmError::KeyNotFound => AuditMacError::UnknownVersion(version),
-                    other => AuditMacError::Failed(other.to_string()),
-                })
+                .map_err(|e| mac_error(version, e))
         })
+    }
+}
+
+fn mac_error(version: i32, e: HsmError) -> AuditMacError {
+    match e {
+        HsmError::KeyNotFound => AuditMacError::UnknownVersion(version),
+        e if e.is_retryable() => AuditMacError::Unavailable {
+            retry_after_secs: e.retry_after().map_or(1, |d| d.as_secs().max(1)),
+            reason: e.to_string(),
+        },
+        other => AuditMacError::Failed(other.to_string()),
     }
 }
 
@@ -297,7 +295,7 @@ mod tests {
         let label = head_label(log);
         let n = fixture()
             .hsm
-            .with_session(|s| Ok(head_values(s, &label)?.len()))
+            .with_session(Op::AuditHead, |s| Ok(head_values(s, &label)?.len()))
             .unwrap();
         assert_eq!(n, 1, "the old head is destroyed");
     }

@@ -10,7 +10,11 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use sha2::{Digest, Sha256, Sha384};
 
-use super::{Hsm, HsmError, HsmResult, find_one, new_cka_id};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::recovery::Op;
+use super::{HandleCache, Hsm, HsmError, HsmResult, find_one, new_cka_id};
 use crate::domain::der;
 use crate::domain::{KeyAlgorithm, SignError, Signer};
 
@@ -28,9 +32,12 @@ pub struct HsmKey {
     pub(super) cka_id: Vec<u8>,
     pub(super) label: String,
     pub(super) spki: Vec<u8>,
-    /// Object handles stay valid across the sessions of one application;
-    /// cached to spare a find per signature (re-found by id if stale).
-    pub(super) handle: ObjectHandle,
+    /// Object handles stay valid across the sessions of one application
+    /// (not across a re-initialise); cached to spare a find per signature.
+    pub(super) handle: Arc<HandleCache>,
+    /// Set once the token answered that the key is gone: signing with it
+    /// is refused up front instead of failing half-way through a request.
+    pub(super) missing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for HsmKey {
@@ -189,7 +196,7 @@ impl Hsm {
     pub fn generate_key_pair_blocking(&self, alg: KeyAlgorithm, label: &str) -> HsmResult<HsmKey> {
         let (mechanism, public_extra) = keygen_mechanism(alg)?;
         let label_bytes = label.as_bytes().to_vec();
-        let (cka_id, spki, handle) = self.with_session(|s| {
+        let (cka_id, spki, handle) = self.with_session(Op::Generate, |s| {
             // A fresh id per attempt: a retry must not leave two pairs
             // sharing one id.
             let id = new_cka_id();
@@ -217,7 +224,8 @@ impl Hsm {
             public_template.extend(public_extra.iter().cloned());
             let (public, private) =
                 s.generate_key_pair(&mechanism, &public_template, &private_template)?;
-            Ok((id, read_spki(s, public, alg)?, private))
+            let spki = read_spki(s, public, alg)?;
+            Ok((id, spki, HandleCache::found(s.generation, private)))
         })?;
         Ok(HsmKey {
             hsm: self.clone(),
@@ -225,14 +233,15 @@ impl Hsm {
             cka_id,
             label: label.to_string(),
             spki,
-            handle,
+            handle: Arc::new(handle),
+            missing: Arc::default(),
         })
     }
 
     /// Loads the key pair with `cka_id`, checking that it is a key of `alg`.
     pub fn find_key_pair_blocking(&self, alg: KeyAlgorithm, cka_id: &[u8]) -> HsmResult<HsmKey> {
         let expected = key_type(alg)?;
-        let (private, spki, label) = self.with_session(|s| {
+        let (private, spki, label) = self.with_session(Op::Find, |s| {
             let private = find_one(s, ObjectClass::PRIVATE_KEY, cka_id)?;
             let public = find_one(s, ObjectClass::PUBLIC_KEY, cka_id)?;
             let mut label = String::new();
@@ -247,7 +256,8 @@ impl Hsm {
                     _ => {}
                 }
             }
-            Ok((private, read_spki(s, public, alg)?, label))
+            let spki = read_spki(s, public, alg)?;
+            Ok((HandleCache::found(s.generation, private), spki, label))
         })?;
         Ok(HsmKey {
             hsm: self.clone(),
@@ -255,7 +265,8 @@ impl Hsm {
             cka_id: cka_id.to_vec(),
             label,
             spki,
-            handle: private,
+            handle: Arc::new(private),
+            missing: Arc::default(),
         })
     }
 
@@ -299,24 +310,39 @@ impl HsmKey {
             a if a.rsa_bits().is_some() => (Mechanism::Sha256RsaPkcs, message.to_vec()),
             other => return Err(HsmError::UnsupportedAlgorithm(other.to_string())),
         };
-        self.hsm
-            .with_session(|s| match s.sign(&mechanism, self.handle, &input) {
+        let signed = self.hsm.with_session(Op::Sign, |s| {
+            let handle =
+                self.handle
+                    .get_or_find(s, s.generation, ObjectClass::PRIVATE_KEY, &self.cka_id)?;
+            match s.sign(&mechanism, handle, &input) {
                 Ok(sig) => Ok(sig),
                 // A stale cached handle (object re-created, token restored):
                 // the id is the key's real name.
                 Err(e) => match HsmError::from(e) {
                     HsmError::KeyNotFound => {
                         let key = find_one(s, ObjectClass::PRIVATE_KEY, &self.cka_id)?;
+                        self.handle.set(s.generation, key);
                         Ok(s.sign(&mechanism, key, &input)?)
                     }
                     other => Err(other),
                 },
-            })
+            }
+        });
+        if matches!(signed, Err(HsmError::KeyNotFound)) {
+            // The pool checked that the token answers: the key is gone.
+            self.missing.store(true, Ordering::Release);
+        }
+        signed
+    }
+
+    /// Whether the token has said this key no longer exists.
+    pub fn is_missing(&self) -> bool {
+        self.missing.load(Ordering::Acquire)
     }
 
     pub async fn sign_async(&self, message: Vec<u8>) -> Result<Vec<u8>, SignError> {
         let key = self.clone();
-        tokio::task::spawn_blocking(move || key.sign(&message))
+        crate::logging::spawn_blocking_in_span(move || key.sign(&message))
             .await
             .map_err(|e| SignError::Failed(format!("HSM task failed: {e}")))?
     }
@@ -333,7 +359,8 @@ impl Signer for HsmKey {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let raw = self.sign_raw(message).map_err(|e| match e {
-            HsmError::Unavailable(m) => SignError::Unavailable(m),
+            HsmError::KeyNotFound => SignError::KeyMissing,
+            e if e.is_retryable() => SignError::Unavailable(e.to_string()),
             other => SignError::Failed(other.to_string()),
         })?;
         match self.algorithm {

@@ -9,6 +9,7 @@
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 
+use super::recovery::Op;
 use super::{Hsm, HsmError, HsmResult, find_one, new_cka_id};
 
 /// A secret (AES or HMAC) key in the token, named by its `CKA_ID`.
@@ -16,6 +17,16 @@ use super::{Hsm, HsmError, HsmResult, find_one, new_cka_id};
 pub struct SecretKeyRef {
     pub cka_id: Vec<u8>,
     pub label: String,
+}
+
+/// The kind of a secret key in the token, for `clm hsm check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// `CKK_AES`: the KEK.
+    Aes,
+    /// `CKK_GENERIC_SECRET`: HMAC keys (audit).
+    GenericSecret,
+    Other,
 }
 
 /// Security attributes of a token key, as the token reports them.
@@ -34,7 +45,7 @@ impl Hsm {
         mechanism: Mechanism,
         usage: &[Attribute],
     ) -> HsmResult<SecretKeyRef> {
-        let cka_id = self.with_session(|s| {
+        let cka_id = self.with_session(Op::Generate, |s| {
             let id = new_cka_id();
             let mut template = vec![
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -95,7 +106,7 @@ impl Hsm {
 
     /// The secret key with `cka_id`.
     pub fn find_secret_key_blocking(&self, cka_id: &[u8]) -> HsmResult<SecretKeyRef> {
-        let label = self.with_session(|s| {
+        let label = self.with_session(Op::Find, |s| {
             let key = find_one(s, ObjectClass::SECRET_KEY, cka_id)?;
             let attrs = s.get_attributes(key, &[AttributeType::Label])?;
             Ok(match attrs.into_iter().next() {
@@ -109,9 +120,29 @@ impl Hsm {
         })
     }
 
+    /// The key type of the secret key with `cka_id`.
+    pub fn secret_key_kind_blocking(&self, cka_id: &[u8]) -> HsmResult<SecretKind> {
+        self.with_session(Op::Find, |s| {
+            let key = find_one(s, ObjectClass::SECRET_KEY, cka_id)?;
+            let attrs = s.get_attributes(key, &[AttributeType::KeyType])?;
+            Ok(match attrs.first() {
+                Some(Attribute::KeyType(t)) if *t == KeyType::AES => SecretKind::Aes,
+                Some(Attribute::KeyType(t)) if *t == KeyType::GENERIC_SECRET => {
+                    SecretKind::GenericSecret
+                }
+                _ => SecretKind::Other,
+            })
+        })
+    }
+
+    pub async fn secret_key_kind(&self, cka_id: &[u8]) -> HsmResult<SecretKind> {
+        let id = cka_id.to_vec();
+        self.run(move |h| h.secret_key_kind_blocking(&id)).await
+    }
+
     /// HMAC-SHA-256 of `data` under the secret key with `cka_id`.
     pub fn hmac_sha256_blocking(&self, cka_id: &[u8], data: &[u8]) -> HsmResult<[u8; 32]> {
-        let mac = self.with_session(|s| {
+        let mac = self.with_session(Op::Mac, |s| {
             let key = find_one(s, ObjectClass::SECRET_KEY, cka_id)?;
             Ok(s.sign(&Mechanism::Sha256Hmac, key, data)?)
         })?;
@@ -123,7 +154,7 @@ impl Hsm {
     /// Destroys the secret key with `cka_id` (a retired KEK after its
     /// rollback window).
     pub fn destroy_secret_key_blocking(&self, cka_id: &[u8]) -> HsmResult<()> {
-        self.with_session(|s| {
+        self.with_session(Op::Destroy, |s| {
             let key = find_one(s, ObjectClass::SECRET_KEY, cka_id)?;
             Ok(s.destroy_object(key)?)
         })
@@ -135,7 +166,7 @@ impl Hsm {
     }
 
     pub fn key_exists_blocking(&self, cka_id: &[u8]) -> HsmResult<bool> {
-        match self.with_session(|s| find_key(s, cka_id)) {
+        match self.with_session(Op::Find, |s| find_key(s, cka_id)) {
             Ok(_) => Ok(true),
             Err(HsmError::KeyNotFound) => Ok(false),
             Err(e) => Err(e),
@@ -144,7 +175,7 @@ impl Hsm {
 
     /// Security attributes of the private or secret key with `cka_id`.
     pub fn key_attributes_blocking(&self, cka_id: &[u8]) -> HsmResult<KeyAttributes> {
-        self.with_session(|s| {
+        self.with_session(Op::Find, |s| {
             let key = find_key(s, cka_id)?;
             let mut out = KeyAttributes {
                 sensitive: false,
@@ -255,6 +286,15 @@ mod tests {
         let hsm = &fixture().hsm;
         let kek = hsm.generate_kek_blocking("kek-test").unwrap();
         assert!(hsm.key_exists_blocking(&kek.cka_id).unwrap());
+        assert_eq!(
+            hsm.secret_key_kind_blocking(&kek.cka_id).unwrap(),
+            SecretKind::Aes
+        );
+        let mac = hsm.generate_mac_key_blocking("mac-kind").unwrap();
+        assert_eq!(
+            hsm.secret_key_kind_blocking(&mac.cka_id).unwrap(),
+            SecretKind::GenericSecret
+        );
         assert_eq!(hsm.find_secret_key_blocking(&kek.cka_id).unwrap(), kek);
         let attrs = hsm.key_attributes_blocking(&kek.cka_id).unwrap();
         assert!(attrs.sensitive && !attrs.extractable && attrs.never_extractable);

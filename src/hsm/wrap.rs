@@ -20,7 +20,8 @@ use super::keys::{
     OID_EC_PUBLIC_KEY, OID_RSA_ENCRYPTION, algorithm_identifier, curve_oid, key_type,
     keygen_mechanism, read_spki,
 };
-use super::{Hsm, HsmError, HsmKey, HsmResult, find_one, new_cka_id};
+use super::recovery::Op;
+use super::{HandleCache, Hsm, HsmError, HsmKey, HsmResult, find_one, new_cka_id};
 use crate::domain::der;
 use crate::domain::{KeyAlgorithm, Secret, Signer};
 
@@ -318,7 +319,7 @@ impl Hsm {
         alg: KeyAlgorithm,
     ) -> HsmResult<(Vec<u8>, Vec<u8>)> {
         let (mechanism, public_extra) = keygen_mechanism(alg)?;
-        self.with_session(|s| {
+        self.with_session(Op::Generate, |s| {
             let kek = find_one(s, ObjectClass::SECRET_KEY, kek_id)?;
             let id = new_cka_id();
             let private_template = [
@@ -383,7 +384,7 @@ impl Hsm {
                 *v = true;
             }
         }
-        self.with_session(|s| {
+        self.with_session(Op::Wrap, |s| {
             let old = find_one(s, ObjectClass::SECRET_KEY, old_kek_id)?;
             let new = find_one(s, ObjectClass::SECRET_KEY, new_kek_id)?;
             let key = s.unwrap_key(&Mechanism::AesKeyWrapPad, old, wrapped, &template)?;
@@ -434,7 +435,7 @@ impl Hsm {
             Attribute::Sign(false),
             Attribute::Id(new_cka_id()),
         ]);
-        let result = self.with_session(|s| {
+        let result = self.with_session(Op::Wrap, |s| {
             let kek = find_one(s, ObjectClass::SECRET_KEY, kek_id)?;
             let key = s.create_object(&template)?;
             let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, key);
@@ -460,7 +461,7 @@ impl Hsm {
     ) -> HsmResult<Secret> {
         let public = spki_public_key(alg, spki)?;
         let template = unwrap_template(alg, true, new_cka_id(), "clm-export")?;
-        let mut pkcs8 = self.with_session(|s| {
+        let mut pkcs8 = self.with_session(Op::Unwrap, |s| {
             let kek = find_one(s, ObjectClass::SECRET_KEY, kek_id)?;
             let key = s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &template)?;
             let pkcs8 = read_pkcs8(s, key, alg, spki);
@@ -491,12 +492,12 @@ impl Hsm {
         label: &str,
     ) -> HsmResult<HsmKey> {
         let public = spki_public_key(alg, spki)?;
-        let (cka_id, handle) = self.with_session(|s| {
+        let (cka_id, handle) = self.with_session(Op::Unwrap, |s| {
             let id = new_cka_id();
             let kek = find_one(s, ObjectClass::SECRET_KEY, kek_id)?;
             let template = unwrap_template(alg, false, id.clone(), label)?;
             let key = s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &template)?;
-            Ok((id, key))
+            Ok((id, HandleCache::found(s.generation, key)))
         })?;
         let key = HsmKey {
             hsm: self.clone(),
@@ -504,7 +505,8 @@ impl Hsm {
             cka_id,
             label: label.to_string(),
             spki: spki.to_vec(),
-            handle,
+            handle: std::sync::Arc::new(handle),
+            missing: std::sync::Arc::default(),
         };
         let verifier: &dyn signature::VerificationAlgorithm = match alg {
             KeyAlgorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
@@ -534,14 +536,18 @@ impl Hsm {
     /// Destroys a key made by [`Hsm::unwrap_private_key_blocking`]. Token
     /// objects (CA keys) are refused.
     pub fn destroy_session_key_blocking(&self, key: HsmKey) -> HsmResult<()> {
-        self.with_session(|s| {
-            let on_token = s.get_attributes(key.handle, &[AttributeType::Token])?;
+        self.with_session(Op::Destroy, |s| {
+            // Of an older module generation the object is gone already.
+            let Some(handle) = key.handle.get(s.generation) else {
+                return Ok(());
+            };
+            let on_token = s.get_attributes(handle, &[AttributeType::Token])?;
             if !matches!(on_token.first(), Some(Attribute::Token(false))) {
                 return Err(HsmError::Pkcs11(
                     "refusing to destroy a token object through destroy_session_key".into(),
                 ));
             }
-            Ok(s.destroy_object(key.handle)?)
+            Ok(s.destroy_object(handle)?)
         })
     }
 

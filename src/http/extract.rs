@@ -1,10 +1,11 @@
-//! Extractors: the authenticated principal, the request context and
-//! optional JSON bodies, plus the error handlers that turn actix's own
-//! extractor failures (bad JSON, bad path ids, oversized bodies) into
-//! problem documents.
+//! Extractors: the authenticated principal (bearer token or client
+//! certificate), the request context and optional JSON bodies, plus the
+//! error handlers that turn actix's own extractor failures (bad JSON, bad
+//! path ids, oversized bodies) into problem documents.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
@@ -13,13 +14,17 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
 use super::problem::ApiError;
+use super::tls::PeerCertificate;
 use crate::domain::model::RequestContext;
 use crate::service::{Clm, Principal};
 
 /// Largest JSON body accepted anywhere in the API.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The caller, resolved from `Authorization: Bearer <token>`.
+/// The caller, resolved from `Authorization: Bearer <token>` or, without
+/// one, from the client certificate of the TLS connection. A bearer token
+/// wins: a client configured with a certificate can still act with a
+/// token. Nothing else (no forwarded header) ever names the caller.
 pub struct Auth(pub Principal);
 
 impl FromRequest for Auth {
@@ -29,14 +34,21 @@ impl FromRequest for Auth {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let clm = req.app_data::<web::Data<Clm>>().cloned();
         let token = bearer_token(req);
+        let peer = req.conn_data::<Arc<PeerCertificate>>().cloned();
+        let ctx = request_context(req);
         Box::pin(async move {
-            let (Some(clm), Some(token)) = (clm, token) else {
+            let Some(clm) = clm else {
                 return Err(ApiError::unauthenticated());
             };
-            clm.authenticate(&token)
-                .await
-                .map(Auth)
-                .map_err(ApiError::from)
+            let principal = match (token, peer) {
+                (Some(token), _) => clm.authenticate(&token).await,
+                (None, Some(peer)) => {
+                    clm.authenticate_client_certificate(&peer.der, &peer.audit, &ctx)
+                        .await
+                }
+                (None, None) => return Err(ApiError::unauthenticated()),
+            };
+            principal.map(Auth).map_err(ApiError::from)
         })
     }
 }
@@ -65,17 +77,21 @@ impl FromRequest for Ctx {
     type Future = std::future::Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-        let user_agent = req
-            .headers()
-            .get(actix_web::http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect());
-        std::future::ready(Ok(Ctx(RequestContext {
-            request_id,
-            source_ip: req.peer_addr().map(|a| a.ip().to_string()),
-            user_agent,
-        })))
+        std::future::ready(Ok(Ctx(request_context(req))))
+    }
+}
+
+fn request_context(req: &HttpRequest) -> RequestContext {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let user_agent = req
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect());
+    RequestContext {
+        request_id,
+        source_ip: req.peer_addr().map(|a| a.ip().to_string()),
+        user_agent,
     }
 }
 

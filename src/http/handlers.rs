@@ -474,6 +474,7 @@ pub async fn create_profile(
         (status = 403, description = "Not allowed to request certificates"),
         (status = 404, description = "No such profile"),
         (status = 409, description = "The profile's CA cannot issue now"),
+        (status = 429, description = "Beyond the issuance rate of this user or API key"),
     ),
 )]
 #[post("/api/v1/certificate-requests")]
@@ -530,6 +531,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>> {
         (status = 200, description = "The earlier request with the same Idempotency-Key", body = RequestView),
         (status = 403, description = "Not allowed to request certificates"),
         (status = 409, description = "The certificate cannot be renewed"),
+        (status = 429, description = "Beyond the issuance rate of this user or API key"),
     ),
 )]
 #[post("/api/v1/certificates/{id}/renew")]
@@ -966,6 +968,19 @@ pub struct Health {
     /// `ok`; `unavailable` for a failed readiness check.
     #[schema(example = "ok")]
     status: &'static str,
+    /// Why a readiness check failed (for the HSM: the trouble and when
+    /// recovery is next tried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl Health {
+    fn ok() -> Self {
+        Self {
+            status: "ok",
+            reason: None,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -983,7 +998,7 @@ pub struct Readiness {
 )]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(Health { status: "ok" })
+    HttpResponse::Ok().json(Health::ok())
 }
 
 /// Readiness: both databases answer and the token is logged in.
@@ -1002,14 +1017,14 @@ pub async fn readyz(clm: web::Data<Clm>) -> HttpResponse {
     let checks = checks
         .into_iter()
         .map(|(name, r)| {
-            let status = match r {
-                Ok(()) => "ok",
-                Err(e) => {
-                    tracing::warn!(check = name, error = %e, "readiness check failed");
-                    "unavailable"
-                }
+            let health = match r {
+                Ok(()) => Health::ok(),
+                Err(reason) => Health {
+                    status: "unavailable",
+                    reason: Some(reason),
+                },
             };
-            (name, Health { status })
+            (name, health)
         })
         .collect();
     let status = if ready {

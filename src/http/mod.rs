@@ -2,23 +2,26 @@
 //! of service errors to problem documents. The only room (with `main.rs`)
 //! that imports actix.
 //!
-//! Two listeners: the API (HTTPS with rustls unless `CLM_TLS_ENABLED=false`)
-//! and a plain-HTTP listener for what relying parties fetch anonymously
-//! (CA certificates, later CRLs and OCSP), which must not need TLS.
+//! Two listeners: the API (HTTPS with rustls unless `CLM_TLS_ENABLED=false`,
+//! accepting client certificates issued by clm — see [`tls`]) and a
+//! plain-HTTP listener for what relying parties fetch anonymously (CA
+//! certificates, CRLs and OCSP), which must not need TLS.
 
 mod audit;
+mod bindings;
 mod extract;
 mod handlers;
+mod metrics;
+mod middleware;
 mod openapi;
 mod problem;
 mod relying;
+mod tls;
 
 use std::path::Path;
+use std::time::Duration;
 
-use actix_web::dev::Service;
-use actix_web::{App, HttpMessage, HttpServer, web};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use actix_web::{App, HttpServer, web};
 
 pub use extract::MAX_BODY;
 pub use openapi::Routes;
@@ -37,6 +40,8 @@ pub enum HttpError {
     Tls { path: String, message: String },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("stopped by a second signal before the requests in flight finished")]
+    Interrupted,
 }
 
 pub struct Listeners<'a> {
@@ -44,6 +49,14 @@ pub struct Listeners<'a> {
     pub public: &'a str,
     /// Directory with `server.crt` (chain) and `server.key`; `None` = plain HTTP.
     pub tls_dir: Option<&'a Path>,
+    /// After SIGTERM, requests in flight get this long to finish.
+    pub shutdown_timeout: Duration,
+}
+
+/// Installs the metrics recorder; call once at start-up, before anything
+/// records.
+pub fn install_metrics() {
+    metrics::install();
 }
 
 /// Routes of the API listener: one `add` per endpoint, which also puts it
@@ -85,6 +98,9 @@ pub fn api_routes(r: &mut Routes) {
         .add(revoke_certificate)
         .add(release_hold)
         .add(renew_certificate)
+        .add(bindings::bind)
+        .add(bindings::get)
+        .add(bindings::unbind)
         .add(recover_private_key)
         .add(approve_key_recovery)
         .add(reject_key_recovery)
@@ -109,14 +125,21 @@ pub fn public_routes(r: &mut Routes) {
     use handlers::*;
     r.add(healthz)
         .add(readyz)
+        .add(metrics::scrape)
         .add(ca_certificate_der)
         .add(relying::crl)
         .add(relying::ocsp_post)
         .add(relying::ocsp_get);
 }
 
-/// Serves until the process is asked to stop.
-pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> {
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully (see
+/// `StopSignals::stop_on_signal`); returns once both listeners have
+/// stopped.
+pub async fn serve(
+    clm: Clm,
+    listeners: Listeners<'_>,
+    signals: StopSignals,
+) -> Result<(), HttpError> {
     let data = web::Data::new(clm);
     let api_data = data.clone();
     let api = HttpServer::new(move || {
@@ -126,16 +149,19 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
             .app_data(extract::path_config())
             .app_data(extract::query_config())
             .app_data(web::PayloadConfig::new(MAX_BODY))
-            .wrap_fn(request_id)
+            .wrap_fn(middleware::observe)
             .configure(openapi::configure(api_routes))
     });
     let api = match listeners.tls_dir {
-        Some(dir) => api
-            .bind_rustls_0_23(listeners.api, tls_config(dir)?)
-            .map_err(|source| HttpError::Bind {
-                addr: listeners.api.to_string(),
-                source,
-            })?,
+        Some(dir) => {
+            let client_cas = tls::ClientCas::load_and_follow(data.get_ref().clone()).await;
+            api.on_connect(tls::on_connect)
+                .bind_rustls_0_23(listeners.api, tls::server_config(dir, client_cas)?)
+                .map_err(|source| HttpError::Bind {
+                    addr: listeners.api.to_string(),
+                    source,
+                })?
+        }
         None => api.bind(listeners.api).map_err(|source| HttpError::Bind {
             addr: listeners.api.to_string(),
             source,
@@ -146,7 +172,7 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
             .app_data(data.clone())
             .app_data(extract::path_config())
             .app_data(web::PayloadConfig::new(MAX_BODY))
-            .wrap_fn(request_id)
+            .wrap_fn(middleware::observe)
             .configure(openapi::configure(public_routes))
     })
     .bind(listeners.public)
@@ -154,81 +180,74 @@ pub async fn serve(clm: Clm, listeners: Listeners<'_>) -> Result<(), HttpError> 
         addr: listeners.public.to_string(),
         source,
     })?;
+    let timeout = listeners.shutdown_timeout.as_secs();
+    // Each server would otherwise handle the signals itself and, once done,
+    // stop the whole actix System — cutting short the other one's drain.
+    let api = api.disable_signals().shutdown_timeout(timeout).run();
+    let public = public.disable_signals().shutdown_timeout(timeout).run();
+    let forced =
+        signals.stop_on_signal([api.handle(), public.handle()], listeners.shutdown_timeout);
+    metrics::spawn_upkeep();
     tracing::info!(
         api = listeners.api,
         public = listeners.public,
         tls = listeners.tls_dir.is_some(),
         "listening"
     );
-    let (a, b) = futures_util::future::join(api.run(), public.run()).await;
-    a.and(b).map_err(HttpError::Serve)
-}
-
-/// Gives every request an id (the client's `X-Request-Id` if sane), logs the
-/// request with it and echoes it in the response.
-fn request_id<S, B>(
-    req: actix_web::dev::ServiceRequest,
-    srv: &S,
-) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
-+ use<S, B>
-where
-    S: Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse<B>,
-            Error = actix_web::Error,
-        >,
-{
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    req.extensions_mut().insert(extract::RequestId(id.clone()));
-    let method = req.method().to_string();
-    let path = req.path().to_string();
-    let started = std::time::Instant::now();
-    let fut = srv.call(req);
-    async move {
-        let mut res = fut.await?;
-        tracing::info!(
-            request_id = %id,
-            method = %method,
-            path = %path,
-            status = res.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
-        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
-            res.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static("x-request-id"),
-                v,
-            );
-        }
-        Ok(res)
+    tokio::select! {
+        (a, b) = futures_util::future::join(api, public) => a.and(b).map_err(HttpError::Serve),
+        // Dropping the servers drops their connections.
+        () = forced => Err(HttpError::Interrupted),
     }
 }
 
-fn tls_config(dir: &Path) -> Result<rustls::ServerConfig, HttpError> {
-    let cert_path = dir.join("server.crt");
-    let key_path = dir.join("server.key");
-    let tls_err = |path: &Path, message: String| HttpError::Tls {
-        path: path.display().to_string(),
-        message,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| tls_err(&cert_path, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls_err(&cert_path, e.to_string()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e.to_string()))?;
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| tls_err(dir, e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| tls_err(dir, e.to_string()))
+/// SIGTERM and SIGINT, caught from [`StopSignals::register`] on: register
+/// before start-up work (migrations, bootstrap) so that a signal during it
+/// stops the server once it is up instead of killing the process midway.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    /// The first signal starts the graceful stop of both servers: the
+    /// listeners close at once (new connections are refused), idle
+    /// keep-alive connections are closed, requests in flight get `timeout`
+    /// to finish. Resolves on a second signal, which should not wait.
+    async fn stop_on_signal(
+        mut self,
+        servers: [actix_web::dev::ServerHandle; 2],
+        timeout: Duration,
+    ) {
+        let name = self.next().await;
+        tracing::info!(
+            signal = name,
+            timeout_seconds = timeout.as_secs(),
+            "shutting down: listeners closed, finishing requests in flight"
+        );
+        for server in &servers {
+            // The command is sent now; the server futures carry it out.
+            drop(server.stop(true));
+        }
+        let name = self.next().await;
+        tracing::warn!(
+            signal = name,
+            "second signal: dropping the connections still open"
+        );
+    }
 }

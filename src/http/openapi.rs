@@ -17,13 +17,16 @@ use actix_web::http::header::{self, ContentType};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{App, HttpRequest, HttpResponse, get, web};
 use utoipa::openapi::content::ContentBuilder;
-use utoipa::openapi::path::{HttpMethod, Operation, ParameterIn, PathItem, Paths};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem, Paths};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{HeaderBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa_actix_web::OpenApiFactory;
 
 use super::problem::{ApiError, Problem};
+
+/// The response header every answer carries (`middleware`).
+const REQUEST_ID: &str = "X-Request-Id";
 
 /// The route table of one listener, as `api_routes` and `public_routes`
 /// fill it.
@@ -129,11 +132,14 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
         title = "clm",
         description = "HSM-backed certificate lifecycle manager. JSON under `/api/v1` on the \
             API listener (HTTPS); `/ca`, `/crl`, `/ocsp`, `/healthz`, `/readyz` and `/metrics` \
-            are anonymous and also served by the plain-HTTP listener. Errors are \
-            `application/problem+json` with a stable `code`.",
+            are anonymous and also served by the plain-HTTP listener. Callers authenticate with a \
+            bearer token or, on the HTTPS listener, a client certificate issued by clm and bound \
+            to them. Errors are `application/problem+json` with a stable `code`; every answer \
+            carries `X-Request-Id`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    security(("bearer" = [])),
+    // Either one: a bearer token wins over a client certificate.
+    security(("bearer" = []), ("mutualTLS" = [])),
     // Outcome is only named by a query parameter's `value_type`, which
     // utoipa does not collect.
     components(schemas(Problem, crate::domain::model::Outcome)),
@@ -169,7 +175,6 @@ pub fn document() -> OpenApi {
     let mut doc = <Base as utoipa::OpenApi>::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc.paths = paths;
-    add_documented_elsewhere(&mut doc);
     let components = doc.components.get_or_insert_with(Default::default);
     components.schemas.extend(schemas);
     components.add_security_scheme(
@@ -183,42 +188,48 @@ pub fn document() -> OpenApi {
                 .build(),
         ),
     );
+    components.add_security_scheme(
+        "mutualTLS",
+        SecurityScheme::MutualTls {
+            description: Some(
+                "On the HTTPS listener: a client certificate issued by clm (clientAuth) and bound \
+                 with `POST /api/v1/certificates/{id}/binding` to its owner or one of their API \
+                 keys"
+                    .into(),
+            ),
+            deprecated: None,
+            extensions: None,
+        },
+    );
+    components.headers.insert(
+        REQUEST_ID.into(),
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some("^[A-Za-z0-9._:-]{1,64}$")),
+                ))
+                .description(Some(
+                    "The request's id in the log and the audit trail: the client's \
+                     `X-Request-Id` when it is 1 to 64 of `A-Z a-z 0-9 - _ . :`, otherwise a \
+                     new UUID",
+                ))
+                .build(),
+        ),
+    );
     complete(&mut doc);
     doc
-}
-
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "meta",
-    security(()),
-    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)),
-)]
-#[allow(dead_code)]
-fn metrics() {}
-
-/// Routes whose handler is not annotated (yet): `/metrics` is exported by
-/// the metrics work; its own annotation, once registered through
-/// `Routes::add`, takes precedence over this one.
-fn add_documented_elsewhere(doc: &mut OpenApi) {
-    use utoipa::Path;
-    doc.paths
-        .paths
-        .entry(__path_metrics::path())
-        .or_insert_with(|| {
-            let mut op = __path_metrics::operation();
-            op.tags = Some(vec!["meta".into()]);
-            PathItem::new(HttpMethod::Get, op)
-        });
 }
 
 /// Adds to every operation the answers its kind implies, and gives every
 /// error answer without a body the problem document:
 /// - 400 with path, query or header parameters or a JSON body (the
 ///   extractors refuse what does not parse);
-/// - 401 where the bearer token is required; 404 where an id is in the path;
-/// - 413 and 415 with a JSON body; 500 and 503 everywhere but `meta`.
+/// - 401 where a credential is required; 404 where an id is in the path;
+/// - 413 and 415 with a JSON body; 500 and 503 everywhere but `meta`;
+///
+/// and gives every answer the `X-Request-Id` header.
 fn complete(doc: &mut OpenApi) {
     for item in doc.paths.paths.values_mut() {
         for op in operations_mut(item) {
@@ -246,7 +257,12 @@ fn complete(doc: &mut OpenApi) {
                     "Invalid input; `code` says what",
                     in_path || in_query || json_body,
                 ),
-                ("401", "No valid bearer token", secured),
+                (
+                    "401",
+                    "No valid bearer token or bound client certificate; `code` says which \
+                     (`unauthenticated`, `client_certificate_revoked`, …)",
+                    secured,
+                ),
                 (
                     "404",
                     "No such object (or one of another organisation)",
@@ -261,7 +277,8 @@ fn complete(doc: &mut OpenApi) {
                 ),
                 (
                     "503",
-                    "A dependency (usually the HSM) is unavailable",
+                    "The HSM is unavailable (`hsm_unavailable`: writes need it, reads go on) or \
+                     a CA's key is missing from it (`ca_unavailable`)",
                     !meta,
                 ),
             ];
@@ -276,6 +293,10 @@ fn complete(doc: &mut OpenApi) {
             for (status, response) in &mut op.responses.responses {
                 if let RefOr::T(response) = response {
                     as_problem(status, response);
+                    response.headers.insert(
+                        REQUEST_ID.into(),
+                        RefOr::Ref(Ref::new(format!("#/components/headers/{REQUEST_ID}"))),
+                    );
                 }
             }
         }
@@ -474,11 +495,9 @@ mod tests {
         refs(&doc, &mut all);
         assert!(all.len() > 100, "{}", all.len());
         for r in all {
-            let name = r.strip_prefix("#/components/schemas/").unwrap();
-            assert!(
-                doc["components"]["schemas"].get(name).is_some(),
-                "{r} dangles"
-            );
+            let pointer = r.strip_prefix('#').unwrap();
+            assert!(pointer.starts_with("/components/"), "{r}");
+            assert!(doc.pointer(pointer).is_some(), "{r} dangles");
         }
     }
 
@@ -501,6 +520,10 @@ mod tests {
                     "{at}: no success answer"
                 );
                 for (status, r) in responses {
+                    assert_eq!(
+                        r["headers"]["X-Request-Id"]["$ref"], "#/components/headers/X-Request-Id",
+                        "{at} {status}"
+                    );
                     if status.as_str() >= "400" {
                         let content = r["content"].as_object();
                         let types: Vec<&String> =
@@ -543,8 +566,14 @@ mod tests {
             }
         }
         assert!(count >= 55, "{count} operations");
-        let bearer = &doc["components"]["securitySchemes"]["bearer"];
-        assert_eq!(bearer["scheme"], "bearer");
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+        assert_eq!(schemes["mutualTLS"]["type"], "mutualTLS");
+        assert_eq!(
+            doc["security"],
+            serde_json::json!([{ "bearer": [] }, { "mutualTLS": [] }]),
+            "either credential will do"
+        );
     }
 
     /// Routes are added only through `Routes::add`, so that none is missing

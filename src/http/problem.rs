@@ -71,7 +71,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
-            "a valid bearer token is required",
+            "a valid bearer token (or a bound client certificate) is required",
         )
     }
 }
@@ -88,6 +88,9 @@ impl From<ServiceError> for ApiError {
         match &e {
             Invalid { code, message } => Self::new(StatusCode::BAD_REQUEST, code, message.clone()),
             Unauthenticated => Self::unauthenticated(),
+            CredentialRefused { code, message } => {
+                Self::new(StatusCode::UNAUTHORIZED, code, *message)
+            }
             Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", *m),
             NotFound(what) => Self::not_found(format!("{what} not found")),
             Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message.clone()),
@@ -97,10 +100,15 @@ impl From<ServiceError> for ApiError {
                 err.retry_after = Some(*retry_after_secs);
                 err
             }
-            Unavailable { message, .. } => {
-                tracing::warn!(error = %e.log_message(), "dependency unavailable");
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", *message);
-                err.retry_after = Some(5);
+            Unavailable {
+                code,
+                message,
+                retry_after_secs,
+                ..
+            } => {
+                tracing::warn!(code, error = %e.log_message(), "dependency unavailable");
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, *message);
+                err.retry_after = Some(*retry_after_secs);
                 err
             }
             Internal { .. } => {

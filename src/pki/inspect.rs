@@ -105,6 +105,21 @@ pub fn not_after(cert_der: &[u8]) -> Result<DateTime<Utc>, PkiError> {
     utc(parse(cert_der)?.validity().not_after)
 }
 
+/// Whether the certificate may authenticate a TLS client: an end-entity
+/// certificate whose extended key usage names clientAuth (or
+/// anyExtendedKeyUsage). clm always writes the extension, so a certificate
+/// without it is refused too.
+pub fn allows_client_auth(cert_der: &[u8]) -> Result<bool, PkiError> {
+    let cert = parse(cert_der)?;
+    if cert.is_ca() {
+        return Ok(false);
+    }
+    Ok(cert
+        .extended_key_usage()
+        .map_err(PkiError::encoding)?
+        .is_some_and(|eku| eku.value.client_auth || eku.value.any))
+}
+
 /// `cert` names `issuer` as its issuer and its signature verifies with
 /// the issuer certificate's key.
 pub fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), PkiError> {
@@ -206,6 +221,23 @@ mod tests {
             Err(PkiError::KeyMismatch(m)) => assert!(m.contains("challenge"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_end_entities_with_client_auth_authenticate_clients() {
+        let s = SoftSigner::new(KeyAlgorithm::EcdsaP256);
+        assert!(!allows_client_auth(&self_signed(&s)).unwrap(), "a CA");
+        let leaf = |ekus: Vec<rcgen::ExtendedKeyUsagePurpose>| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["c.test".into()]).unwrap();
+            params.extended_key_usages = ekus;
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        use rcgen::ExtendedKeyUsagePurpose::*;
+        assert!(allows_client_auth(&leaf(vec![ServerAuth, ClientAuth])).unwrap());
+        assert!(allows_client_auth(&leaf(vec![Any])).unwrap());
+        assert!(!allows_client_auth(&leaf(vec![ServerAuth])).unwrap());
+        assert!(!allows_client_auth(&leaf(vec![])).unwrap(), "no EKU");
     }
 
     #[test]

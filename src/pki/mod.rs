@@ -27,8 +27,8 @@ pub use crl::{CrlEntry, prepare_crl};
 pub use csr::{MAX_CSR_TEXT_LEN, ParsedCsr, parse_csr, parse_csr_der};
 pub use error::PkiError;
 pub use inspect::{
-    CertInfo, common_name, fingerprint_sha256_hex, not_after, not_before, prove_key_matches,
-    spki_of, spki_sha256_hex, subject_string, to_pem, verify_signed_by,
+    CertInfo, allows_client_auth, common_name, fingerprint_sha256_hex, not_after, not_before,
+    prove_key_matches, spki_of, spki_sha256_hex, subject_string, to_pem, verify_signed_by,
 };
 pub use pkcs12::{MIN_PASSPHRASE_CHARS, build_pkcs12, check_passphrase};
 pub use signer::{SignerKey, ToBeSigned};

@@ -1235,6 +1235,7 @@ impl Clm {
             roles: user.roles,
             session_id: None,
             api_key_id: None,
+            client_certificate_id: None,
         })
     }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::Clm;
 use super::error::{ServiceError, ServiceResult};
 use super::principal::Principal;
-use crate::domain::model::{Actor, AuditEvent, Outcome, RequestContext, Session, User};
+use crate::domain::model::{Actor, ApiKey, AuditEvent, Outcome, RequestContext, Session, User};
 use crate::domain::{Secret, SessionId};
 
 /// Shortest password accepted.
@@ -235,21 +235,7 @@ impl Clm {
             {
                 self.core.touch_api_key(key.id, now).await?;
             }
-            // A key never carries more than its owner holds today.
-            let roles = key
-                .roles
-                .iter()
-                .copied()
-                .filter(|r| user.roles.contains(r))
-                .collect();
-            return Ok(Principal {
-                user_id: user.id,
-                organization_id: user.organization_id,
-                email: user.email,
-                roles,
-                session_id: None,
-                api_key_id: Some(key.id),
-            });
+            return Ok(api_key_principal(&key, user));
         }
         let session = self
             .core
@@ -269,6 +255,7 @@ impl Clm {
             roles: user.roles,
             session_id: Some(session.id),
             api_key_id: None,
+            client_certificate_id: None,
         })
     }
 
@@ -294,6 +281,26 @@ impl Clm {
             .revoke_session(session, &event)
             .await
             .map_err(|_| ServiceError::Unauthenticated)
+    }
+}
+
+/// The principal of an API key: its owner, with the key's roles — never
+/// more than the owner holds today.
+pub(super) fn api_key_principal(key: &ApiKey, user: User) -> Principal {
+    let roles = key
+        .roles
+        .iter()
+        .copied()
+        .filter(|r| user.roles.contains(r))
+        .collect();
+    Principal {
+        user_id: user.id,
+        organization_id: user.organization_id,
+        email: user.email,
+        roles,
+        session_id: None,
+        api_key_id: Some(key.id),
+        client_certificate_id: None,
     }
 }
 

@@ -108,11 +108,12 @@ impl Clm {
                 &ctx,
             )
             .await?;
-        let failed = self.load_ca_keys().await?;
-        if let Some((id, why)) = failed.first() {
-            return Err(ServiceError::internal(format!(
-                "CA {id} cannot sign: {why}"
-            )));
+        // A CA that fails its proof is refused (503 `ca_unavailable`) while
+        // the rest of the service comes up; `clm hsm check` names it.
+        for (id, _) in self.load_ca_keys().await? {
+            report.actions.push(format!(
+                "CA {id} cannot sign: its HSM key is missing or does not match; see `clm hsm check`"
+            ));
         }
         let issued = self.ensure_ocsp_signers().await?;
         if issued > 0 {

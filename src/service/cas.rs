@@ -1,6 +1,7 @@
 //! Certificate authorities as the API shows them, and the cache of CA keys
 //! that proved at start-up that they match their certificates.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,7 @@ use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
 use crate::domain::model::{CertificateAuthority, RequestContext};
 use crate::domain::{CaId, CaKind, KeyAlgorithm, OrganizationId, Permission};
-use crate::hsm::HsmKey;
+use crate::hsm::{HsmError, HsmKey};
 use crate::pki;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -236,27 +237,50 @@ impl Clm {
         Ok(ca)
     }
 
-    /// The CA's key, if it proved itself at start-up. A CA whose key is
-    /// missing from the token or does not match its certificate cannot sign:
-    /// 503, while everything else keeps working.
+    /// The CA's key, if it proved itself at start-up and the token is
+    /// available. Refused up front (503, nothing persisted) while the
+    /// breaker in front of the token is open — `hsm_unavailable` — and for
+    /// a CA whose key is missing from the token or does not match its
+    /// certificate — `ca_unavailable` — while everything else keeps
+    /// working. Two atomic loads and a map lookup: no HSM call.
     pub(super) async fn signing_key(&self, id: CaId) -> ServiceResult<Arc<HsmKey>> {
-        self.ca_keys
-            .read()
-            .await
-            .get(&id)
-            .cloned()
-            .ok_or(ServiceError::Unavailable {
-                message: "the CA's signing key is not available in the HSM",
-                log: format!("no verified HSM key loaded for CA {id}"),
-            })
+        if let Some(down) = self.hsm.unavailable() {
+            return Err(ServiceError::hsm_unavailable(
+                down.retry_after.as_secs(),
+                down.reason,
+            ));
+        }
+        match self.ca_keys.read().await.get(&id) {
+            Some(key) if !key.is_missing() => Ok(key.clone()),
+            Some(_) => Err(ServiceError::ca_unavailable(format!(
+                "the key of CA {id} is missing from the token"
+            ))),
+            None => Err(ServiceError::ca_unavailable(format!(
+                "no verified HSM key loaded for CA {id}"
+            ))),
+        }
     }
 
     /// Loads every CA key from the token and makes it prove, by signing a
     /// fresh challenge, that it belongs to the CA certificate (as Boulder
-    /// does at start-up). Returns the CAs that failed, with the reason.
+    /// does at start-up); the keys that pass become the ones that sign.
+    /// Returns the CAs that failed, with the reason.
     pub async fn load_ca_keys(&self) -> ServiceResult<Vec<(CaId, String)>> {
+        let (loaded, failed) = self.verify_ca_keys().await?;
+        for (id, why) in &failed {
+            tracing::error!(ca = %id, reason = %why, "CA cannot sign");
+        }
+        *self.ca_keys.write().await = loaded;
+        Ok(failed)
+    }
+
+    /// Every CA's key, found in the token and proven against the CA's
+    /// certificate; and the CAs whose key is missing or does not match.
+    pub(super) async fn verify_ca_keys(
+        &self,
+    ) -> ServiceResult<(HashMap<CaId, Arc<HsmKey>>, Vec<(CaId, String)>)> {
         let mut failed = Vec::new();
-        let mut loaded = std::collections::HashMap::new();
+        let mut loaded = HashMap::new();
         for ca in self.secure.list_cas().await? {
             let Some(cert_der) = ca.certificate_der.clone() else {
                 failed.push((ca.id, "no certificate stored".to_string()));
@@ -271,6 +295,11 @@ impl Clm {
             };
             let key = match self.hsm.find_key_pair(ca.key_algorithm, &ckaid).await {
                 Ok(k) => Arc::new(k),
+                Err(HsmError::KeyNotFound) => {
+                    failed.push((ca.id, "key missing from the token".to_string()));
+                    continue;
+                }
+                Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
                     failed.push((ca.id, format!("key not usable in the token: {e}")));
                     continue;
@@ -291,10 +320,6 @@ impl Clm {
                 )),
             }
         }
-        for (id, why) in &failed {
-            tracing::error!(ca = %id, reason = %why, "CA cannot sign");
-        }
-        *self.ca_keys.write().await = loaded;
-        Ok(failed)
+        Ok((loaded, failed))
     }
 }

@@ -155,7 +155,7 @@ impl Clm {
             let this_update = Utc::now();
             let next_update = this_update + Duration::seconds(self.settings.crl_validity_seconds);
             let (k, der_in, idp_c) = (key.clone(), ca_der.clone(), idp.clone());
-            let der = tokio::task::spawn_blocking(move || {
+            let der = crate::logging::spawn_blocking_in_span(move || {
                 let number = u64::try_from(number).map_err(pki::PkiError::encoding)?;
                 let issuer = pki::Issuer::new(k.as_ref(), &der_in)?;
                 pki::prepare_crl(&issuer, number, this_update, next_update, &idp_c, &entries)?

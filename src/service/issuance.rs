@@ -119,6 +119,7 @@ impl Clm {
         {
             return Ok((existing, false));
         }
+        self.issuance_limiter.check(p)?;
 
         let profile = self
             .core
@@ -326,6 +327,7 @@ impl Clm {
         reservation: Reservation,
         ctx: &RequestContext,
     ) -> ServiceResult<Certificate> {
+        let timer = super::telemetry::IssuanceTimer::start(ca, request.profile_id);
         // Step 1: the intent, with a serial nobody else can take.
         let mut serial = pki::random_serial();
         for attempt in 1..=SERIAL_ATTEMPTS {
@@ -373,7 +375,7 @@ impl Clm {
         let spki = spki_der.to_vec();
         let serial_c = serial.clone();
         let now = Utc::now();
-        let built = tokio::task::spawn_blocking(move || {
+        let built = crate::logging::spawn_blocking_in_span(move || {
             let issuer = pki::Issuer::new(key.as_ref(), &issuer_der)?;
             pki::build_leaf(&approved_c, &spki, &issuer, &serial_c, now, &urls)
         })
@@ -455,6 +457,7 @@ impl Clm {
         {
             self.supersede(old, actor, ctx).await;
         }
+        timer.issued();
         Ok(cert)
     }
 

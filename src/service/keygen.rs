@@ -107,7 +107,7 @@ impl Clm {
             .common_name
             .clone()
             .unwrap_or_else(|| cert.serial_hex.clone());
-        let p12 = tokio::task::spawn_blocking(move || {
+        let p12 = crate::logging::spawn_blocking_in_span(move || {
             pki::build_pkcs12(&pkcs8, &der, &chain, &name, &passphrase)
         })
         .await

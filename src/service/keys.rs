@@ -55,6 +55,9 @@ impl Clm {
     fn continue_in_background(&self) {
         let clm = self.clone();
         tokio::spawn(async move {
+            let Some(_run) = super::shutdown::begin_job().await else {
+                return;
+            };
             if let Err(e) = clm.continue_kek_rotation().await {
                 tracing::error!(error = %e.log_message(), "KEK rotation stopped; it resumes with the next job run");
             }

@@ -9,6 +9,7 @@ pub mod auth;
 mod bootstrap;
 mod cas;
 mod certificates;
+mod client_cert;
 mod crl;
 pub mod error;
 mod expiry;
@@ -20,10 +21,13 @@ mod ocsp;
 mod organizations;
 mod principal;
 mod profiles;
+mod rate_limit;
 mod recovery;
 mod renewal;
 mod revocation;
 mod rollover;
+pub mod shutdown;
+mod telemetry;
 mod users;
 mod webhooks;
 mod workflow;
@@ -41,6 +45,7 @@ pub use audit::{
 pub use bootstrap::{InitReport, migrate};
 pub use cas::{CaView, NewCa};
 pub use certificates::{CertificateQuery, CertificateSummary, CertificateView, page_of};
+pub use client_cert::{BindingView, ConnectionAudit};
 pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
 pub use expiry::ExpiryReport;
@@ -61,7 +66,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::config::Config;
 use crate::domain::model::{Organization, User};
-use crate::domain::{CaId, OrganizationId, Role, Secret, UserId};
+use crate::domain::{ApiKeyId, CaId, CertificateId, OrganizationId, Role, Secret, UserId};
 use crate::hsm::{AuditKeyring, Hsm, HsmKey};
 use crate::store::{CoreDb, SecureDb};
 
@@ -74,6 +79,8 @@ pub struct Settings {
     pub login_max_failures: i64,
     pub login_lockout_seconds: i64,
     pub login_rate_per_minute: i64,
+    /// Issuance requests per principal and minute (0 = no limit).
+    pub issuance_rate_per_minute: u32,
     pub request_ttl_seconds: i64,
     pub job_interval_seconds: i64,
     pub webhook_retry_base_seconds: i64,
@@ -97,6 +104,7 @@ impl From<&Config> for Settings {
             login_max_failures: c.login_max_failures,
             login_lockout_seconds: c.login_lockout_seconds,
             login_rate_per_minute: c.login_rate_per_minute,
+            issuance_rate_per_minute: c.issuance_rate_per_minute,
             request_ttl_seconds: c.request_ttl_seconds,
             job_interval_seconds: c.job_interval_seconds,
             webhook_retry_base_seconds: c.webhook_retry_base_seconds,
@@ -129,6 +137,7 @@ pub struct Clm {
     /// passwords.
     dummy_hash: String,
     login_limiter: Arc<auth::LoginLimiter>,
+    issuance_limiter: Arc<rate_limit::RateLimiter>,
     crl_state: Arc<crl::CrlState>,
     ocsp: Arc<ocsp::OcspState>,
     /// Held while this process rewraps, so that the API's background task
@@ -159,6 +168,9 @@ impl Clm {
             ca_keys: Arc::default(),
             dummy_hash,
             login_limiter: Arc::new(auth::LoginLimiter::new(settings.login_rate_per_minute)),
+            issuance_limiter: Arc::new(rate_limit::RateLimiter::new(
+                settings.issuance_rate_per_minute,
+            )),
             crl_state: Arc::default(),
             ocsp: Arc::default(),
             rewrapping: Arc::default(),
@@ -171,11 +183,35 @@ impl Clm {
         &self.hsm
     }
 
-    /// Readiness: both databases answer and the token is logged in.
+    /// Readiness: both databases answer and the token is logged in. The
+    /// error texts are for anyone who asks (`/readyz` is public): they say
+    /// which dependency and why in general terms; causes go to the log.
+    /// The HSM check goes through the circuit breaker: while it is open
+    /// this answers at once, and when a retry is due it is the probe that
+    /// recovers the token.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let core = self.core.ping().await.map_err(|e| e.to_string());
-        let secure = self.secure.ping().await.map_err(|e| e.to_string());
-        let hsm = self.hsm.health_check().await.map_err(|e| e.to_string());
+        let db = |r: Result<(), crate::store::StoreError>, name: &str| {
+            r.map_err(|e| {
+                tracing::warn!(check = name, error = %e, "readiness check failed");
+                "the database does not answer".to_string()
+            })
+        };
+        let core = db(self.core.ping().await, "clm_core");
+        let secure = db(self.secure.ping().await, "clm_secure");
+        let hsm = match self.hsm.health_check().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(check = "hsm", error = %e, "readiness check failed");
+                Err(match self.hsm.unavailable() {
+                    Some(down) => format!(
+                        "{}; next recovery attempt in {}s",
+                        down.reason,
+                        down.retry_after.as_secs().max(1)
+                    ),
+                    None => "the token does not answer; recovering".to_string(),
+                })
+            }
+        };
         vec![("clm_core", core), ("clm_secure", secure), ("hsm", hsm)]
     }
 }
@@ -234,12 +270,54 @@ impl From<&User> for UserView {
     }
 }
 
-/// `GET /api/v1/me`: the user and their organisation.
+/// `GET /api/v1/me`: the user, their organisation and how this call
+/// authenticated.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct MeView {
     #[serde(flatten)]
     pub user: UserView,
     pub organization: Option<Organization>,
+    pub authentication: Authentication,
+}
+
+/// How a call authenticated and the roles it acts with (an API key's may be
+/// fewer than the user's).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Authentication {
+    pub method: AuthMethod,
+    pub roles: Vec<Role>,
+    /// The API key used, directly or through the client certificate bound
+    /// to it.
+    pub api_key_id: Option<ApiKeyId>,
+    /// The client certificate presented, when that is how the call
+    /// authenticated.
+    pub certificate_id: Option<CertificateId>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Session,
+    ApiKey,
+    ClientCertificate,
+}
+
+impl Authentication {
+    fn of(p: &Principal) -> Self {
+        let method = if p.client_certificate_id.is_some() {
+            AuthMethod::ClientCertificate
+        } else if p.api_key_id.is_some() {
+            AuthMethod::ApiKey
+        } else {
+            AuthMethod::Session
+        };
+        Self {
+            method,
+            roles: p.roles.clone(),
+            api_key_id: p.api_key_id,
+            certificate_id: p.client_certificate_id,
+        }
+    }
 }
 
 impl Clm {
@@ -254,6 +332,7 @@ impl Clm {
         Ok(MeView {
             user: UserView::from(&user),
             organization,
+            authentication: Authentication::of(p),
         })
     }
 }

@@ -211,7 +211,7 @@ impl Clm {
         let key = responder.key.clone();
         let cert = responder.certificate_der.clone();
         let nonce = nonce.map(<[u8]>::to_vec);
-        tokio::task::spawn_blocking(move || {
+        crate::logging::spawn_blocking_in_span(move || {
             ocsp::sign_response(key.as_ref(), &cert, now, &singles, nonce.as_deref())
         })
         .await
@@ -380,7 +380,7 @@ impl Clm {
         let not_after = (now + Duration::days(self.settings.ocsp_signer_days)).min(ca.not_after);
         let common_name = format!("{} OCSP Responder", ca.name);
         let (issuer_der, s) = (ca_der.to_vec(), serial.clone());
-        let der = tokio::task::spawn_blocking(move || {
+        let der = crate::logging::spawn_blocking_in_span(move || {
             let issuer = pki::Issuer::new(ca_key.as_ref(), &issuer_der)?;
             pki::prepare_ocsp_signer(
                 &issuer,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::error::{ServiceError, ServiceResult};
 use crate::domain::model::Actor;
-use crate::domain::{ApiKeyId, OrganizationId, Permission, Role, SessionId, UserId};
+use crate::domain::{ApiKeyId, CertificateId, OrganizationId, Permission, Role, SessionId, UserId};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Principal {
@@ -16,8 +16,11 @@ pub struct Principal {
     pub roles: Vec<Role>,
     #[serde(skip)]
     pub session_id: Option<SessionId>,
-    /// Set when the caller authenticated with an API key.
+    /// Set when the caller authenticated with an API key, or with a client
+    /// certificate bound to one.
     pub api_key_id: Option<ApiKeyId>,
+    /// Set when the caller authenticated with a client certificate.
+    pub client_certificate_id: Option<CertificateId>,
 }
 
 impl Principal {
@@ -75,6 +78,7 @@ mod tests {
             roles: roles.to_vec(),
             session_id: None,
             api_key_id: None,
+            client_certificate_id: None,
         }
     }
 

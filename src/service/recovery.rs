@@ -110,7 +110,7 @@ impl Clm {
                     .await?;
                 let chain = self.chain_der(cert.ca_id).await?;
                 let (der, name, pass) = (cert.certificate_der, cert.serial_hex, body.passphrase);
-                let p12 = tokio::task::spawn_blocking(move || {
+                let p12 = crate::logging::spawn_blocking_in_span(move || {
                     pki::build_pkcs12(&pkcs8, &der, &chain, &name, &pass)
                 })
                 .await

@@ -43,6 +43,7 @@ impl Clm {
         {
             return Ok((existing, false));
         }
+        self.issuance_limiter.check(p)?;
         let old = self
             .secure
             .find_certificate(id)

@@ -167,7 +167,7 @@ impl Clm {
             serial.clone(),
             old.key_algorithm,
         );
-        let der = tokio::task::spawn_blocking(move || {
+        let der = crate::logging::spawn_blocking_in_span(move || {
             let issuer = pki::Issuer::new(k.as_ref(), &der_in)?;
             pki::prepare_link_certificate(&subject, &spki, alg, &issuer, validity_days, &s)?
                 .sign(k.as_ref())

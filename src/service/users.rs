@@ -267,6 +267,7 @@ impl Clm {
             roles: vec![Role::SuperAdmin],
             session_id: None,
             api_key_id: None,
+            client_certificate_id: None,
         };
         let ctx = RequestContext {
             request_id: Some(format!("cli-{}", uuid::Uuid::new_v4())),

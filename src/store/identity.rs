@@ -1,7 +1,7 @@
 //! clm_core identity records beyond creation: organisation and user lists,
 //! failed logins and lockout, deactivation and password changes (which end
-//! every session and API key of the user in the same transaction), session
-//! idle expiry, and API keys.
+//! every session, API key and client certificate binding of the user in the
+//! same transaction), session idle expiry, and API keys.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -15,7 +15,8 @@ use super::{CoreDb, StoreError, StoreResult, audit, json_strings, parse_all};
 use crate::domain::model::{ApiKey, AuditEvent, Organization, User};
 use crate::domain::{ApiKeyId, OrganizationId, SessionId, UserId};
 
-/// Ends every session and API key of `user` (inside the caller's transaction).
+/// Ends every session, API key and client certificate binding of `user`
+/// (inside the caller's transaction).
 async fn revoke_credentials<C: ConnectionTrait>(
     db: &C,
     user: UserId,
@@ -33,6 +34,7 @@ async fn revoke_credentials<C: ConnectionTrait>(
         .filter(api_keys::Column::RevokedAt.is_null())
         .exec(db)
         .await?;
+    super::client_cert::delete_bindings_of(db, user).await?;
     Ok(())
 }
 

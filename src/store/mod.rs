@@ -10,11 +10,13 @@
 //! [`StoreError::Conflict`].
 
 mod audit;
+mod client_cert;
 mod core_db;
 mod custody;
 pub mod entity;
 mod error;
 mod expiry;
+mod gauges;
 mod identity;
 mod revocation;
 mod rotation;
@@ -27,6 +29,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub use audit::{AuditFilter, AuditSigner, AuditStore};
+pub use client_cert::IssuerState;
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
 pub use expiry::ExpiringCertificate;

@@ -216,6 +216,55 @@ impl TestApp {
         self.wait_until_serving().await;
     }
 
+    /// Sends SIGTERM to the server (without waiting for it).
+    pub fn send_sigterm(&self) {
+        let child = self.child.as_ref().expect("the server is running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+    }
+
+    /// Waits (up to `deadline`) for the server to exit and returns its
+    /// exit status; kills it and fails the test when it does not.
+    pub async fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "clm serve did not exit within {deadline:?}:\n{}",
+                    self.server_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then [`TestApp::wait_for_exit`].
+    pub async fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_for_exit(deadline).await
+    }
+
+    /// Starts the server again on the same data (after [`TestApp::terminate`]).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.wait_until_serving().await;
+    }
+
+    /// Adds or replaces a server setting for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     async fn wait_until_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let ca_path = self.data_dir.path().join("tls/ca.pem");
@@ -263,6 +312,11 @@ impl TestApp {
 
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+    }
+
+    /// What the server wrote on stdout.
+    pub fn server_out(&self) -> String {
+        std::fs::read_to_string(self.path("server.out")).unwrap_or_default()
     }
 
     pub fn root_pem(&self) -> String {

@@ -7,6 +7,7 @@ pub mod audit_purge_permits;
 pub mod audit_seals;
 pub mod certificate_expiry_notices;
 pub mod certificate_metadata;
+pub mod client_certificate_bindings;
 pub mod notifications;
 pub mod organizations;
 pub mod policies;

@@ -1,0 +1,222 @@
+//! A registered CA key deleted from the token (by `pkcs11-tool`, an outside
+//! tool): issuance with that CA is refused with a clear 503 while the server
+//! runs and after a restart, everything else keeps working, and
+//! `clm hsm check` names the missing key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Backend, TestApp, ec_csr};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    let mut app = TestApp::start(Backend::Sqlite).await.unwrap();
+    missing_ca_key(&mut app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    let Some(mut app) = TestApp::start(Backend::Postgres).await else {
+        return;
+    };
+    missing_ca_key(&mut app).await;
+}
+
+async fn request(app: &TestApp, token: &str, profile: &str, cn: &str) -> reqwest::Response {
+    app.post(
+        token,
+        "/api/v1/certificate-requests",
+        &json!({ "profile_id": profile, "csr_pem": ec_csr(&[cn]) }),
+    )
+    .await
+}
+
+/// 503 `ca_unavailable` that says what is wrong in words, not return codes.
+async fn expect_ca_unavailable(r: reqwest::Response) {
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let text = r.text().await.unwrap();
+    for leak in ["CKR", "C_", "Pkcs11", "ObjectHandle", "clm-ca-"] {
+        assert!(!text.contains(leak), "problem leaks {leak}: {text}");
+    }
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["code"], "ca_unavailable", "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("key is missing from the HSM"), "{detail}");
+}
+
+/// `clm hsm check`: whether it passed, and what it printed.
+fn hsm_check(app: &TestApp) -> (bool, String) {
+    let out = app.clm(&["hsm", "check"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The `CKA_ID` (hex) of the private key labelled `label`, as OpenSC lists it.
+fn private_key_id(app: &TestApp, label: &str) -> String {
+    let listing = app.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    let mut lines = listing.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line == format!("label:      {label}")
+            || line.strip_prefix("label:").map(str::trim) == Some(label)
+        {
+            for next in lines.by_ref() {
+                if let Some(id) = next.strip_prefix("ID:") {
+                    return id.trim().to_string();
+                }
+            }
+        }
+    }
+    panic!("no private key labelled {label}:\n{listing}");
+}
+
+async fn missing_ca_key(app: &mut TestApp) {
+    let (ok, report) = hsm_check(app);
+    assert!(ok, "a healthy token passes:\n{report}");
+    assert!(!report.contains("FAIL"), "{report}");
+    for purpose in ["kek", "audit_mac", "ca_signing", "ocsp_signing"] {
+        assert!(
+            report.contains(&format!("ok\t{purpose}\t")),
+            "{purpose}:\n{report}"
+        );
+    }
+
+    let admin = app.admin_token().await;
+    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
+    let root = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "root")
+        .unwrap()["id"]
+        .clone();
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/cas",
+            &json!({ "name": "doomed", "kind": "intermediate", "parent_id": root,
+                     "subject": "Doomed CA", "key_algorithm": "ecdsa-p256", "validity_days": 365 }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let doomed: Value = r.json().await.unwrap();
+    let doomed_id = doomed["id"].as_str().unwrap().to_string();
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/profiles",
+            &json!({
+                "name": "doomed", "ca_id": doomed_id, "key_algorithms": ["ecdsa-p256"],
+                "allowed_dns_suffixes": ["doomed.test"], "allow_ip_sans": false,
+                "max_validity_days": 30, "extended_key_usages": ["serverAuth"],
+                "required_approvals": 0, "allow_server_keygen": false
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let doomed_profile = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let default_profile = app.default_profile_id(&admin).await;
+    // The doomed CA signs once, so the server holds its key's handle.
+    assert_eq!(
+        request(app, &admin, &doomed_profile, "first.doomed.test")
+            .await
+            .status(),
+        201
+    );
+
+    let label = format!("clm-ca-{doomed_id}");
+    let id = private_key_id(app, &label);
+    app.pkcs11_tool(&["--delete-object", "--type", "privkey", "--id", &id]);
+
+    // While the server runs: that CA is refused, every time, cleanly.
+    for cn in ["second.doomed.test", "third.doomed.test"] {
+        expect_ca_unavailable(request(app, &admin, &doomed_profile, cn).await).await;
+    }
+    // Nothing is left half-done: no request holds a reserved serial
+    // without a certificate or a recorded failure.
+    let requests: Value = app
+        .get(&admin, "/api/v1/certificate-requests?per_page=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = requests["items"].as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .all(|r| r["status"] == "issued" || r["status"] == "failed"),
+        "{requests}"
+    );
+    assert!(
+        items.iter().filter(|r| r["status"] == "failed").count() <= 2,
+        "{requests}"
+    );
+
+    // Everything else keeps working.
+    let r = request(app, &admin, &default_profile, "other.ca.test").await;
+    assert_eq!(r.status(), 201);
+    let other = r.json::<Value>().await.unwrap();
+    let cert_id = other["certificate_id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&admin, &format!("/api/v1/certificates/{cert_id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.get(&admin, "/api/v1/certificates").await.status(), 200);
+    assert_eq!(
+        app.get(&admin, &format!("/api/v1/cas/{doomed_id}"))
+            .await
+            .status(),
+        200
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the token itself is fine");
+
+    // `clm hsm check` names the missing key and fails.
+    let (ok, report) = hsm_check(app);
+    assert!(!ok, "a missing key fails the check:\n{report}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("FAIL\tca_signing\t") && l.contains(&label))
+        .unwrap_or_else(|| panic!("no FAIL line for {label}:\n{report}"));
+    assert!(line.contains("missing from the token"), "{line}");
+    assert!(
+        report.contains(&format!("FAIL\tca_certificate_match\t{doomed_id}")),
+        "{report}"
+    );
+    assert!(report.contains("ok\tkek\t"), "the rest is fine:\n{report}");
+
+    // After a restart the CA fails its start-up proof; the server serves.
+    app.kill_and_restart().await;
+    assert!(
+        app.server_log().contains("CA cannot sign"),
+        "{}",
+        app.server_log()
+    );
+    let admin = app.admin_token().await;
+    expect_ca_unavailable(request(app, &admin, &doomed_profile, "fourth.doomed.test").await).await;
+    assert_eq!(
+        request(app, &admin, &default_profile, "after.restart.test")
+            .await
+            .status(),
+        201
+    );
+    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
+    assert!(
+        cas.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == doomed_id.as_str())
+    );
+}
