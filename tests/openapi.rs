@@ -136,7 +136,7 @@ async fn objects_to_aim_at(app: &TestApp, admin: &str) -> String {
     assert_eq!(issued["status"], "issued", "{issued}");
     // The default profile issues clientAuth certificates.
     let default_profile = app.default_profile_id(admin).await;
-    let body = json!({ "profile_id": default_profile, "csr_pem": ec_csr(&["client.example.org"]) });
+    let body = json!({ "profile_id": default_profile, "csr_pem": ec_csr(&["client.clm.test"]) });
     let r = app.post(admin, "/api/v1/certificate-requests", &body).await;
     assert_eq!(r.status(), 201);
     let client_cert = r.json::<Value>().await.unwrap()["certificate_id"]
