@@ -1011,9 +1011,9 @@ impl Clm {
             from: q.from,
             to: q.to,
             actor_id: q.actor_id,
-            action: q.action,
-            target_type: q.target_type,
-            target_id: q.target_id,
+            action: super::certificates::filter_text("action", q.action, 200)?,
+            target_type: super::certificates::filter_text("target_type", q.target_type, 200)?,
+            target_id: super::certificates::filter_text("target_id", q.target_id, 200)?,
             outcome: q.outcome,
             after_seq: q.after,
         };

@@ -100,12 +100,7 @@ impl Clm {
         q: CertificateQuery,
     ) -> ServiceResult<Listing<CertificateSummary>> {
         let page = page_of(q.page, q.per_page)?;
-        if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-            return Err(ServiceError::invalid(
-                "invalid_query",
-                "q must be at most 200 characters",
-            ));
-        }
+        let text = filter_text("q", q.q, 200)?;
         if q.expiring_within_days.is_some_and(|d| d > 36_500) {
             return Err(ServiceError::invalid(
                 "invalid_query",
@@ -120,7 +115,7 @@ impl Clm {
                 .map(|d| Utc::now() + Duration::days(i64::from(d))),
             // "Expiring" means not expired yet.
             not_after_after: q.expiring_within_days.map(|_| Utc::now()),
-            text: q.q.filter(|t| !t.is_empty()),
+            text: text.filter(|t| !t.is_empty()),
         };
         let (rows, total) = self
             .secure
@@ -170,6 +165,26 @@ impl Clm {
 pub const MAX_PER_PAGE: u64 = 1000;
 
 /// Validates paging parameters (defaults: page 1, 50 per page).
+/// A free-text filter from a query string: at most `max` characters and no
+/// control characters (PostgreSQL cannot even compare text holding NUL, and
+/// no stored value contains one).
+pub fn filter_text(name: &str, value: Option<String>, max: usize) -> ServiceResult<Option<String>> {
+    let Some(v) = value else { return Ok(None) };
+    if v.chars().count() > max {
+        return Err(ServiceError::invalid(
+            "invalid_query",
+            format!("{name} must be at most {max} characters"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            "invalid_query",
+            format!("{name} must not contain control characters"),
+        ));
+    }
+    Ok(Some(v))
+}
+
 pub fn page_of(page: Option<u64>, per_page: Option<u64>) -> ServiceResult<Page> {
     let page = page.unwrap_or(1);
     let per_page = per_page.unwrap_or(50);
