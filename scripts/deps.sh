@@ -38,4 +38,10 @@ if [ "${CLM_DEPS_TEST:-0}" = 1 ]; then
     python3 -m pip install --quiet pkilint
     hash -r
   fi
+  # tests/openapi.rs; its CLI changed between 3.x and 4.x.
+  if ! command -v schemathesis >/dev/null 2>&1; then
+    echo "installing schemathesis from PyPI" >&2
+    python3 -m pip install --quiet 'schemathesis>=4.32,<5'
+    hash -r
+  fi
 fi

@@ -735,7 +735,7 @@ async fn user_add(cfg: &Config, email: &str, roles: &[String], org: &str) -> Cli
         .add_user_as_operator(email, &roles, org, password)
         .await
         .map_err(|e| e.log_message())?;
-    println!("clm user add: created {}", added.user["id"]);
+    println!("clm user add: created {}", added.user.id);
     if let Some(pw) = added.generated_password {
         println!(
             "clm user add: generated password (shown once): {}",

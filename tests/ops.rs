@@ -449,7 +449,7 @@ async fn secrets_stay_out_of_the_logs(backend: Backend) {
         ),
         (
             "ops-recovery-approve",
-            "/api/v1/key-recoveries/{id}/{decision}",
+            "/api/v1/key-recoveries/{id}/approve",
             200,
         ),
         ("ops-password", "/api/v1/me/password", 204),

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A key pair type clm can hold in a token or accept in a CSR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum KeyAlgorithm {
     #[serde(rename = "ecdsa-p256")]
     EcdsaP256,
@@ -77,7 +77,7 @@ impl FromStr for KeyAlgorithm {
 }
 
 /// Extended key usages a profile may grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ExtendedKeyUsage {
     ServerAuth,

@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 /// Which of the two logs an entry or seal belongs to. Part of every hash so
 /// that an entry or seal of one log can never be replayed into the other.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditLog {
     /// clm_core `audit_log`: application events.
@@ -374,7 +376,7 @@ pub type MacManyFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<[u8; 32]>, AuditMacError>> + Send + 'a>>;
 
 /// One stored entry with everything verification needs.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     pub id: Uuid,
@@ -390,9 +392,13 @@ pub struct AuditEntry {
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
     pub details: serde_json::Value,
+    /// Hex.
     #[serde(with = "hex_opt")]
+    #[schema(value_type = Option<String>)]
     pub entry_hash: Option<Vec<u8>>,
+    /// Hex.
     #[serde(with = "hex_opt")]
+    #[schema(value_type = Option<String>)]
     pub mac: Option<Vec<u8>>,
     pub mac_key_version: Option<i32>,
 }

@@ -13,7 +13,7 @@ use super::status::{
     RotationStatus, WorkflowKind,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Organization {
     pub id: OrganizationId,
     pub name: String,
@@ -106,7 +106,7 @@ pub struct KeyReference {
 
 /// One KEK rotation (clm_secure `key_rotation_history`): every archived
 /// key moves from `old_key_id` to `new_key_id`, or back on a rollback.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyRotation {
     pub id: uuid::Uuid,
     pub old_key_id: Option<KeyId>,
@@ -244,7 +244,7 @@ pub struct RequestContext {
     pub user_agent: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Success,
@@ -337,7 +337,7 @@ pub struct WorkflowStep {
 }
 
 /// A message to one user.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Notification {
     pub id: uuid::Uuid,
     pub organization_id: OrganizationId,

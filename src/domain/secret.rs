@@ -5,7 +5,8 @@ use std::fmt;
 /// Holds a secret. `Debug` prints `[redacted]`, there is no `Display` and no
 /// `Serialize`, so a secret cannot reach a log line or a response by accident;
 /// reading it takes an explicit [`Secret::expose`].
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(value_type = String, format = Password, description = "A password, PIN or passphrase")]
 pub struct Secret(String);
 
 impl Secret {

@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::algorithm::UnknownName;
 
+// `$text:tt`, not `:literal`: a `literal` fragment reaches derives wrapped
+// in an invisible group, which utoipa's derive does not read as a rename.
 macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:tt),* $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         pub enum $name {
             $(#[serde(rename = $text)] $variant,)*
         }

@@ -1,16 +1,26 @@
 //! Handlers of the auditors' API: query, verify and NDJSON export of both
 //! audit logs. Authorisation and scoping are the service's.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, get, web};
 
 use super::extract::Auth;
 use super::problem::ApiError;
 use crate::domain::audit::AuditLog;
-use crate::service::{AuditQuery, Clm, ExportCursor, ExportQuery};
+use crate::service::{AuditPage, AuditQuery, Clm, ExportCursor, ExportQuery, VerifyReport};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// `GET /api/v1/audit`.
+/// A page of one audit log, oldest first, filtered; scoped to the caller's
+/// organisation unless a super admin asks.
+#[utoipa::path(
+    tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditPage),
+        (status = 403, description = "Not an auditor"),
+    ),
+)]
+#[get("/api/v1/audit")]
 pub async fn query(
     clm: web::Data<Clm>,
     Auth(p): Auth,
@@ -19,15 +29,32 @@ pub async fn query(
     Ok(HttpResponse::Ok().json(clm.audit_query(&p, q.into_inner()).await?))
 }
 
-/// `GET /api/v1/audit/verify`: 200 with the report either way; `ok` says
-/// whether both logs are intact.
+/// Verifies both audit logs: 200 with the report either way; `ok` says
+/// whether both are intact.
+#[utoipa::path(
+    tag = "audit",
+    responses(
+        (status = 200, description = "The report", body = VerifyReport),
+        (status = 403, description = "Not an auditor"),
+    ),
+)]
+#[get("/api/v1/audit/verify")]
 pub async fn verify(clm: web::Data<Clm>, Auth(p): Auth) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(clm.audit_verify_for(&p).await?))
 }
 
-/// `GET /api/v1/audit/export?log=`: NDJSON, streamed page by page — a
-/// header, the checkpoint and HSM head, every seal, then every entry with
-/// its seq, hash, MAC and key version.
+/// Exports one audit log as NDJSON, streamed: a header, the checkpoint and
+/// HSM head, every seal, then every entry with its seq, hash, MAC and key
+/// version (docs/audit.md).
+#[utoipa::path(
+    tag = "audit",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "One JSON object per line", content_type = "application/x-ndjson", body = String),
+        (status = 403, description = "Not an auditor"),
+    ),
+)]
+#[get("/api/v1/audit/export")]
 pub async fn export(
     clm: web::Data<Clm>,
     Auth(p): Auth,

@@ -11,7 +11,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, get, web};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::service::Clm;
@@ -100,6 +100,13 @@ pub fn spawn_upkeep() {
     }
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    tag = "meta",
+    security(()),
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)),
+)]
+#[get("/metrics")]
 pub async fn scrape(clm: web::Data<Clm>) -> HttpResponse {
     refresh_gauges(&clm).await;
     let body = HANDLE

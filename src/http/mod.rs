@@ -13,6 +13,7 @@ mod extract;
 mod handlers;
 mod metrics;
 mod middleware;
+mod openapi;
 mod problem;
 mod relying;
 mod tls;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 
 pub use extract::MAX_BODY;
+pub use openapi::Routes;
 pub use problem::{ApiError, Problem};
 
 use crate::service::Clm;
@@ -57,111 +59,77 @@ pub fn install_metrics() {
     metrics::install();
 }
 
-/// Routes of the API listener.
-pub fn api_routes(cfg: &mut web::ServiceConfig) {
+/// Routes of the API listener: one `add` per endpoint, which also puts it
+/// in the OpenAPI document (docs/api.md).
+pub fn api_routes(r: &mut Routes) {
     use handlers::*;
-    cfg.service(
-        web::scope("/api/v1")
-            .route("/auth/login", web::post().to(login))
-            .route("/auth/logout", web::post().to(logout))
-            .route("/me", web::get().to(me))
-            .route("/me/password", web::post().to(change_password))
-            .route("/organizations", web::get().to(list_organizations))
-            .route("/organizations", web::post().to(create_organization))
-            .route("/users", web::get().to(list_users))
-            .route("/users", web::post().to(create_user))
-            .route("/users/{id}", web::get().to(get_user))
-            .route("/users/{id}/deactivate", web::post().to(deactivate_user))
-            .route("/users/{id}/unlock", web::post().to(unlock_user))
-            .route("/api-keys", web::get().to(list_api_keys))
-            .route("/api-keys", web::post().to(create_api_key))
-            .route("/api-keys/{id}", web::delete().to(revoke_api_key))
-            .route("/cas", web::get().to(list_cas))
-            .route("/cas", web::post().to(create_ca))
-            .route("/cas/{id}", web::get().to(get_ca))
-            .route("/cas/{id}/rollover", web::post().to(rollover_ca))
-            .route("/keys/kek/rotate", web::post().to(rotate_kek))
-            .route("/keys/kek/rollback", web::post().to(rollback_kek))
-            .route("/keys/rotations", web::get().to(kek_rotations))
-            .route("/profiles", web::get().to(list_profiles))
-            .route("/profiles", web::post().to(create_profile))
-            .route("/certificate-requests", web::post().to(submit_request))
-            .route("/certificate-requests", web::get().to(list_requests))
-            .route("/certificates", web::get().to(list_certificates))
-            .route("/certificate-requests/{id}", web::get().to(get_request))
-            .route(
-                "/certificate-requests/{id}/approve",
-                web::post().to(approve_request),
-            )
-            .route(
-                "/certificate-requests/{id}/reject",
-                web::post().to(reject_request),
-            )
-            .route(
-                "/certificate-requests/{id}/cancel",
-                web::post().to(cancel_request),
-            )
-            .route(
-                "/certificate-requests/{id}/retry",
-                web::post().to(retry_request),
-            )
-            .route("/notifications", web::get().to(list_notifications))
-            .route("/webhooks", web::get().to(list_webhooks))
-            .route("/webhooks", web::post().to(create_webhook))
-            .route("/webhooks/{id}", web::delete().to(disable_webhook))
-            .route(
-                "/webhooks/{id}/deliveries",
-                web::get().to(webhook_deliveries),
-            )
-            .route(
-                "/notifications/{id}/read",
-                web::post().to(read_notification),
-            )
-            .route("/certificates/{id}", web::get().to(get_certificate))
-            .route(
-                "/certificates/{id}/revoke",
-                web::post().to(revoke_certificate),
-            )
-            .route(
-                "/certificates/{id}/release-hold",
-                web::post().to(release_hold),
-            )
-            .route(
-                "/certificates/{id}/renew",
-                web::post().to(renew_certificate),
-            )
-            .route("/certificates/{id}/binding", web::post().to(bindings::bind))
-            .route("/certificates/{id}/binding", web::get().to(bindings::get))
-            .route(
-                "/certificates/{id}/binding",
-                web::delete().to(bindings::unbind),
-            )
-            .route(
-                "/certificates/{id}/private-key",
-                web::post().to(recover_private_key),
-            )
-            .route(
-                "/key-recoveries/{id}/{decision}",
-                web::post().to(decide_key_recovery),
-            )
-            .route("/audit", web::get().to(audit::query))
-            .route("/audit/verify", web::get().to(audit::verify))
-            .route("/audit/export", web::get().to(audit::export)),
-    );
-    public_routes(cfg);
+    r.add(login)
+        .add(logout)
+        .add(me)
+        .add(change_password)
+        .add(list_organizations)
+        .add(create_organization)
+        .add(list_users)
+        .add(create_user)
+        .add(get_user)
+        .add(deactivate_user)
+        .add(unlock_user)
+        .add(list_api_keys)
+        .add(create_api_key)
+        .add(revoke_api_key)
+        .add(list_cas)
+        .add(create_ca)
+        .add(get_ca)
+        .add(rollover_ca)
+        .add(rotate_kek)
+        .add(rollback_kek)
+        .add(kek_rotations)
+        .add(list_profiles)
+        .add(create_profile)
+        .add(submit_request)
+        .add(list_requests)
+        .add(get_request)
+        .add(approve_request)
+        .add(reject_request)
+        .add(cancel_request)
+        .add(retry_request)
+        .add(list_certificates)
+        .add(get_certificate)
+        .add(revoke_certificate)
+        .add(release_hold)
+        .add(renew_certificate)
+        .add(bindings::bind)
+        .add(bindings::get)
+        .add(bindings::unbind)
+        .add(recover_private_key)
+        .add(approve_key_recovery)
+        .add(reject_key_recovery)
+        .add(list_notifications)
+        .add(read_notification)
+        .add(list_webhooks)
+        .add(create_webhook)
+        .add(disable_webhook)
+        .add(webhook_deliveries)
+        .add(audit::query)
+        .add(audit::verify)
+        .add(audit::export)
+        .add(openapi::openapi_json)
+        .add(openapi::docs_redirect)
+        .add(openapi::docs_index)
+        .add(openapi::docs_asset);
+    public_routes(r);
 }
 
 /// Routes served on both listeners, anonymous.
-pub fn public_routes(cfg: &mut web::ServiceConfig) {
+pub fn public_routes(r: &mut Routes) {
     use handlers::*;
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics::scrape))
-        .route("/ca/{file}", web::get().to(ca_certificate_der))
-        .route("/crl/{file}", web::get().to(relying::crl))
-        .route("/ocsp", web::post().to(relying::ocsp_post))
-        // Base64 may contain `/`: the request is the rest of the path.
-        .route("/ocsp/{request:.*}", web::get().to(relying::ocsp_get));
+    r.add(healthz)
+        .add(readyz)
+        .add(metrics::scrape)
+        .add(ca_certificate_der)
+        .add(relying::crl)
+        .add(relying::ocsp_post)
+        .add(relying::ocsp_get);
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see
@@ -182,8 +150,7 @@ pub async fn serve(
             .app_data(extract::query_config())
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .wrap_fn(middleware::observe)
-            .configure(api_routes)
-            .default_service(web::to(handlers::not_found))
+            .configure(openapi::configure(api_routes))
     });
     let api = match listeners.tls_dir {
         Some(dir) => {
@@ -206,8 +173,7 @@ pub async fn serve(
             .app_data(extract::path_config())
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .wrap_fn(middleware::observe)
-            .configure(public_routes)
-            .default_service(web::to(handlers::not_found))
+            .configure(openapi::configure(public_routes))
     })
     .bind(listeners.public)
     .map_err(|source| HttpError::Bind {

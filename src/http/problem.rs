@@ -10,13 +10,25 @@ use serde::Serialize;
 
 use crate::service::ServiceError;
 
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem document: the body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://clm.invalid/problems/invalid-id",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "the id in the path is not a UUID",
+    "code": "invalid_id"
+}))]
 pub struct Problem {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The HTTP reason phrase of `status`.
     pub title: &'static str,
     pub status: u16,
+    /// What was wrong, for people.
     pub detail: String,
+    /// What was wrong, for programs: stable across releases.
     pub code: &'static str,
 }
 
@@ -27,6 +39,7 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     retry_after: Option<u64>,
+    allow: Option<String>,
 }
 
 impl ApiError {
@@ -36,7 +49,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after: None,
+            allow: None,
         }
+    }
+
+    /// For a 405: the methods the path has.
+    pub fn with_allow(mut self, methods: String) -> Self {
+        self.allow = Some(methods);
+        self
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -129,6 +149,9 @@ impl ResponseError for ApiError {
         }
         if let Some(secs) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(methods) = &self.allow {
+            resp.insert_header((header::ALLOW, methods.as_str()));
         }
         resp.json(body)
     }

@@ -4,11 +4,12 @@
 //! still read it.
 
 use actix_web::http::header::{self, CacheControl, CacheDirective, HttpDate};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use base64::Engine;
 use futures_util::StreamExt;
 
-use super::extract::parse_id;
+use super::handlers::IdPath;
+use super::openapi::Binary;
 use super::problem::ApiError;
 use crate::service::{Clm, OcspAnswer};
 
@@ -18,11 +19,22 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// fits in a few hundred bytes).
 const MAX_OCSP_REQUEST: usize = 8 * 1024;
 
-pub async fn crl(clm: web::Data<Clm>, file: web::Path<String>) -> Result<HttpResponse> {
-    let id = file
-        .strip_suffix(".crl")
-        .ok_or_else(|| ApiError::not_found("CRL not found"))?;
-    let crl = clm.crl(parse_id(id)?).await?;
+/// The CA's current CRL, DER.
+#[utoipa::path(
+    tag = "relying-parties",
+    params(IdPath),
+    security(()),
+    responses(
+        (status = 200, description = "The CRL", content_type = "application/pkix-crl", body = Binary,
+            headers(
+                ("Cache-Control" = String), ("ETag" = String, description = "The CRL number"),
+                ("Last-Modified" = String, description = "thisUpdate"), ("Expires" = String, description = "nextUpdate"),
+            )),
+    ),
+)]
+#[get("/crl/{id}.crl")]
+pub async fn crl(clm: web::Data<Clm>, id: web::Path<IdPath>) -> Result<HttpResponse> {
+    let crl = clm.crl(id.get()?).await?;
     let max_age = (crl.next_update - chrono::Utc::now())
         .num_seconds()
         .clamp(0, 3600) as u32;
@@ -44,6 +56,21 @@ pub async fn crl(clm: web::Data<Clm>, file: web::Path<String>) -> Result<HttpRes
         .body(crl.der.clone()))
 }
 
+/// The OCSP responder (RFC 6960), request in the body.
+#[utoipa::path(
+    tag = "relying-parties",
+    security(()),
+    request_body(content = Binary, content_type = "application/ocsp-request", description = "DER OCSPRequest"),
+    responses(
+        (status = 200, description = "An OCSPResponse (also `unauthorized` for certificates of other issuers)",
+            content_type = "application/ocsp-response", body = Binary, headers(("Cache-Control" = String))),
+        (status = 400, description = "The request is not an OCSP request: an OCSPResponse `malformedRequest`",
+            content_type = "application/ocsp-response", body = Binary),
+        (status = 413, description = "Larger than 8 KiB"),
+        (status = 415, description = "Not `application/ocsp-request`"),
+    ),
+)]
+#[post("/ocsp")]
 pub async fn ocsp_post(
     clm: web::Data<Clm>,
     req: HttpRequest,
@@ -73,7 +100,25 @@ pub async fn ocsp_post(
     Ok(ocsp_response(clm.ocsp_answer(&body).await))
 }
 
-/// RFC 6960 appendix A.1: the DER request, base64, URL-encoded, in the path.
+/// The OCSP responder, RFC 6960 appendix A.1: the DER request, base64,
+/// URL-encoded, in the path.
+#[utoipa::path(
+    tag = "relying-parties",
+    security(()),
+    params(("request" = String, Path, description = "base64 of the DER OCSPRequest, URL-encoded")),
+    responses(
+        (status = 200, description = "An OCSPResponse", content_type = "application/ocsp-response", body = Binary,
+            headers(("Cache-Control" = String))),
+        (status = 400, description = "Not base64 (a problem document), or not an OCSP request (an OCSPResponse `malformedRequest`)",
+            content(
+                (Binary = "application/ocsp-response"),
+                (super::problem::Problem = "application/problem+json"),
+            )),
+        (status = 413, description = "Longer than 16 KiB"),
+    ),
+)]
+// Base64 may contain `/`: the request is the rest of the path.
+#[get("/ocsp/{request:.*}")]
 pub async fn ocsp_get(clm: web::Data<Clm>, encoded: web::Path<String>) -> Result<HttpResponse> {
     if encoded.len() > MAX_OCSP_REQUEST * 2 {
         return Err(too_large());

@@ -2,7 +2,7 @@
 //! creator's roles, shown once and stored as a digest.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::{API_KEY_PREFIX, new_token};
 use super::error::{ServiceError, ServiceResult};
@@ -15,25 +15,56 @@ use crate::store::StoreError;
 const MAX_LIFETIME_DAYS: i64 = 366;
 
 /// Body of `POST /api/v1/api-keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
+    /// 1 to 100 printable characters.
     pub name: String,
+    /// A non-empty subset of the creator's roles.
     pub roles: Vec<Role>,
+    /// In the future, at most 366 days ahead; no expiry if absent.
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-fn key_json(k: &ApiKey) -> serde_json::Value {
-    serde_json::json!({
-        "id": k.id,
-        "name": k.name,
-        "token_prefix": k.token_prefix,
-        "roles": k.roles,
-        "expires_at": k.expires_at.map(rfc3339),
-        "last_used_at": k.last_used_at.map(rfc3339),
-        "revoked_at": k.revoked_at.map(rfc3339),
-        "created_at": rfc3339(k.created_at),
-    })
+/// An API key as lists show it (never the token).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiKeyView {
+    pub id: ApiKeyId,
+    pub name: String,
+    /// The token's first characters, to recognise it.
+    pub token_prefix: String,
+    pub roles: Vec<Role>,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub revoked_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl From<&ApiKey> for ApiKeyView {
+    fn from(k: &ApiKey) -> Self {
+        Self {
+            id: k.id,
+            name: k.name.clone(),
+            token_prefix: k.token_prefix.clone(),
+            roles: k.roles.clone(),
+            expires_at: k.expires_at.map(rfc3339),
+            last_used_at: k.last_used_at.map(rfc3339),
+            revoked_at: k.revoked_at.map(rfc3339),
+            created_at: rfc3339(k.created_at),
+        }
+    }
+}
+
+/// A new API key with its token, shown this once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub key: ApiKeyView,
+    pub token: String,
 }
 
 impl Clm {
@@ -43,7 +74,7 @@ impl Clm {
         p: &Principal,
         body: NewApiKey,
         ctx: &RequestContext,
-    ) -> ServiceResult<serde_json::Value> {
+    ) -> ServiceResult<CreatedApiKey> {
         let name = body.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(ServiceError::invalid(
@@ -98,18 +129,19 @@ impl Clm {
             .target("api_key", key.id)
             .details(serde_json::json!({ "name": key.name, "roles": key.roles }));
         self.core.insert_api_key(&key, &event).await?;
-        let mut out = key_json(&key);
-        out["token"] = serde_json::Value::String(token.expose().to_string());
-        Ok(out)
+        Ok(CreatedApiKey {
+            key: ApiKeyView::from(&key),
+            token: token.expose().to_string(),
+        })
     }
 
-    pub async fn list_api_keys(&self, p: &Principal) -> ServiceResult<Vec<serde_json::Value>> {
+    pub async fn list_api_keys(&self, p: &Principal) -> ServiceResult<Vec<ApiKeyView>> {
         Ok(self
             .core
             .list_api_keys(p.user_id)
             .await?
             .iter()
-            .map(key_json)
+            .map(ApiKeyView::from)
             .collect())
     }
 

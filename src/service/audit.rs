@@ -38,7 +38,7 @@ const MAX_SEAL_ENTRIES: u64 = 20_000;
 const REORDER_WINDOW: i64 = 256;
 
 /// Why verification stopped at an entry or seal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The entry's content does not match its hash or MAC.
@@ -72,7 +72,7 @@ impl Reason {
 }
 
 /// The first problem found in one log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct BadEntry {
     pub seq: Option<i64>,
     pub id: Option<Uuid>,
@@ -98,7 +98,7 @@ impl std::fmt::Display for BadEntry {
 }
 
 /// Verification of one log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LogReport {
     pub log: AuditLog,
     pub ok: bool,
@@ -110,7 +110,7 @@ pub struct LogReport {
     pub first_bad: Option<BadEntry>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     pub logs: Vec<LogReport>,
@@ -988,11 +988,7 @@ impl Clm {
 
     /// `GET /api/v1/audit`: a keyset page of one log (by seq), filtered,
     /// organisation-scoped for everyone but a super admin.
-    pub async fn audit_query(
-        &self,
-        p: &Principal,
-        q: AuditQuery,
-    ) -> ServiceResult<serde_json::Value> {
+    pub async fn audit_query(&self, p: &Principal, q: AuditQuery) -> ServiceResult<AuditPage> {
         p.require(Permission::ReadAudit)?;
         if let Some(o) = &q.outcome
             && !["success", "failure", "denied"].contains(&o.as_str())
@@ -1027,7 +1023,11 @@ impl Clm {
         } else {
             None
         };
-        Ok(serde_json::json!({ "log": log, "items": items, "next_after": next }))
+        Ok(AuditPage {
+            log,
+            items,
+            next_after: next,
+        })
     }
 
     /// `GET /api/v1/audit/verify`.
@@ -1143,9 +1143,19 @@ impl Clm {
     }
 }
 
+/// A page of `GET /api/v1/audit`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub log: AuditLog,
+    pub items: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next_after: Option<i64>,
+}
+
 /// Query of `GET /api/v1/audit`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// `core` (default) or `secure`.
     pub log: Option<AuditLog>,
@@ -1157,16 +1167,19 @@ pub struct AuditQuery {
     pub action: Option<String>,
     pub target_type: Option<String>,
     pub target_id: Option<String>,
+    #[param(value_type = Option<Outcome>)]
     pub outcome: Option<String>,
     /// Keyset cursor: the `next_after` of the previous page.
     pub after: Option<i64>,
     /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 
 /// Query of `GET /api/v1/audit/export`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     pub log: Option<AuditLog>,
 }

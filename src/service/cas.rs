@@ -13,14 +13,17 @@ use crate::domain::{CaId, CaKind, KeyAlgorithm, OrganizationId, Permission};
 use crate::hsm::{HsmError, HsmKey};
 use crate::pki;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CaView {
     pub id: CaId,
     pub name: String,
     pub kind: CaKind,
     pub subject: String,
+    #[schema(format = DateTime)]
     pub not_before: String,
+    #[schema(format = DateTime)]
     pub not_after: String,
+    #[schema(value_type = KeyAlgorithm)]
     pub key_algorithm: String,
     /// The CA's certificate as a certificate record (revocable by CA admins).
     pub certificate_id: Option<crate::domain::CertificateId>,
@@ -36,7 +39,7 @@ pub struct CaView {
 }
 
 /// Body of `POST /api/v1/cas`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCa {
     pub name: String,

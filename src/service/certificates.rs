@@ -6,20 +6,27 @@ use serde::{Deserialize, Serialize};
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Listing, Principal, rfc3339};
 use crate::domain::model::Certificate;
-use crate::domain::{CaId, CertificateId, CertificateStatus, ProfileId, RequestId};
+use crate::domain::{
+    CaId, CertificateId, CertificateStatus, ProfileId, RequestId, RevocationReason,
+};
 use crate::pki;
 use crate::store::{CertificateFilter, Page};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CertificateView {
     pub id: CertificateId,
+    /// Lower-case hex.
     pub serial: String,
     pub subject: String,
     pub sans: Vec<String>,
+    #[schema(format = DateTime)]
     pub not_before: String,
+    #[schema(format = DateTime)]
     pub not_after: String,
     pub status: CertificateStatus,
+    #[schema(value_type = Option<RevocationReason>)]
     pub revocation_reason: Option<String>,
+    #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
     pub ca_id: CaId,
     pub profile_id: Option<ProfileId>,
@@ -33,13 +40,16 @@ pub struct CertificateView {
 }
 
 /// One row of the certificate list (no PEM: lists stay light).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CertificateSummary {
     pub id: CertificateId,
+    /// Lower-case hex.
     pub serial: String,
     pub subject: String,
     pub sans: Vec<String>,
+    #[schema(format = DateTime)]
     pub not_before: String,
+    #[schema(format = DateTime)]
     pub not_after: String,
     pub status: CertificateStatus,
     pub ca_id: CaId,
@@ -63,14 +73,23 @@ impl From<&Certificate> for CertificateSummary {
 }
 
 /// Query of `GET /api/v1/certificates`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CertificateQuery {
     pub status: Option<CertificateStatus>,
+    /// Substring of the subject or of the serial (hex).
+    #[param(max_length = 200)]
     pub q: Option<String>,
+    /// Not yet expired, and `not_after` within this many days.
+    #[param(maximum = 36_500)]
     pub expiring_within_days: Option<u32>,
     pub ca_id: Option<uuid::Uuid>,
+    /// 1 to 1000000, default 1.
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u64>,
+    /// 1 to 1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub per_page: Option<u64>,
 }
 

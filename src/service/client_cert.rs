@@ -159,26 +159,38 @@ struct Verdict {
 const TOUCH_EVERY_SECONDS: i64 = 60;
 
 /// A binding as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BindingView {
     pub certificate_id: CertificateId,
-    /// `user` or `api_key`: what the certificate authenticates as.
-    pub bound_to: &'static str,
+    pub bound_to: BoundTo,
     pub user_id: UserId,
     pub api_key_id: Option<ApiKeyId>,
+    /// Lower-case hex.
     pub serial: String,
     pub fingerprint_sha256: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Updated at most once a minute.
+    #[schema(format = DateTime)]
     pub last_used_at: Option<String>,
+}
+
+/// What a bound certificate authenticates as: its owner, or the API key
+/// that bound it (with that key's roles).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundTo {
+    User,
+    ApiKey,
 }
 
 fn binding_view(b: &ClientCertBinding, cert: &Certificate) -> BindingView {
     BindingView {
         certificate_id: b.certificate_id,
         bound_to: if b.api_key_id.is_some() {
-            "api_key"
+            BoundTo::ApiKey
         } else {
-            "user"
+            BoundTo::User
         },
         user_id: b.user_id,
         api_key_id: b.api_key_id,

@@ -37,35 +37,36 @@ use std::sync::Arc;
 
 use tokio::sync::RwLock;
 
-pub use api_keys::NewApiKey;
+pub use api_keys::{ApiKeyView, CreatedApiKey, NewApiKey};
 pub use audit::{
-    AuditQuery, BadEntry, ExportCursor, ExportQuery, LogReport, Reason, SealOutcome, VerifyReport,
+    AuditPage, AuditQuery, BadEntry, ExportCursor, ExportQuery, LogReport, Reason, SealOutcome,
+    VerifyReport,
 };
 pub use bootstrap::{InitReport, migrate};
-pub use cas::NewCa;
-pub use certificates::{CertificateQuery, page_of};
-pub use client_cert::ConnectionAudit;
+pub use cas::{CaView, NewCa};
+pub use certificates::{CertificateQuery, CertificateSummary, CertificateView, page_of};
+pub use client_cert::{BindingView, ConnectionAudit};
 pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
 pub use expiry::ExpiryReport;
-pub use issuance::{RequestView, SubmitRequest};
+pub use issuance::{RequestView, SubjectBody, SubmitRequest};
 pub use ocsp::OcspAnswer;
 pub use organizations::NewOrganization;
 pub use principal::Principal;
-pub use profiles::NewProfile;
+pub use profiles::{NewProfile, ProfileView};
 pub use recovery::{RecoveryBody, RecoveryView};
 pub use renewal::RenewBody;
 pub use revocation::RevokeBody;
 pub use rollover::RolloverView;
 pub use users::{AddedUser, NewUserBody, PasswordChange};
-pub use webhooks::NewWebhook;
-pub use workflow::Decision;
+pub use webhooks::{CreatedWebhook, DeliveryView, NewWebhook, WebhookView};
+pub use workflow::{ApprovalView, Decision};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::config::Config;
-use crate::domain::model::User;
-use crate::domain::{CaId, Secret};
+use crate::domain::model::{Organization, User};
+use crate::domain::{ApiKeyId, CaId, CertificateId, OrganizationId, Role, Secret, UserId};
 use crate::hsm::{AuditKeyring, Hsm, HsmKey};
 use crate::store::{CoreDb, SecureDb};
 
@@ -216,7 +217,7 @@ impl Clm {
 }
 
 /// A page of a list as the API returns it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Listing<T> {
     pub items: Vec<T>,
     pub page: u64,
@@ -241,44 +242,97 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// A user as the API shows it (never the password hash).
-pub fn user_json(u: &User) -> serde_json::Value {
-    serde_json::json!({
-        "id": u.id,
-        "email": u.email,
-        "display_name": u.display_name,
-        "organization_id": u.organization_id,
-        "roles": u.roles,
-        "status": u.status,
-        "created_at": rfc3339(u.created_at),
-    })
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: UserId,
+    pub email: String,
+    pub display_name: Option<String>,
+    pub organization_id: OrganizationId,
+    pub roles: Vec<Role>,
+    #[schema(example = "active")]
+    /// `active`, `disabled` or `locked`.
+    pub status: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email.clone(),
+            display_name: u.display_name.clone(),
+            organization_id: u.organization_id,
+            roles: u.roles.clone(),
+            status: u.status.clone(),
+            created_at: rfc3339(u.created_at),
+        }
+    }
+}
+
+/// `GET /api/v1/me`: the user, their organisation and how this call
+/// authenticated.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MeView {
+    #[serde(flatten)]
+    pub user: UserView,
+    pub organization: Option<Organization>,
+    pub authentication: Authentication,
+}
+
+/// How a call authenticated and the roles it acts with (an API key's may be
+/// fewer than the user's).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Authentication {
+    pub method: AuthMethod,
+    pub roles: Vec<Role>,
+    /// The API key used, directly or through the client certificate bound
+    /// to it.
+    pub api_key_id: Option<ApiKeyId>,
+    /// The client certificate presented, when that is how the call
+    /// authenticated.
+    pub certificate_id: Option<CertificateId>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Session,
+    ApiKey,
+    ClientCertificate,
+}
+
+impl Authentication {
+    fn of(p: &Principal) -> Self {
+        let method = if p.client_certificate_id.is_some() {
+            AuthMethod::ClientCertificate
+        } else if p.api_key_id.is_some() {
+            AuthMethod::ApiKey
+        } else {
+            AuthMethod::Session
+        };
+        Self {
+            method,
+            roles: p.roles.clone(),
+            api_key_id: p.api_key_id,
+            certificate_id: p.client_certificate_id,
+        }
+    }
 }
 
 impl Clm {
     /// `GET /api/v1/me`: the principal, its roles and organisation.
-    pub async fn me(&self, p: &Principal) -> ServiceResult<serde_json::Value> {
+    pub async fn me(&self, p: &Principal) -> ServiceResult<MeView> {
         let user = self
             .core
             .find_user(p.user_id)
             .await?
             .ok_or(ServiceError::Unauthenticated)?;
-        let org = self.core.find_organization(p.organization_id).await?;
-        let mut v = user_json(&user);
-        v["organization"] = serde_json::json!(org);
-        // How this call authenticated and the roles it acts with (an API
-        // key's may be fewer than the user's).
-        let method = if p.client_certificate_id.is_some() {
-            "client_certificate"
-        } else if p.api_key_id.is_some() {
-            "api_key"
-        } else {
-            "session"
-        };
-        v["authentication"] = serde_json::json!({
-            "method": method,
-            "roles": p.roles,
-            "api_key_id": p.api_key_id,
-            "certificate_id": p.client_certificate_id,
-        });
-        Ok(v)
+        let organization = self.core.find_organization(p.organization_id).await?;
+        Ok(MeView {
+            user: UserView::from(&user),
+            organization,
+            authentication: Authentication::of(p),
+        })
     }
 }

@@ -9,7 +9,7 @@ use crate::domain::model::{AuditEvent, Organization, RequestContext};
 use crate::store::StoreError;
 
 /// Body of `POST /api/v1/organizations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrganization {
     pub name: String,

@@ -20,7 +20,7 @@ pub const MAX_APPROVALS: u8 = 5;
 pub const MAX_PROFILE_VALIDITY_DAYS: u32 = 3653;
 
 /// Body of `POST /api/v1/profiles`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProfile {
     pub name: String,
@@ -55,7 +55,7 @@ fn default_approver_roles() -> Vec<Role> {
     vec![Role::Approver]
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProfileView {
     pub id: ProfileId,
     pub name: String,
@@ -71,6 +71,7 @@ pub struct ProfileView {
     pub allow_key_archival: bool,
     pub allow_key_reuse: bool,
     pub approver_roles: Vec<Role>,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 

@@ -26,18 +26,19 @@ use crate::store::StoreError;
 /// Who may approve a recovery (a super admin always may).
 const RECOVERY_APPROVERS: &[Role] = &[Role::Approver];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryBody {
     pub passphrase: Secret,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RecoveryView {
     pub id: uuid::Uuid,
     pub certificate_id: CertificateId,
     pub status: RecoveryStatus,
     pub approvals_required: u8,
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Only in the answer that delivers the key.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ use crate::domain::{
 use crate::pki;
 
 /// Body of `POST /api/v1/certificates/{id}/renew`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
     /// A CSR for the new key; without one the profile must allow reusing

@@ -15,9 +15,10 @@ use crate::domain::{CertificateId, CertificateStatus, Permission, RevocationReas
 use crate::store::{Revocation, StoreError};
 
 /// Body of `POST /api/v1/certificates/{id}/revoke`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
+    #[schema(value_type = RevocationReason)]
     pub reason: String,
 }
 
@@ -194,7 +195,10 @@ impl Clm {
     }
 
     async fn tell_owner(&self, cert: &Certificate, reason: RevocationReason) {
-        let (Some(org), Some(owner)) = (cert.organization_id, cert.owner_id) else {
+        // What clm requested for itself (its TLS certificate) is owned by
+        // the nil user, who has no inbox.
+        let owner = cert.owner_id.filter(|o| !o.0.is_nil());
+        let (Some(org), Some(owner)) = (cert.organization_id, owner) else {
             return;
         };
         let notice = Notification::new(

@@ -18,7 +18,7 @@ use crate::domain::{CaId, CaKind, CertificateId, CertificateStatus, Permission, 
 use crate::pki;
 use crate::store::StoreError;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RolloverView {
     /// The CA as it is now: the new key and certificate, the old name.
     pub ca: CaView,

@@ -7,13 +7,13 @@ use serde::Deserialize;
 
 use super::auth::{check_password_policy, hash_password, verify_password};
 use super::error::{ServiceError, ServiceResult};
-use super::{Clm, Principal, user_json};
+use super::{Clm, Principal, UserView};
 use crate::domain::model::{AuditEvent, RequestContext, User};
 use crate::domain::{OrganizationId, Permission, Role, Secret, UserId};
 use crate::store::{NewUser, StoreError};
 
 /// Body of `POST /api/v1/users`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUserBody {
     pub email: String,
@@ -25,7 +25,7 @@ pub struct NewUserBody {
 }
 
 /// Body of `POST /api/v1/me/password`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub current_password: Secret,
@@ -59,7 +59,7 @@ impl Clm {
         p: &Principal,
         body: NewUserBody,
         ctx: &RequestContext,
-    ) -> ServiceResult<serde_json::Value> {
+    ) -> ServiceResult<UserView> {
         p.require(Permission::ManageUsers)?;
         let org = body
             .organization_id
@@ -127,17 +127,17 @@ impl Clm {
                 ),
                 other => other.into(),
             })?;
-        Ok(user_json(&user))
+        Ok(UserView::from(&user))
     }
 
-    pub async fn list_users(&self, p: &Principal) -> ServiceResult<Vec<serde_json::Value>> {
+    pub async fn list_users(&self, p: &Principal) -> ServiceResult<Vec<UserView>> {
         p.require(Permission::ManageUsers)?;
         Ok(self
             .core
             .list_users(p.scope())
             .await?
             .iter()
-            .map(user_json)
+            .map(UserView::from)
             .collect())
     }
 
@@ -151,8 +151,8 @@ impl Clm {
             .ok_or(ServiceError::NotFound("user"))
     }
 
-    pub async fn get_user(&self, p: &Principal, id: UserId) -> ServiceResult<serde_json::Value> {
-        Ok(user_json(&self.managed_user(p, id).await?))
+    pub async fn get_user(&self, p: &Principal, id: UserId) -> ServiceResult<UserView> {
+        Ok(UserView::from(&self.managed_user(p, id).await?))
     }
 
     pub async fn deactivate_user(
@@ -235,7 +235,7 @@ impl Clm {
 
 /// What `clm user add` did.
 pub struct AddedUser {
-    pub user: serde_json::Value,
+    pub user: UserView,
     /// Set when the password was generated; shown once to the operator.
     pub generated_password: Option<Secret>,
 }

@@ -10,7 +10,7 @@
 //! exponential backoff, surviving restarts.
 
 use chrono::{Duration, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
@@ -33,36 +33,79 @@ pub const EVENTS: &[&str] = &[
 ];
 
 /// Body of `POST /api/v1/webhooks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
+    /// `http://` or `https://`, at most 2000 characters.
     pub url: String,
+    /// Events to receive (`request.created`, `request.approved`,
+    /// `request.rejected`, `request.issued`, `certificate.revoked`,
+    /// `certificate.expiring`); empty or absent means all.
     #[serde(default)]
     pub events: Vec<String>,
 }
 
-fn webhook_json(w: &Webhook) -> serde_json::Value {
-    serde_json::json!({
-        "id": w.id,
-        "url": w.url,
-        "events": w.events,
-        "status": w.status,
-        "created_at": rfc3339(w.created_at),
-    })
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub id: uuid::Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    /// `active` or `disabled`.
+    pub status: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
 }
 
-fn delivery_json(d: &WebhookDelivery) -> serde_json::Value {
-    serde_json::json!({
-        "id": d.id,
-        "event": d.event,
-        "status": d.status,
-        "attempts": d.attempts,
-        "next_attempt_at": rfc3339(d.next_attempt_at),
-        "last_status_code": d.last_status_code,
-        "last_error": d.last_error,
-        "delivered_at": d.delivered_at.map(rfc3339),
-        "created_at": rfc3339(d.created_at),
-    })
+impl From<&Webhook> for WebhookView {
+    fn from(w: &Webhook) -> Self {
+        Self {
+            id: w.id,
+            url: w.url.clone(),
+            events: w.events.clone(),
+            status: w.status.clone(),
+            created_at: rfc3339(w.created_at),
+        }
+    }
+}
+
+/// A new endpoint with its signing secret (hex), shown this once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    pub id: uuid::Uuid,
+    pub event: String,
+    pub status: String,
+    pub attempts: i32,
+    #[schema(format = DateTime)]
+    pub next_attempt_at: String,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    #[schema(format = DateTime)]
+    pub delivered_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl From<&WebhookDelivery> for DeliveryView {
+    fn from(d: &WebhookDelivery) -> Self {
+        Self {
+            id: d.id,
+            event: d.event.clone(),
+            status: d.status.clone(),
+            attempts: d.attempts,
+            next_attempt_at: rfc3339(d.next_attempt_at),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error.clone(),
+            delivered_at: d.delivered_at.map(rfc3339),
+            created_at: rfc3339(d.created_at),
+        }
+    }
 }
 
 /// `sha256=<hex HMAC-SHA-256(secret, "<timestamp>.<body>")>`.
@@ -99,7 +142,7 @@ impl Clm {
         p: &Principal,
         body: NewWebhook,
         ctx: &RequestContext,
-    ) -> ServiceResult<serde_json::Value> {
+    ) -> ServiceResult<CreatedWebhook> {
         p.require(Permission::ManageUsers)?;
         let url = body.url.trim();
         if url.len() > 2000
@@ -134,20 +177,20 @@ impl Clm {
             .target("webhook", hook.id)
             .details(serde_json::json!({ "url": hook.url, "events": hook.events }));
         self.core.insert_webhook(&hook, p.user_id.0, &event).await?;
-        let mut out = webhook_json(&hook);
-        out["secret"] =
-            serde_json::Value::String(self.webhook_secret(hook.id).await?.expose().to_string());
-        Ok(out)
+        Ok(CreatedWebhook {
+            webhook: WebhookView::from(&hook),
+            secret: self.webhook_secret(hook.id).await?.expose().to_string(),
+        })
     }
 
-    pub async fn list_webhooks(&self, p: &Principal) -> ServiceResult<Vec<serde_json::Value>> {
+    pub async fn list_webhooks(&self, p: &Principal) -> ServiceResult<Vec<WebhookView>> {
         p.require(Permission::ManageUsers)?;
         Ok(self
             .core
             .list_webhooks(p.scope())
             .await?
             .iter()
-            .map(webhook_json)
+            .map(WebhookView::from)
             .collect())
     }
 
@@ -164,14 +207,14 @@ impl Clm {
         &self,
         p: &Principal,
         id: uuid::Uuid,
-    ) -> ServiceResult<Vec<serde_json::Value>> {
+    ) -> ServiceResult<Vec<DeliveryView>> {
         let hook = self.own_webhook(p, id).await?;
         Ok(self
             .core
             .list_deliveries(hook.id)
             .await?
             .iter()
-            .map(delivery_json)
+            .map(DeliveryView::from)
             .collect())
     }
 

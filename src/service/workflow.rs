@@ -21,8 +21,19 @@ use crate::store::StoreError;
 /// Longest comment or reason kept with a decision.
 const MAX_COMMENT: usize = 2000;
 
+/// One approver's decision on a request.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ApprovalView {
+    pub approver_id: crate::domain::UserId,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub comment: Option<String>,
+    #[schema(format = DateTime)]
+    pub at: String,
+}
+
 /// Body of approve (`comment`) and reject (`reason`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     pub comment: Option<String>,
@@ -501,10 +512,7 @@ impl Clm {
     }
 
     /// The decisions taken on a request so far.
-    pub(super) async fn approvals_of(
-        &self,
-        id: RequestId,
-    ) -> ServiceResult<Vec<serde_json::Value>> {
+    pub(super) async fn approvals_of(&self, id: RequestId) -> ServiceResult<Vec<ApprovalView>> {
         let Some(w) = self.core.find_workflow(id).await? else {
             return Ok(Vec::new());
         };
@@ -513,13 +521,11 @@ impl Clm {
             .workflow_steps(w.id)
             .await?
             .into_iter()
-            .map(|s| {
-                serde_json::json!({
-                    "approver_id": s.actor_id,
-                    "decision": s.decision,
-                    "comment": s.comment,
-                    "at": super::rfc3339(s.created_at),
-                })
+            .map(|s| ApprovalView {
+                approver_id: s.actor_id,
+                decision: s.decision,
+                comment: s.comment,
+                at: super::rfc3339(s.created_at),
             })
             .collect())
     }
