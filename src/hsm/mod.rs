@@ -16,6 +16,7 @@
 //! blocking pool so no runtime worker waits on the token.
 
 mod audit;
+mod bench;
 mod error;
 mod keys;
 mod pool;

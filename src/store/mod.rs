@@ -10,6 +10,7 @@
 //! [`StoreError::Conflict`].
 
 mod audit;
+mod bench_fill;
 mod core_db;
 mod custody;
 pub mod entity;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub use audit::{AuditFilter, AuditSigner, AuditStore};
+pub use bench_fill::{bench_create_database, bench_drop_database};
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
 pub use expiry::ExpiringCertificate;
