@@ -10,6 +10,7 @@
 //! (and `main.rs`) import actix. `config` reads settings and is used by the
 //! binary to wire the rooms together.
 
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod hsm;
