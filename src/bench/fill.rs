@@ -50,9 +50,14 @@ pub struct FillCa {
     pub public_url: String,
 }
 
-/// Index `i` of a fill names `svc-{i}.team-{i % 50}.internal`.
-pub fn common_name(i: usize) -> String {
-    format!("svc-{i}.{}.internal", team(i))
+/// Index `i` of an inventory fill names `svc-{i}.team-{i % 50}.internal`;
+/// of a revoked fill `rev-{i}.crl.internal`, so that searches of one never
+/// find the other.
+pub fn common_name(i: usize, mix: Mix) -> String {
+    match mix {
+        Mix::Inventory => format!("svc-{i}.{}.internal", team(i)),
+        Mix::Revoked => format!("rev-{i}.crl.internal"),
+    }
 }
 
 pub fn team(i: usize) -> String {
@@ -144,12 +149,12 @@ fn certificate(
     } else {
         (now - Duration::minutes(age_minutes), 397)
     };
-    let cn = common_name(i);
+    let cn = common_name(i, mix);
     let approved = ApprovedCertificate {
         common_name: Some(cn.clone()),
         sans: vec![
+            San::Dns(format!("api.{cn}")),
             San::Dns(cn),
-            San::Dns(format!("api-{i}.{}.internal", team(i))),
         ],
         key_algorithm: KeyAlgorithm::EcdsaP256,
         validity_days,

@@ -188,14 +188,19 @@ async fn issuance(
             Some(f) => Err(f),
         },
     );
-    let verdict = verify_sample(run, &issued, ca).await;
+    let verdict = verify_sample(run, stage, &issued, ca).await;
     run.check(stage, format!("sample of {label} certificates verified"), verdict);
     Ok(issued)
 }
 
 /// Reads back up to 20 certificates spread over the run and checks each
 /// as a relying party would.
-async fn verify_sample(run: &Run<'_>, issued: &[Issued], ca: &Ca) -> Result<String, String> {
+async fn verify_sample(
+    run: &Run<'_>,
+    stage: Stage,
+    issued: &[Issued],
+    ca: &Ca,
+) -> Result<String, String> {
     if issued.is_empty() {
         return Err("nothing was issued".into());
     }
@@ -216,7 +221,7 @@ async fn verify_sample(run: &Run<'_>, issued: &[Issued], ca: &Ca) -> Result<Stri
             .map_err(|e| format!("certificate {}: {e}", i.id))?;
         if k == 0 {
             let chain = str_field(&v, "chain_pem").map_err(|e| e.to_string())?;
-            let name = format!("{}-leaf", ca.id);
+            let name = format!("{}-leaf", stage.name());
             run.artifact(&format!("{name}.pem"), pem.as_bytes())
                 .and_then(|()| run.artifact(&format!("{name}-chain.pem"), chain.as_bytes()))
                 .map_err(|e| e.to_string())?;

@@ -259,7 +259,11 @@ async fn sign(hsm: &Hsm, opts: &Options, report: &mut Report) -> BenchResult<Yar
             report.row(
                 None,
                 Stage::Sign,
-                format!("raw C_Sign {alg}, {threads} thread{}", if threads > 1 { "s" } else { "" }),
+                format!(
+                    "raw C_Sign {}, {threads} thread{}",
+                    if alg == KeyAlgorithm::EcdsaP256 { "P-256" } else { "RSA-2048" },
+                    if threads > 1 { "s" } else { "" }
+                ),
                 rate,
                 Unit::PerSecond,
                 None,
