@@ -15,7 +15,16 @@ use serde_json::Value;
 
 fn postgres_available() -> bool {
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-tAc", "SELECT 1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT 1",
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -67,7 +76,8 @@ fn smoke_run(backend: &str) {
         assert!(
             checks
                 .iter()
-                .any(|c| c["stage"] == stage && c["name"] == format!("stage {stage} ran to completion")),
+                .any(|c| c["stage"] == stage
+                    && c["name"] == format!("stage {stage} ran to completion")),
             "stage {stage} did not run: {stdout}"
         );
     }
@@ -94,15 +104,23 @@ fn smoke_run(backend: &str) {
     // Targets are compared (pass or miss), and beside their yardstick.
     let issuance = rows
         .iter()
-        .find(|r| r["figure"].as_str().unwrap().starts_with("issuance, RSA-2048"))
+        .find(|r| {
+            r["figure"]
+                .as_str()
+                .unwrap()
+                .starts_with("issuance, RSA-2048")
+        })
         .unwrap();
     assert!(issuance["pass"].is_boolean(), "{issuance}");
     assert!(
-        issuance["yardstick"].as_str().unwrap().contains("raw C_Sign RSA-2048"),
+        issuance["yardstick"]
+            .as_str()
+            .unwrap()
+            .contains("raw C_Sign RSA-2048"),
         "{issuance}"
     );
     assert!(figure("CRL of 2,001 entries: size") > 0.0);
-    assert_eq!(report["machine"]["nproc"].as_u64().unwrap() > 0, true);
+    assert!(report["machine"]["nproc"].as_u64().unwrap() > 0);
     let md = std::fs::read_to_string(&markdown).unwrap();
     assert!(md.contains("| backend | figure | value |"), "{md}");
     assert!(md.contains("issuance, P-256 CA"), "{md}");
@@ -138,8 +156,16 @@ fn smoke_run(backend: &str) {
     .unwrap();
     let text = openssl(
         &[
-            "crl", "-inform", "DER", "-in", "crl.der", "-CAfile", "crl-chain.pem", "-noout",
-            "-verify", "-text",
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "crl.der",
+            "-CAfile",
+            "crl-chain.pem",
+            "-noout",
+            "-verify",
+            "-text",
         ],
         &art,
     );
@@ -147,8 +173,14 @@ fn smoke_run(backend: &str) {
     assert_eq!(text.matches("Serial Number:").count(), 2_001, "CRL entries");
     let text = openssl(
         &[
-            "ocsp", "-reqin", "ocsp-request.der", "-respin", "ocsp-response.der", "-CAfile",
-            "chain.pem", "-resp_text",
+            "ocsp",
+            "-reqin",
+            "ocsp-request.der",
+            "-respin",
+            "ocsp-response.der",
+            "-CAfile",
+            "chain.pem",
+            "-resp_text",
         ],
         &art,
     );
@@ -165,7 +197,9 @@ fn quick_run_on_sqlite() {
 fn quick_run_on_postgres() {
     if !postgres_available() {
         if std::env::var("CLM_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-            panic!("PostgreSQL on 127.0.0.1:5432 is required (CLM_TEST_REQUIRE_POSTGRES=1) but unreachable");
+            panic!(
+                "PostgreSQL on 127.0.0.1:5432 is required (CLM_TEST_REQUIRE_POSTGRES=1) but unreachable"
+            );
         }
         eprintln!("note: PostgreSQL unreachable; skipping the PostgreSQL smoke run");
         return;

@@ -130,12 +130,8 @@ fn verification_algorithm(
 ) -> Checked<&'static dyn ring::signature::VerificationAlgorithm> {
     use x509_parser::public_key::PublicKey;
     match cert.public_key().parsed() {
-        Ok(PublicKey::EC(p)) if p.key_size() == 256 => {
-            Ok(&ring::signature::ECDSA_P256_SHA256_ASN1)
-        }
-        Ok(PublicKey::EC(p)) if p.key_size() == 384 => {
-            Ok(&ring::signature::ECDSA_P384_SHA384_ASN1)
-        }
+        Ok(PublicKey::EC(p)) if p.key_size() == 256 => Ok(&ring::signature::ECDSA_P256_SHA256_ASN1),
+        Ok(PublicKey::EC(p)) if p.key_size() == 384 => Ok(&ring::signature::ECDSA_P384_SHA384_ASN1),
         Ok(PublicKey::RSA(_)) => Ok(&ring::signature::RSA_PKCS1_2048_8192_SHA256),
         _ => Err("unsupported responder key".into()),
     }
@@ -151,8 +147,7 @@ pub struct CrlSummary {
 /// Parses `crl_der`, verifies its signature with the CA certificate's key
 /// and that the CA issued it.
 pub fn crl(crl_der: &[u8], ca_der: &[u8]) -> Checked<CrlSummary> {
-    let (_, crl) =
-        CertificateRevocationList::from_der(crl_der).map_err(|e| format!("CRL: {e}"))?;
+    let (_, crl) = CertificateRevocationList::from_der(crl_der).map_err(|e| format!("CRL: {e}"))?;
     let ca = parse_cert(ca_der)?;
     if crl.issuer().as_raw() != ca.subject().as_raw() {
         return Err("the CRL's issuer is not the CA".into());

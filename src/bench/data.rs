@@ -28,7 +28,8 @@ pub async fn audit(run: &mut Run<'_>) -> BenchResult<()> {
         None,
         None,
     );
-    run.report.note("production writer, HSM MAC each, 100 per transaction");
+    run.report
+        .note("production writer, HSM MAC each, 100 per transaction");
     let started = Instant::now();
     let report = clm.verify_audit().await?;
     let secs = started.elapsed().as_secs_f64();
@@ -60,11 +61,14 @@ pub async fn audit(run: &mut Run<'_>) -> BenchResult<()> {
     Ok(())
 }
 
-/// One list query: its path and what its first answer must show.
+/// What the first answer of a query must show.
+type Expectation = Box<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
+
+/// One list query.
 struct Query {
     label: String,
     path: String,
-    expect: Box<dyn Fn(&Value) -> Result<(), String> + Send + Sync>,
+    expect: Expectation,
 }
 
 pub async fn list(run: &mut Run<'_>) -> BenchResult<()> {

@@ -145,17 +145,17 @@ fn certificate(
     // long ago.
     let age_minutes = ((h >> 8) % (360 * 24 * 60)) as i64;
     let (not_before, validity_days) = if status == CertificateStatus::Expired {
-        (now - Duration::days(400) - Duration::minutes(age_minutes), 90)
+        (
+            now - Duration::days(400) - Duration::minutes(age_minutes),
+            90,
+        )
     } else {
         (now - Duration::minutes(age_minutes), 397)
     };
     let cn = common_name(i, mix);
     let approved = ApprovedCertificate {
         common_name: Some(cn.clone()),
-        sans: vec![
-            San::Dns(format!("api.{cn}")),
-            San::Dns(cn),
-        ],
+        sans: vec![San::Dns(format!("api.{cn}")), San::Dns(cn)],
         key_algorithm: KeyAlgorithm::EcdsaP256,
         validity_days,
         extended_key_usages: vec![ExtendedKeyUsage::ServerAuth, ExtendedKeyUsage::ClientAuth],
@@ -166,8 +166,8 @@ fn certificate(
     let tbs = pki::prepare_leaf(&approved, spki, &issuer, &serial, not_before, &urls)?;
     // Signed by the CA's key in the token like every certificate, but not
     // verified once more: these are not handed to anyone.
-    let signature = crate::domain::Signer::sign(ca.key.as_ref(), tbs.tbs_der())
-        .map_err(pki::PkiError::from)?;
+    let signature =
+        crate::domain::Signer::sign(ca.key.as_ref(), tbs.tbs_der()).map_err(pki::PkiError::from)?;
     let certificate_der = der::sequence(&[
         tbs.tbs_der(),
         tbs.signature_algorithm(),

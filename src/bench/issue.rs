@@ -64,12 +64,7 @@ pub async fn rsa(run: &mut Run<'_>) -> BenchResult<()> {
         &profile,
         &ca,
         n,
-        yard.map(|r| {
-            format!(
-                "raw C_Sign RSA-2048 {}/s (target 85 %)",
-                thousands(r)
-            )
-        }),
+        yard.map(|r| format!("raw C_Sign RSA-2048 {}/s (target 85 %)", thousands(r))),
         yard.map(|r| 0.85 * r),
         None,
     )
@@ -121,7 +116,11 @@ pub async fn submit(api: &Api, profile: &str, c: Csr) -> Result<Issued, String> 
         .map_err(|e| e.to_string())?;
     let status = r.status();
     let body: Value = r.json().await.map_err(|e| e.to_string())?;
-    match (status.as_u16(), body["status"].as_str(), body["certificate_id"].as_str()) {
+    match (
+        status.as_u16(),
+        body["status"].as_str(),
+        body["certificate_id"].as_str(),
+    ) {
         (201, Some("issued"), Some(id)) => Ok(Issued {
             id: id.to_string(),
             csr: c,
@@ -160,10 +159,8 @@ async fn issuance(
         yardstick,
         target_rate.map(Target::AtLeast),
     );
-    run.report.note(format!(
-        "{} requests after {warm} warm-up",
-        stats.requests
-    ));
+    run.report
+        .note(format!("{} requests after {warm} warm-up", stats.requests));
     run.row(
         stage,
         format!("issuance latency p50, {label}"),
@@ -189,7 +186,11 @@ async fn issuance(
         },
     );
     let verdict = verify_sample(run, stage, &issued, ca).await;
-    run.check(stage, format!("sample of {label} certificates verified"), verdict);
+    run.check(
+        stage,
+        format!("sample of {label} certificates verified"),
+        verdict,
+    );
     Ok(issued)
 }
 

@@ -92,7 +92,9 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
     run.check(
         Stage::Ocsp,
         "every OCSP request answered 200",
-        stats.failure().map_or(Ok(format!("{} answers", stats.requests)), Err),
+        stats
+            .failure()
+            .map_or(Ok(format!("{} answers", stats.requests)), Err),
     );
 
     // With a nonce every answer is signed for the asker.
@@ -128,7 +130,9 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
     run.check(
         Stage::Ocsp,
         "every OCSP request with a nonce answered 200",
-        stats.failure().map_or(Ok(format!("{} answers", stats.requests)), Err),
+        stats
+            .failure()
+            .map_or(Ok(format!("{} answers", stats.requests)), Err),
     );
 
     // A sample read as a relying party reads it.
@@ -136,7 +140,12 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
     let step = (serials.len() / 20).max(1);
     for (k, serial) in serials.iter().step_by(step).enumerate() {
         let nonce = (k % 2 == 1).then(rand::random::<[u8; 16]>);
-        let req = encode_request(&ca.der, serial, HashAlgorithm::Sha1, nonce.as_ref().map(|n| &n[..]))?;
+        let req = encode_request(
+            &ca.der,
+            serial,
+            HashAlgorithm::Sha1,
+            nonce.as_ref().map(|n| &n[..]),
+        )?;
         let answer = post(req.clone()).await.map_err(BenchError::Http)?;
         if k == 0 {
             run.artifact("ocsp-request.der", &req)?;
@@ -186,7 +195,9 @@ async fn serials_of(run: &Run<'_>, max: usize) -> BenchResult<Vec<Vec<u8>>> {
     }
     serials.truncate(max);
     if serials.is_empty() {
-        return Err(BenchError::Check("no certificates to ask OCSP about".into()));
+        return Err(BenchError::Check(
+            "no certificates to ask OCSP about".into(),
+        ));
     }
     Ok(serials)
 }
@@ -197,26 +208,42 @@ pub async fn crl(run: &mut Run<'_>) -> BenchResult<()> {
     // Signed on first use; afterwards only revocations (and the refresh
     // job, days later) sign.
     let first = fetch(run, &url).await?;
-    let mut expected = check::crl(&first, &ca.der).map_err(BenchError::Check)?.entries;
-    let fill_ca = run.fill_ca(&ca, Some(&profile), KeyAlgorithm::EcdsaP256).await?;
+    let mut expected = check::crl(&first, &ca.der)
+        .map_err(BenchError::Check)?
+        .entries;
+    let fill_ca = run
+        .fill_ca(&ca, Some(&profile), KeyAlgorithm::EcdsaP256)
+        .await?;
     let (secure, core) = run.stores().await?;
     let mut sizes = run.opts.sizes.crl.clone();
     sizes.sort_unstable();
     let mut filled = 0;
     for size in sizes {
         let started = Instant::now();
-        fill::fill(&secure, &core, &fill_ca, filled, size - filled, Mix::Revoked).await?;
+        fill::fill(
+            &secure,
+            &core,
+            &fill_ca,
+            filled,
+            size - filled,
+            Mix::Revoked,
+        )
+        .await?;
         let secs = started.elapsed().as_secs_f64();
         expected += size - filled;
         run.row(
             Stage::Crl,
-            format!("fill: revoked certificates stored (up to {})", thousands(size as f64)),
+            format!(
+                "fill: revoked certificates stored (up to {})",
+                thousands(size as f64)
+            ),
             (size - filled) as f64 / secs,
             Unit::PerSecond,
             None,
             None,
         );
-        run.report.note("built, signed in the token, multi-row inserts in both databases");
+        run.report
+            .note("built, signed in the token, multi-row inserts in both databases");
         filled = size;
 
         // One more, through the API: issued, then revoked.

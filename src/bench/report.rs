@@ -175,7 +175,11 @@ impl Report {
             self.machine.cpu,
             self.machine.memory_gb,
             self.machine.load_average,
-            if self.quick { " — QUICK (smoke) sizes" } else { "" },
+            if self.quick {
+                " — QUICK (smoke) sizes"
+            } else {
+                ""
+            },
         )
     }
 
@@ -203,7 +207,13 @@ impl Report {
     /// The plain-text table printed at the end of a run.
     pub fn human(&self) -> String {
         let head = [
-            "backend", "figure", "value", "yardstick", "target", "result", "notes",
+            "backend",
+            "figure",
+            "value",
+            "yardstick",
+            "target",
+            "result",
+            "notes",
         ]
         .map(String::from);
         let rows = self.table();
@@ -265,11 +275,7 @@ impl Report {
 }
 
 fn row_line(r: &Row) -> String {
-    let mut s = format!(
-        "{}: {}",
-        r.figure,
-        format_value(r.value, r.unit)
-    );
+    let mut s = format!("{}: {}", r.figure, format_value(r.value, r.unit));
     if let Some(y) = &r.yardstick {
         let _ = write!(s, " (yardstick: {y})");
     }

@@ -46,7 +46,10 @@ impl Env {
                 token.pin_file.display().to_string(),
             ),
             ("CLM_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
-            ("CLM_BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password.clone()),
+            (
+                "CLM_BOOTSTRAP_ADMIN_PASSWORD".into(),
+                admin_password.clone(),
+            ),
             ("CLM_LOG_FORMAT".into(), "json".into()),
         ];
         let mut pg = None;
@@ -129,7 +132,9 @@ impl Server {
             tls_root_pem: Vec::new(),
             log,
         };
-        server.wait_until_serving(&env.dir.join("tls/ca.pem")).await?;
+        server
+            .wait_until_serving(&env.dir.join("tls/ca.pem"))
+            .await?;
         Ok(server)
     }
 

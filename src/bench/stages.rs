@@ -17,7 +17,6 @@ use crate::domain::{CaId, KeyAlgorithm, OrganizationId, ProfileId, UserId};
 use crate::hsm::Hsm;
 use crate::store::{CoreDb, SecureDb};
 
-
 /// Raw `C_Sign` rates of this run (the best of 1 and 2 threads).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Yardsticks {
@@ -66,8 +65,15 @@ impl Run<'_> {
         yardstick: Option<String>,
         target: Option<Target>,
     ) {
-        self.report
-            .row(Some(self.backend), stage, figure, value, unit, yardstick, target);
+        self.report.row(
+            Some(self.backend),
+            stage,
+            figure,
+            value,
+            unit,
+            yardstick,
+            target,
+        );
     }
 
     pub fn check(&mut self, stage: Stage, name: impl Into<String>, r: Result<String, String>) {
@@ -230,7 +236,10 @@ pub async fn run_all(opts: &Options, dir: &Path) -> BenchResult<bool> {
     }
     println!("\n{}", report.human());
     if let Some(path) = &opts.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report).map_err(super::setup)?)?;
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&report).map_err(super::setup)?,
+        )?;
     }
     if let Some(path) = &opts.markdown {
         std::fs::write(path, report.markdown())?;
@@ -261,7 +270,11 @@ async fn sign(hsm: &Hsm, opts: &Options, report: &mut Report) -> BenchResult<Yar
                 Stage::Sign,
                 format!(
                     "raw C_Sign {}, {threads} thread{}",
-                    if alg == KeyAlgorithm::EcdsaP256 { "P-256" } else { "RSA-2048" },
+                    if alg == KeyAlgorithm::EcdsaP256 {
+                        "P-256"
+                    } else {
+                        "RSA-2048"
+                    },
                     if threads > 1 { "s" } else { "" }
                 ),
                 rate,
@@ -287,8 +300,14 @@ async fn on_backend(
 ) -> BenchResult<()> {
     let server = Server::start(env).await?;
     let http = api::client(&server.tls_root_pem)?;
-    let api = Api::login(http, &server.api, &server.public, ADMIN_EMAIL, &env.admin_password)
-        .await?;
+    let api = Api::login(
+        http,
+        &server.api,
+        &server.public,
+        ADMIN_EMAIL,
+        &env.admin_password,
+    )
+    .await?;
     let me = api.get_json("/api/v1/me").await?;
     let profiles = api.get_json("/api/v1/profiles").await?;
     let default = profiles
@@ -340,7 +359,10 @@ async fn on_backend(
         if auto {
             Ok(format!("profile {}", run.default_profile))
         } else {
-            Err(format!("required_approvals = {}", default["required_approvals"]))
+            Err(format!(
+                "required_approvals = {}",
+                default["required_approvals"]
+            ))
         },
     );
     run.artifact("ca.pem", run.default_ca.pem.as_bytes())?;

@@ -579,15 +579,19 @@ mod tests {
                 assert!(!IssuerHashes::of(&s.responder_der).unwrap().names(id));
                 assert_eq!(
                     parsed.nonce,
-                    nonce.map(|n| der::octet_string(n)),
+                    nonce.map(der::octet_string),
                     "the nonce is carried as RFC 8954 says"
                 );
             }
         }
         // A serial with its high bit set gets its sign byte, and leading
         // zeros of the magnitude are not sent.
-        let der = encode_request(&s.ca_der, &[0x00, 0x80, 0x01], HashAlgorithm::Sha1, None).unwrap();
-        assert_eq!(parse_request(&der).unwrap().cert_ids[0].serial(), [0x80, 0x01]);
+        let der =
+            encode_request(&s.ca_der, &[0x00, 0x80, 0x01], HashAlgorithm::Sha1, None).unwrap();
+        assert_eq!(
+            parse_request(&der).unwrap().cert_ids[0].serial(),
+            [0x80, 0x01]
+        );
         assert!(encode_request(&s.ca_der, &[], HashAlgorithm::Sha1, None).is_err());
         assert!(encode_request(&s.ca_der, &[1; 21], HashAlgorithm::Sha1, None).is_err());
         assert!(encode_request(&s.ca_der, &[1], HashAlgorithm::Sha1, Some(&[0; 33])).is_err());

@@ -70,7 +70,10 @@ impl SecureDb {
 
 impl CoreDb {
     /// The clm_core mirror of `certs`, as issuance records it.
-    pub async fn bench_insert_certificate_metadata(&self, certs: &[Certificate]) -> StoreResult<()> {
+    pub async fn bench_insert_certificate_metadata(
+        &self,
+        certs: &[Certificate],
+    ) -> StoreResult<()> {
         for txn_rows in certs.chunks(ROWS_PER_TRANSACTION) {
             let txn = self.db.begin().await?;
             for rows in txn_rows.chunks(ROWS_PER_STATEMENT) {
