@@ -258,6 +258,12 @@ fn run_in_child(opts: &Options) -> BenchResult<bool> {
             .args(std::env::args_os().skip(1))
             .env(WORK_DIR_ENV, &dir)
             .env("SOFTHSM2_CONF", conf)
+            // The report is the output; the service's own logging in this
+            // process (fills, audit verification) only when asked for.
+            .env(
+                "CLM_LOG",
+                std::env::var("CLM_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .status()?;
         Ok(status.success())
     });

@@ -16,7 +16,6 @@
 //! blocking pool so no runtime worker waits on the token.
 
 mod audit;
-mod bench;
 mod error;
 mod keys;
 mod pool;
