@@ -9,11 +9,13 @@
 //! checked along the way; a failed check fails the run, a missed target
 //! does not.
 //!
-//! The SoftHSM library reads `SOFTHSM2_CONF` once, when this process first
-//! opens the token. So `run` creates the token directory and then runs the
-//! benchmark in a re-executed copy of itself with `SOFTHSM2_CONF` pointing
-//! there (and [`WORK_DIR_ENV`] naming the directory); that copy, the
-//! server and its tools all share one token.
+//! Each backend is a separate installation with a token of its own (the
+//! audit trail's head lives in the token). The SoftHSM library reads
+//! `SOFTHSM2_CONF` once per process, so `run` creates one token directory
+//! per backend and runs that backend in a re-executed copy of itself with
+//! `SOFTHSM2_CONF` pointing there ([`WORK_DIR_ENV`] names the directory,
+//! [`BACKEND_ENV`] the backend); that copy and its server share the token,
+//! and its report comes back as JSON for the final tables.
 
 mod api;
 mod check;
@@ -40,6 +42,10 @@ pub use report::Report;
 
 /// Set in the re-executed benchmark process: its work directory.
 pub const WORK_DIR_ENV: &str = "CLM_BENCH_WORK_DIR";
+/// Set in the re-executed benchmark process: the backend it runs.
+pub const BACKEND_ENV: &str = "CLM_BENCH_BACKEND";
+/// What the re-executed process leaves in its work directory.
+const PART_REPORT: &str = "report.json";
 
 const PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN_LABEL: &str = "clm";
@@ -82,7 +88,7 @@ fn setup(what: impl std::fmt::Display) -> BenchError {
 
 pub type BenchResult<T> = Result<T, BenchError>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Sqlite,
@@ -94,6 +100,13 @@ impl Backend {
         match self {
             Backend::Sqlite => "SQLite",
             Backend::Postgres => "PostgreSQL",
+        }
+    }
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -115,7 +128,9 @@ impl FromStr for Backends {
 }
 
 /// The stages, in the order they run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Raw `C_Sign` rates (the yardstick of issuance); once per run.
@@ -165,7 +180,7 @@ impl FromStr for Stage {
 }
 
 /// How much work each stage does.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Sizes {
     /// Seconds of each raw `C_Sign` measurement.
     pub sign_seconds: f64,
@@ -237,46 +252,89 @@ pub struct Options {
 
 /// Runs the benchmark. `Ok(true)` when every correctness check passed.
 pub fn run(opts: &Options) -> BenchResult<bool> {
-    match std::env::var_os(WORK_DIR_ENV) {
-        Some(dir) => {
+    match (std::env::var_os(WORK_DIR_ENV), std::env::var(BACKEND_ENV)) {
+        (Some(dir), Ok(backend)) => {
+            let backend = Backends::from_str(&backend)
+                .ok()
+                .and_then(|b| b.0.first().copied())
+                .ok_or_else(|| setup(format!("{BACKEND_ENV}={backend}")))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(nproc())
                 .enable_all()
                 .build()?;
-            runtime.block_on(stages::run_all(opts, Path::new(&dir)))
+            let dir = PathBuf::from(dir);
+            let report = runtime.block_on(stages::run_backend(opts, backend, &dir))?;
+            std::fs::write(
+                dir.join(PART_REPORT),
+                serde_json::to_vec(&report).map_err(setup)?,
+            )?;
+            Ok(report.ok)
         }
-        None => run_in_child(opts),
+        _ => run_backends(opts),
     }
 }
 
-fn run_in_child(opts: &Options) -> BenchResult<bool> {
-    let dir = std::env::temp_dir().join(format!("clm-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let outcome = init_token(&dir).and_then(|conf| {
-        let exe = std::env::current_exe()?;
-        let status = Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env(WORK_DIR_ENV, &dir)
-            .env("SOFTHSM2_CONF", conf)
-            // The report is the output; the service's own logging in this
-            // process (fills, audit verification) only when asked for.
-            .env(
-                "CLM_LOG",
-                std::env::var("CLM_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .status()?;
-        Ok(status.success())
-    });
+/// One child process per backend, then the merged report.
+fn run_backends(opts: &Options) -> BenchResult<bool> {
+    let work = std::env::temp_dir().join(format!("clm-bench-{}", uuid::Uuid::new_v4().simple()));
+    let mut report = Report::new(opts.quick, opts.clients, opts.sizes.clone());
+    println!("{}", report.header());
+    for &backend in &opts.backends {
+        let dir = work.join(backend.slug());
+        let part = std::fs::create_dir_all(&dir)
+            .map_err(BenchError::from)
+            .and_then(|()| run_child(backend, &dir))
+            .and_then(|()| {
+                let bytes = std::fs::read(dir.join(PART_REPORT))?;
+                serde_json::from_slice::<Report>(&bytes).map_err(setup)
+            });
+        match part {
+            Ok(part) => report.merge(part),
+            Err(e) => report.check(
+                Some(backend),
+                Stage::Sign,
+                "the backend's run reported",
+                Err(e.to_string()),
+            ),
+        }
+    }
+    println!("\n{}", report.human());
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report).map_err(setup)?)?;
+    }
+    if let Some(path) = &opts.markdown {
+        std::fs::write(path, report.markdown())?;
+    }
     if opts.keep {
-        println!("clm bench: work directory kept in {}", dir.display());
-    } else if let Err(e) = std::fs::remove_dir_all(&dir) {
-        eprintln!("clm bench: could not remove {}: {e}", dir.display());
+        println!("clm bench: work directory kept in {}", work.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!("clm bench: could not remove {}: {e}", work.display());
     }
-    outcome
+    Ok(report.ok)
 }
 
-/// The token every process of the run shares, made by the script
-/// developers use. Returns its `SOFTHSM2_CONF`.
+/// This executable again, for one backend, on a token of its own in `dir`.
+fn run_child(backend: Backend, dir: &Path) -> BenchResult<()> {
+    let conf = init_token(dir)?;
+    Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(WORK_DIR_ENV, dir)
+        .env(BACKEND_ENV, backend.slug())
+        .env("SOFTHSM2_CONF", conf)
+        // The report is the output; the service's own logging in this
+        // process (fills, audit verification) only when asked for.
+        .env(
+            "CLM_LOG",
+            std::env::var("CLM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .status()?;
+    // Its exit status says whether its checks passed; its report says
+    // which, and a missing report is the failure.
+    Ok(())
+}
+
+/// The token of one backend's run, made by the script developers use.
+/// Returns its `SOFTHSM2_CONF`.
 fn init_token(dir: &Path) -> BenchResult<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm/init-token.sh");
     let status = Command::new("bash")
@@ -291,7 +349,7 @@ fn init_token(dir: &Path) -> BenchResult<PathBuf> {
     Ok(dir.join("softhsm/softhsm2.conf"))
 }
 
-/// The shared token, as seen from the work directory.
+/// One backend's token, as seen from its work directory.
 #[derive(Clone, Debug)]
 struct Token {
     conf: PathBuf,

@@ -4,11 +4,11 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Backend, Sizes, Stage};
 
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
     PerSecond,
@@ -18,7 +18,7 @@ pub enum Unit {
     Count,
 }
 
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     AtLeast(f64),
@@ -34,7 +34,7 @@ impl Target {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     /// `None` for run-wide figures (the raw signing rates).
     pub backend: Option<Backend>,
@@ -51,7 +51,7 @@ pub struct Row {
     pub note: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Check {
     pub backend: Option<Backend>,
     pub stage: Stage,
@@ -60,7 +60,7 @@ pub struct Check {
     pub detail: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu: String,
@@ -68,11 +68,11 @@ pub struct Machine {
     pub load_average: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub date: String,
     pub commit: String,
-    pub build: &'static str,
+    pub build: String,
     pub machine: Machine,
     pub quick: bool,
     pub clients: usize,
@@ -92,7 +92,8 @@ impl Report {
                 "debug"
             } else {
                 "release"
-            },
+            }
+            .into(),
             machine: machine(),
             quick,
             clients,
@@ -127,6 +128,13 @@ impl Report {
         };
         println!("  {}", row_line(&row));
         self.rows.push(row);
+    }
+
+    /// Takes in the rows and checks of one backend's run.
+    pub fn merge(&mut self, part: Report) {
+        self.rows.extend(part.rows);
+        self.ok &= part.ok;
+        self.checks.extend(part.checks);
     }
 
     /// Adds `note` to the last row.

@@ -195,62 +195,51 @@ pub fn parse_uuid(s: &str) -> BenchResult<uuid::Uuid> {
         .map_err(|_| BenchError::Http(format!("`{s}` is not a UUID")))
 }
 
-pub async fn run_all(opts: &Options, dir: &Path) -> BenchResult<bool> {
+/// One backend's run on the token in `dir`: the yardsticks, then a fresh
+/// server and the stages against it.
+pub async fn run_backend(opts: &Options, backend: Backend, dir: &Path) -> BenchResult<Report> {
     let token = Token::of(dir);
     let mut report = Report::new(opts.quick, opts.clients, opts.sizes.clone());
-    println!("{}", report.header());
+    println!("== {} ==", backend.name());
     let hsm = token.open().await?;
-    let yard = if opts.stages.contains(&Stage::Sign) {
-        println!("== raw C_Sign (yardstick) ==");
-        match sign(&hsm, opts, &mut report).await {
-            Ok(y) => y,
-            Err(e) => {
-                report.check(None, Stage::Sign, "raw C_Sign measured", Err(e.to_string()));
-                Yardsticks::default()
-            }
-        }
-    } else {
-        Yardsticks::default()
-    };
-    for &backend in &opts.backends {
-        println!("== {} ==", backend.name());
-        match Env::prepare(backend, dir, &token, &opts.pg_url).await {
-            Ok(env) => {
-                if let Err(e) = on_backend(opts, &env, &hsm, yard, &mut report).await {
-                    report.check(
-                        Some(backend),
-                        Stage::Sign,
-                        "server started and logged in",
-                        Err(e.to_string()),
-                    );
-                }
-                env.drop_databases().await;
-            }
-            Err(e) => report.check(
-                Some(backend),
-                Stage::Sign,
-                "databases created",
-                Err(e.to_string()),
-            ),
+    let mut yard = Yardsticks::default();
+    if opts.stages.contains(&Stage::Sign) {
+        println!("-- {} / sign (yardstick) --", backend.name());
+        if let Err(e) = sign(&hsm, backend, opts, &mut report, &mut yard).await {
+            let detail = Err(e.to_string());
+            report.check(Some(backend), Stage::Sign, "raw C_Sign measured", detail);
         }
     }
-    println!("\n{}", report.human());
-    if let Some(path) = &opts.json {
-        std::fs::write(
-            path,
-            serde_json::to_vec_pretty(&report).map_err(super::setup)?,
-        )?;
+    match Env::prepare(backend, dir, &token, &opts.pg_url).await {
+        Ok(env) => {
+            if let Err(e) = on_backend(opts, &env, &hsm, yard, &mut report).await {
+                let detail = Err(e.to_string());
+                report.check(
+                    Some(backend),
+                    Stage::Sign,
+                    "server started and logged in",
+                    detail,
+                );
+            }
+            env.drop_databases().await;
+        }
+        Err(e) => {
+            let detail = Err(e.to_string());
+            report.check(Some(backend), Stage::Sign, "databases created", detail);
+        }
     }
-    if let Some(path) = &opts.markdown {
-        std::fs::write(path, report.markdown())?;
-    }
-    Ok(report.ok)
+    Ok(report)
 }
 
 /// Raw `C_Sign` with fresh P-256 and RSA-2048 keys in the shared token,
 /// on 1 and 2 threads, before any server runs.
-async fn sign(hsm: &Hsm, opts: &Options, report: &mut Report) -> BenchResult<Yardsticks> {
-    let mut yard = Yardsticks::default();
+async fn sign(
+    hsm: &Hsm,
+    backend: Backend,
+    opts: &Options,
+    report: &mut Report,
+    yard: &mut Yardsticks,
+) -> BenchResult<()> {
     let secs = Duration::from_secs_f64(opts.sizes.sign_seconds);
     for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048] {
         let key = Arc::new(
@@ -262,7 +251,7 @@ async fn sign(hsm: &Hsm, opts: &Options, report: &mut Report) -> BenchResult<Yar
             let rate = sign_rate(&key, threads, secs).await?;
             best = best.max(rate);
             report.row(
-                None,
+                Some(backend),
                 Stage::Sign,
                 format!(
                     "raw C_Sign {}, {threads} thread{}",
@@ -284,7 +273,7 @@ async fn sign(hsm: &Hsm, opts: &Options, report: &mut Report) -> BenchResult<Yar
             _ => yard.rsa2048 = Some(best),
         }
     }
-    Ok(yard)
+    Ok(())
 }
 
 /// Signatures per second of `key` on `threads` threads for `duration`,
