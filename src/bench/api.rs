@@ -15,7 +15,7 @@ pub fn client(tls_root_pem: &[u8]) -> BenchResult<reqwest::Client> {
         .add_root_certificate(root)
         .tls_built_in_root_certs(false)
         .pool_max_idle_per_host(1024)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(900))
         .build()?)
 }
 
