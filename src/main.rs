@@ -241,6 +241,7 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
                 .map(|_| ExitCode::SUCCESS),
             Command::Audit { command } => audit(&cfg, command).await,
             Command::Keys { command } => keys(&cfg, command).await,
+            // Runs before this system starts, on a runtime of its own.
             Command::Bench {
                 command: BenchCommand::Run(_),
             } => Ok(ExitCode::SUCCESS),

@@ -29,7 +29,7 @@ pub async fn audit(run: &mut Run<'_>) -> BenchResult<()> {
         None,
     );
     run.report
-        .note("production writer, HSM MAC each, 100 per transaction");
+        .note("production writer, HSM MAC each, 1,000 per transaction");
     let started = Instant::now();
     let report = clm.verify_audit().await?;
     let secs = started.elapsed().as_secs_f64();
