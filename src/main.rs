@@ -208,6 +208,14 @@ enum HsmCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The benchmark reads no configuration (it makes its own) and runs
+    // on a runtime of its own; its report is its output.
+    if let Command::Bench {
+        command: BenchCommand::Run(args),
+    } = cli.command
+    {
+        return bench_run(*args);
+    }
     run(cli.command, cli.config.as_deref())
 }
 
@@ -220,12 +228,6 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let command = match command {
-        Command::Bench {
-            command: BenchCommand::Run(args),
-        } => return bench_run(*args),
-        other => other,
-    };
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Command::Init => init(&cfg).await.map(|_| ExitCode::SUCCESS),
@@ -241,7 +243,7 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
                 .map(|_| ExitCode::SUCCESS),
             Command::Audit { command } => audit(&cfg, command).await,
             Command::Keys { command } => keys(&cfg, command).await,
-            // Runs before this system starts, on a runtime of its own.
+            // Dispatched in `main`.
             Command::Bench {
                 command: BenchCommand::Run(_),
             } => Ok(ExitCode::SUCCESS),

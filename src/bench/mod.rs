@@ -321,12 +321,6 @@ fn run_child(backend: Backend, dir: &Path) -> BenchResult<()> {
         .env(WORK_DIR_ENV, dir)
         .env(BACKEND_ENV, backend.slug())
         .env("SOFTHSM2_CONF", conf)
-        // The report is the output; the service's own logging in this
-        // process (fills, audit verification) only when asked for.
-        .env(
-            "CLM_LOG",
-            std::env::var("CLM_LOG").unwrap_or_else(|_| "warn".into()),
-        )
         .status()?;
     // Its exit status says whether its checks passed; its report says
     // which, and a missing report is the failure.
