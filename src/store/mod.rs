@@ -26,6 +26,8 @@ mod rotation;
 mod secure_db;
 mod webhooks;
 mod workflow;
+// Last, apart from the rest: `clm bench run` only.
+mod bench_fill;
 
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ pub use rotation::ArchivedRow;
 pub use secure_db::SecureDb;
 pub use webhooks::AttemptResult;
 pub use workflow::Approval;
+
+pub use bench_fill::{bench_create_database, bench_drop_database};
 
 use crate::domain::{CaId, CertificateStatus, Secret};
 
