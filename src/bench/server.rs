@@ -121,6 +121,9 @@ impl Server {
             .env("CLM_LISTEN", format!("127.0.0.1:{api_port}"))
             .env("CLM_HTTP_LISTEN", format!("127.0.0.1:{public_port}"))
             .env("CLM_PUBLIC_URL", &public)
+            // One principal drives all the load: the per-principal issuance
+            // limit would measure itself.
+            .env("CLM_ISSUANCE_RATE_PER_MINUTE", "0")
             .stdout(std::fs::File::create(env.dir.join("server.out"))?)
             .stderr(std::fs::File::create(&log)?)
             .stdin(Stdio::null())
