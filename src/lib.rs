@@ -11,6 +11,7 @@
 //! binary to wire the rooms together; `logging` sets up the log output and
 //! offers every room a span-keeping `spawn_blocking`.
 
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod hsm;

@@ -102,6 +102,11 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The benchmark of docs/performance.md: a fresh server (this binary,
+    /// own token and databases) loaded over the network, every figure next
+    /// to its yardstick and target. Exits non-zero if a correctness check
+    /// fails (not for a missed target).
+    Run(Box<BenchRunArgs>),
     /// Create N real server-generated, archived keys (for rotation tests
     /// and benchmarks).
     KeysFill {
@@ -133,6 +138,56 @@ enum BenchCommand {
     },
 }
 
+#[derive(clap::Args)]
+struct BenchRunArgs {
+    /// sqlite, postgres or both.
+    #[arg(long, default_value = "both")]
+    backend: clm::bench::Backends,
+    /// PostgreSQL server (a user that may create databases); the run
+    /// creates its own databases there and drops them afterwards.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg_url: String,
+    /// Smoke-run sizes (seconds, not minutes); checks correctness.
+    #[arg(long)]
+    quick: bool,
+    /// Stages to run, comma-separated: sign, issue, rsa, ocsp, audit, list, crl.
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<clm::bench::Stage>>,
+    /// Concurrent clients of the issuance and OCSP stages.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Issuances on the P-256 CA.
+    #[arg(long)]
+    issue: Option<usize>,
+    /// Issuances on the RSA-2048 CA.
+    #[arg(long)]
+    rsa: Option<usize>,
+    /// OCSP requests.
+    #[arg(long)]
+    ocsp: Option<usize>,
+    /// Revoked certificates at which a CRL is measured, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    crl: Option<Vec<usize>>,
+    /// Audit entries to write and verify.
+    #[arg(long)]
+    audit: Option<u64>,
+    /// Certificates stored for the list and search queries.
+    #[arg(long)]
+    list: Option<usize>,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Write the results as a markdown table.
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
+    /// Leave sample outputs (CA, certificate, OCSP, CRL) here.
+    #[arg(long)]
+    artifacts: Option<std::path::PathBuf>,
+    /// Keep the work directory (server logs, databases, token).
+    #[arg(long)]
+    keep: bool,
+}
+
 #[derive(Subcommand)]
 enum UserCommand {
     /// Create a user. The password is read from CLM_USER_PASSWORD, or
@@ -158,6 +213,14 @@ enum HsmCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The benchmark reads no configuration (it makes its own) and runs
+    // on a runtime of its own; its report is its output.
+    if let Command::Bench {
+        command: BenchCommand::Run(args),
+    } = cli.command
+    {
+        return bench_run(*args);
+    }
     run(cli.command, cli.config.as_deref())
 }
 
@@ -185,6 +248,10 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
                 .map(|_| ExitCode::SUCCESS),
             Command::Audit { command } => audit(&cfg, command).await,
             Command::Keys { command } => keys(&cfg, command).await,
+            // Dispatched in `main`.
+            Command::Bench {
+                command: BenchCommand::Run(_),
+            } => Ok(ExitCode::SUCCESS),
             Command::Bench {
                 command: BenchCommand::KeysFill { count, concurrency },
             } => {
@@ -483,6 +550,47 @@ async fn audit(cfg: &Config, command: AuditCommand) -> CliResult<ExitCode> {
                 println!("{log}: purged {n} entries older than {days} days");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `clm bench run`: outside the actix system, on a runtime of its own.
+fn bench_run(a: BenchRunArgs) -> ExitCode {
+    let mut sizes = if a.quick {
+        clm::bench::Sizes::quick()
+    } else {
+        clm::bench::Sizes::full()
+    };
+    sizes.issue = a.issue.unwrap_or(sizes.issue);
+    sizes.rsa = a.rsa.unwrap_or(sizes.rsa);
+    sizes.ocsp = a.ocsp.unwrap_or(sizes.ocsp);
+    sizes.crl = a.crl.unwrap_or(sizes.crl);
+    sizes.audit = a.audit.unwrap_or(sizes.audit);
+    sizes.list = a.list.unwrap_or(sizes.list);
+    let mut stages = a.stages.unwrap_or_else(|| clm::bench::Stage::ALL.to_vec());
+    stages.sort();
+    stages.dedup();
+    let opts = clm::bench::Options {
+        backends: a.backend.0,
+        pg_url: a.pg_url,
+        stages,
+        clients: a.clients,
+        quick: a.quick,
+        sizes,
+        json: a.json,
+        markdown: a.markdown,
+        artifacts: a.artifacts,
+        keep: a.keep,
+    };
+    match clm::bench::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("clm bench run: correctness checks failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("clm bench run: {e}");
+            ExitCode::FAILURE
         }
     }
 }

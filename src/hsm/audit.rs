@@ -12,19 +12,18 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::recovery::Op;
-use super::{HandleCache, Hsm, HsmError, HsmResult, find_one};
+use super::{Hsm, HsmError, HsmResult, WorkingCopy};
 use crate::domain::audit::{AuditLog, AuditMac, AuditMacError, MacFuture, MacManyFuture};
 
 /// Application name on the head objects (`CKA_APPLICATION`).
 const HEAD_APPLICATION: &[u8] = b"clm-audit";
 
-/// One audit key: its `CKA_ID` and the object handle found for it (handles
-/// stay valid across the sessions of one application, not across a
-/// re-initialise; re-found if stale).
+/// One audit key: its `CKA_ID` and the working copy it MACs with (see
+/// [`WorkingCopy`]; made again after a relogin or a re-initialise).
 #[derive(Clone)]
 struct KeyEntry {
     cka_id: Vec<u8>,
-    handle: Arc<HandleCache>,
+    copy: Arc<WorkingCopy>,
 }
 
 #[derive(Default)]
@@ -71,7 +70,7 @@ impl AuditKeyring {
                 version,
                 KeyEntry {
                     cka_id,
-                    handle: Arc::default(),
+                    copy: Arc::default(),
                 },
             );
         }
@@ -100,21 +99,21 @@ impl AuditKeyring {
     pub fn mac_many_blocking(&self, version: i32, items: &[Vec<u8>]) -> HsmResult<Vec<[u8; 32]>> {
         let entry = self.entry(version)?;
         self.hsm.with_session(Op::Mac, |s| {
-            let mut handle = entry.handle.get_or_find(
-                s,
-                s.generation,
-                ObjectClass::SECRET_KEY,
-                &entry.cka_id,
-            )?;
+            let copy = || {
+                self.hsm
+                    .working_copy(s, &entry.copy, ObjectClass::SECRET_KEY, &entry.cka_id)
+            };
+            let mut handle = copy()?;
             let mut out = Vec::with_capacity(items.len());
             for data in items {
                 let mac = match s.sign(&Mechanism::Sha256Hmac, handle, data) {
                     Ok(m) => m,
                     Err(e) => match HsmError::from(e) {
-                        // A stale cached handle: the id is the key's real name.
+                        // The copy is gone (its anchor session was
+                        // replaced): copy the token key again.
                         HsmError::KeyNotFound => {
-                            handle = find_one(s, ObjectClass::SECRET_KEY, &entry.cka_id)?;
-                            entry.handle.set(s.generation, handle);
+                            self.hsm.drop_working_copy(&entry.copy);
+                            handle = copy()?;
                             s.sign(&Mechanism::Sha256Hmac, handle, data)?
                         }
                         other => return Err(other),

@@ -244,6 +244,52 @@ fn parse_cert_id(raw: &[u8]) -> Result<CertId, OcspError> {
     })
 }
 
+/// An OCSPRequest for the certificate with `serial` (its magnitude, as
+/// clm stores serials) issued by the CA whose certificate is
+/// `ca_certificate_der`: what a relying party sends. With a `nonce`, the
+/// RFC 8954 nonce extension carries it; without, the request is the one
+/// `openssl ocsp -no_nonce` makes.
+pub fn encode_request(
+    ca_certificate_der: &[u8],
+    serial: &[u8],
+    hash: HashAlgorithm,
+    nonce: Option<&[u8]>,
+) -> Result<Vec<u8>, PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, ca) = X509Certificate::from_der(ca_certificate_der).map_err(PkiError::encoding)?;
+    let name_hash = hash.digest(ca.subject().as_raw());
+    let key_hash = hash.digest(ca.public_key().subject_public_key.data.as_ref());
+    let oid = match hash {
+        HashAlgorithm::Sha1 => OID_SHA1,
+        HashAlgorithm::Sha256 => OID_SHA256,
+    };
+    let magnitude: Vec<u8> = serial.iter().copied().skip_while(|b| *b == 0).collect();
+    if magnitude.is_empty() || magnitude.len() > 20 {
+        return Err(PkiError::encoding("a serial must be 1 to 20 octets"));
+    }
+    let cert_id = der::sequence(&[
+        &der::sequence(&[&der::tlv(0x06, oid), &der::NULL]),
+        &der::octet_string(&name_hash),
+        &der::octet_string(&key_hash),
+        &der::unsigned_integer(&magnitude),
+    ]);
+    let request_list = der::sequence(&[&der::sequence(&[&cert_id])]);
+    let tbs = match nonce {
+        None => der::sequence(&[&request_list]),
+        Some(n) => {
+            if n.is_empty() || n.len() > MAX_NONCE {
+                return Err(PkiError::encoding("a nonce must be 1 to 32 octets"));
+            }
+            let ext = der::sequence(&[
+                &der::tlv(0x06, OID_NONCE),
+                &der::octet_string(&der::octet_string(n)),
+            ]);
+            der::sequence(&[&request_list, &der::tlv(0xa2, &der::sequence(&[&ext]))])
+        }
+    };
+    Ok(der::sequence(&[&tbs]))
+}
+
 /// The status of one certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertStatus {
@@ -515,6 +561,82 @@ mod tests {
             }
         }
         let _ = &s.ca;
+    }
+
+    #[test]
+    fn encoded_requests_parse_back() {
+        let s = setup();
+        let serial = [0x41, 0x00, 0x9f];
+        for hash in [HashAlgorithm::Sha1, HashAlgorithm::Sha256] {
+            for nonce in [None, Some(&[7u8; 16][..])] {
+                let der = encode_request(&s.ca_der, &serial, hash, nonce).unwrap();
+                let parsed = parse_request(&der).unwrap();
+                assert_eq!(parsed.cert_ids.len(), 1);
+                let id = &parsed.cert_ids[0];
+                assert_eq!(id.serial(), serial);
+                assert_eq!(id.hash_algorithm(), hash);
+                assert!(IssuerHashes::of(&s.ca_der).unwrap().names(id));
+                assert!(!IssuerHashes::of(&s.responder_der).unwrap().names(id));
+                assert_eq!(
+                    parsed.nonce,
+                    nonce.map(der::octet_string),
+                    "the nonce is carried as RFC 8954 says"
+                );
+            }
+        }
+        // A serial with its high bit set gets its sign byte, and leading
+        // zeros of the magnitude are not sent.
+        let der =
+            encode_request(&s.ca_der, &[0x00, 0x80, 0x01], HashAlgorithm::Sha1, None).unwrap();
+        assert_eq!(
+            parse_request(&der).unwrap().cert_ids[0].serial(),
+            [0x80, 0x01]
+        );
+        assert!(encode_request(&s.ca_der, &[], HashAlgorithm::Sha1, None).is_err());
+        assert!(encode_request(&s.ca_der, &[1; 21], HashAlgorithm::Sha1, None).is_err());
+        assert!(encode_request(&s.ca_der, &[1], HashAlgorithm::Sha1, Some(&[0; 33])).is_err());
+    }
+
+    #[test]
+    fn encoded_requests_are_the_ones_openssl_makes() {
+        if !tool_available("openssl", &["version"]) {
+            return;
+        }
+        let s = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write(dir.path(), "ca.pem", &s.ca_der);
+        let theirs = dir.path().join("theirs.der");
+        let serial = random_serial();
+        let out = openssl(&[
+            "ocsp".as_ref(),
+            "-issuer".as_ref(),
+            ca.as_os_str(),
+            "-serial".as_ref(),
+            format!("0x{}", hex::encode(&serial)).as_ref(),
+            "-no_nonce".as_ref(),
+            "-reqout".as_ref(),
+            theirs.as_os_str(),
+        ]);
+        let ours = encode_request(&s.ca_der, &serial, HashAlgorithm::Sha1, None).unwrap();
+        assert_eq!(std::fs::read(&theirs).expect(&out), ours);
+        // openssl reads ours back, nonce included.
+        let mine = dir.path().join("ours.der");
+        let with_nonce =
+            encode_request(&s.ca_der, &serial, HashAlgorithm::Sha256, Some(&[3; 16])).unwrap();
+        std::fs::write(&mine, &with_nonce).unwrap();
+        let text = openssl(&[
+            "ocsp".as_ref(),
+            "-reqin".as_ref(),
+            mine.as_os_str(),
+            "-req_text".as_ref(),
+        ]);
+        assert!(
+            text.contains(&format!("Serial Number: {}", hex::encode_upper(&serial))),
+            "{text}"
+        );
+        assert!(text.contains("Hash Algorithm: sha256"), "{text}");
+        assert!(text.contains("OCSP Nonce"), "{text}");
+        assert!(text.contains(&"03".repeat(16).to_uppercase()), "{text}");
     }
 
     fn sample_request() -> Vec<u8> {

@@ -1,0 +1,148 @@
+//! Bulk writes for `clm bench run` only: certificates (and their
+//! revocations) stored the way issuance and revocation store them, but in
+//! multi-row inserts of many rows per transaction, so that a million rows
+//! take seconds instead of hours; and the PostgreSQL databases a benchmark
+//! creates for itself and drops afterwards. Nothing here writes audit
+//! entries: the rows stand for certificates issued before the benchmark.
+
+use sea_orm::{ConnectionTrait, Database, EntityTrait, Set, TransactionTrait};
+use uuid::Uuid;
+
+use super::entity::core::certificate_metadata;
+use super::entity::secure::{certificate_revocations, certificates};
+use super::secure_db::certificate_active_model;
+use super::{CoreDb, SecureDb, StoreError, StoreResult, json_strings};
+use crate::domain::model::Certificate;
+use crate::domain::{CertificateStatus, Secret, UserId};
+
+/// Rows per INSERT statement: under both backends' limits on bound
+/// parameters (PostgreSQL 65 535, SQLite 32 766) for the widest table.
+const ROWS_PER_STATEMENT: usize = 1_000;
+/// Rows per transaction.
+const ROWS_PER_TRANSACTION: usize = 10_000;
+
+impl SecureDb {
+    /// Stores `certs`; each revoked or held one gets its
+    /// `certificate_revocations` row as [`SecureDb::revoke`] writes it
+    /// (revoked by `revoked_by`).
+    pub async fn bench_insert_certificates(
+        &self,
+        certs: &[Certificate],
+        revoked_by: Option<UserId>,
+    ) -> StoreResult<()> {
+        for txn_rows in certs.chunks(ROWS_PER_TRANSACTION) {
+            let txn = self.db.begin().await?;
+            for rows in txn_rows.chunks(ROWS_PER_STATEMENT) {
+                certificates::Entity::insert_many(rows.iter().map(certificate_active_model))
+                    .exec_without_returning(&txn)
+                    .await?;
+                let revocations: Vec<_> = rows
+                    .iter()
+                    .filter(|c| {
+                        matches!(
+                            c.status,
+                            CertificateStatus::Revoked | CertificateStatus::OnHold
+                        )
+                    })
+                    .map(|c| certificate_revocations::ActiveModel {
+                        id: Set(Uuid::new_v4()),
+                        certificate_id: Set(c.id.0),
+                        ca_id: Set(c.ca_id.0),
+                        serial_hex: Set(c.serial_hex.clone()),
+                        reason: Set(c.revocation_reason.clone().unwrap_or_default()),
+                        revoked_at: Set(c.revoked_at.unwrap_or(c.created_at)),
+                        invalidity_date: Set(None),
+                        revoked_by: Set(revoked_by.map(Into::into)),
+                        created_at: Set(c.revoked_at.unwrap_or(c.created_at)),
+                    })
+                    .collect();
+                if !revocations.is_empty() {
+                    certificate_revocations::Entity::insert_many(revocations)
+                        .exec_without_returning(&txn)
+                        .await?;
+                }
+            }
+            txn.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+impl CoreDb {
+    /// The clm_core mirror of `certs`, as issuance records it.
+    pub async fn bench_insert_certificate_metadata(
+        &self,
+        certs: &[Certificate],
+    ) -> StoreResult<()> {
+        for txn_rows in certs.chunks(ROWS_PER_TRANSACTION) {
+            let txn = self.db.begin().await?;
+            for rows in txn_rows.chunks(ROWS_PER_STATEMENT) {
+                certificate_metadata::Entity::insert_many(rows.iter().map(|c| {
+                    certificate_metadata::ActiveModel {
+                        id: Set(c.id.0),
+                        organization_id: Set(c.organization_id.map(Into::into)),
+                        ca_id: Set(c.ca_id.0),
+                        profile_id: Set(c.profile_id.map(Into::into)),
+                        request_id: Set(c.request_id.map(Into::into)),
+                        owner_id: Set(c.owner_id.map(Into::into)),
+                        common_name: Set(Some(c.subject.clone())),
+                        sans: Set(json_strings(&c.sans)),
+                        serial_hex: Set(c.serial_hex.clone()),
+                        not_before: Set(c.not_before),
+                        not_after: Set(c.not_after),
+                        status: Set(c.status.as_str().to_string()),
+                        created_at: Set(c.created_at),
+                        updated_at: Set(c.revoked_at.unwrap_or(c.created_at)),
+                    }
+                }))
+                .exec_without_returning(&txn)
+                .await?;
+            }
+            txn.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the PostgreSQL database `name` through the server at
+/// `admin_url` (a URL with a user allowed to create databases).
+pub async fn bench_create_database(admin_url: &Secret, name: &str) -> StoreResult<()> {
+    admin_statement(admin_url, &format!("CREATE DATABASE {}", checked(name)?)).await
+}
+
+/// Drops the PostgreSQL database `name`, closing its connections.
+pub async fn bench_drop_database(admin_url: &Secret, name: &str) -> StoreResult<()> {
+    admin_statement(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", checked(name)?),
+    )
+    .await
+}
+
+/// Database names are spliced into DDL: lower-case letters, digits and `_`.
+fn checked(name: &str) -> StoreResult<&str> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(StoreError::Database(format!(
+            "`{name}` is not a plain database name"
+        )))
+    }
+}
+
+async fn admin_statement(admin_url: &Secret, sql: &str) -> StoreResult<()> {
+    let db = Database::connect(admin_url.expose()).await.map_err(|e| {
+        StoreError::Database(format!(
+            "cannot connect: {}",
+            super::redact_url(&e.to_string(), admin_url.expose())
+        ))
+    })?;
+    let done = db.execute_unprepared(sql).await;
+    let _ = db.close().await;
+    done?;
+    Ok(())
+}
