@@ -620,9 +620,14 @@ async fn shutdown_under_load(backend: Backend) {
             }
             Outcome::Unanswered { cn, connect, error } => {
                 // Refused at connect, or accepted but closed before the
-                // request was read: nothing half-answered.
+                // request was read (hyper reports a keep-alive connection
+                // the server closed as idle just as the request went out
+                // as IncompleteMessage): nothing half-answered.
+                let closed = error.contains("closed")
+                    || error.contains("reset")
+                    || error.contains("IncompleteMessage");
                 assert!(
-                    connect || error.contains("closed") || error.contains("reset"),
+                    connect || (closed && !error.starts_with("body cut off")),
                     "{cn}: {error}"
                 );
                 unanswered.insert(cn);
