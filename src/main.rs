@@ -233,7 +233,25 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
         }
     };
     clm::logging::init(cfg.log_format == "json");
-    let result = actix_web::rt::System::new().block_on(async move {
+    // The system's runtime (background jobs, the database writers of the
+    // group commit, the audit sealer) gets worker threads of its own: on
+    // actix's default single thread the writers alone saturated it under
+    // load (docs/performance.md). The HTTP workers keep their own threads.
+    let result = actix_web::rt::System::with_tokio_rt(|| {
+        match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("clm-system")
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                // Start-up: without a runtime nothing can run.
+                eprintln!("clm: cannot start the runtime: {e}");
+                std::process::exit(1)
+            }
+        }
+    })
+    .block_on(async move {
         match command {
             Command::Init => init(&cfg).await.map(|_| ExitCode::SUCCESS),
             Command::Serve => serve(&cfg).await.map(|_| ExitCode::SUCCESS),

@@ -146,6 +146,7 @@ async fn issuance(
     let items = all.split_off(warm);
     let (api, profile_id) = (run.api.clone(), profile.to_string());
     let clients = run.opts.clients;
+    let cpu_before = run.server.cpu_time()?;
     let (stats, issued) = load::drive(clients, all, items, None, move |c| {
         let (api, profile_id) = (api.clone(), profile_id.clone());
         async move { submit(&api, &profile_id, c).await }
@@ -161,6 +162,19 @@ async fn issuance(
     );
     run.report
         .note(format!("{} requests after {warm} warm-up", stats.requests));
+    let cpu = run.server.cpu_time()?.saturating_sub(cpu_before);
+    run.row(
+        stage,
+        format!("server CPU per issuance, {label}"),
+        cpu.as_secs_f64() * 1e3 / (warm + count) as f64,
+        Unit::Millis,
+        None,
+        None,
+    );
+    run.report.note(
+        "user + system time of the server over the stage (warm-up included) per request"
+            .to_string(),
+    );
     run.row(
         stage,
         format!("issuance latency p50, {label}"),

@@ -168,6 +168,29 @@ impl Server {
         }
     }
 
+    /// CPU time (user + system) the server has used so far. Unlike a rate,
+    /// its per-request share hardly moves when other work shares the
+    /// machine, so it compares builds on a busy machine too.
+    pub fn cpu_time(&self) -> BenchResult<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses and may
+        // contain spaces: utime and stime are the 12th and 13th of them.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| BenchError::Setup("unreadable /proc stat".into()))?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> BenchResult<u64> {
+            fields
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| BenchError::Setup("unreadable /proc stat".into()))
+        };
+        // Linux reports these in USER_HZ, which is 100 on every platform
+        // clm runs on.
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
     /// (VmRSS, VmHWM) of the server in bytes.
     pub fn memory(&self) -> BenchResult<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

@@ -56,7 +56,7 @@ impl SecureDb {
                 issuance: Writer::default(),
                 ..self.clone()
             };
-            Batcher::start(move |jobs| {
+            Batcher::start(&self.runtime, move |jobs| {
                 let db = db.clone();
                 async move { db.write_issuance_batch(jobs).await }
             })
@@ -171,7 +171,7 @@ impl CoreDb {
                 mirror: Writer::default(),
                 ..self.clone()
             };
-            Batcher::start(move |jobs| {
+            Batcher::start(&self.runtime, move |jobs| {
                 let db = db.clone();
                 async move {
                     if jobs.len() > 1 {

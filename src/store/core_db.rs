@@ -26,6 +26,7 @@ pub struct CoreDb {
     pub(super) db: DatabaseConnection,
     /// Plain reads (see [`super::Connections`]).
     pub(super) read: DatabaseConnection,
+    pub(super) runtime: tokio::runtime::Handle,
     pub(super) mirror: super::batched::Writer<super::batched::Mirror>,
     /// Profiles and webhooks as issuance sees them (`store::cache`).
     pub(super) profiles: super::cache::Recent<ProfileId, Option<Profile>>,
@@ -51,6 +52,7 @@ impl CoreDb {
         Ok(Self {
             db: c.write,
             read: c.read,
+            runtime: c.runtime,
             mirror: Default::default(),
             profiles: Default::default(),
             webhooks: Default::default(),

@@ -50,16 +50,16 @@ impl<T> std::fmt::Debug for Batcher<T> {
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    /// Starts the writer task on the current tokio runtime. `write` gets
+    /// Starts the writer task on `runtime`. `write` gets
     /// every job that arrived while the previous batch was being written
     /// (at least one, at most [`MAX_BATCH`]) and must answer each.
-    pub fn start<F, Fut>(mut write: F) -> Self
+    pub fn start<F, Fut>(runtime: &tokio::runtime::Handle, mut write: F) -> Self
     where
         F: FnMut(Vec<Job<T>>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
         let (queue, mut jobs) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 write(std::mem::take(&mut batch)).await;
@@ -93,7 +93,8 @@ mod tests {
     async fn concurrent_submissions_share_batches_and_each_gets_its_answer() {
         let batches = Arc::new(AtomicUsize::new(0));
         let seen = batches.clone();
-        let batcher = Arc::new(Batcher::start(move |jobs: Vec<Job<u32>>| {
+        let runtime = tokio::runtime::Handle::current();
+        let batcher = Arc::new(Batcher::start(&runtime, move |jobs: Vec<Job<u32>>| {
             seen.fetch_add(1, Ordering::SeqCst);
             async move {
                 // Slow enough that the other submissions queue up meanwhile.

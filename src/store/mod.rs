@@ -86,6 +86,10 @@ pub struct CertificateFilter {
 pub(crate) struct Connections {
     pub write: DatabaseConnection,
     pub read: DatabaseConnection,
+    /// The runtime the handle was opened on: its writer tasks
+    /// (`store::group`) run there, not on whichever HTTP worker happens to
+    /// write first.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A PostgreSQL URL as clm connects with it: on a loopback host with no
@@ -131,6 +135,7 @@ async fn connect(url: &Secret) -> StoreResult<Connections> {
         return Ok(Connections {
             write: db.clone(),
             read: db,
+            runtime: tokio::runtime::Handle::current(),
         });
     }
     // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY
@@ -138,7 +143,11 @@ async fn connect(url: &Secret) -> StoreResult<Connections> {
     // holding a transaction on it.
     let write = open(raw, 1, false).await?;
     let read = open(raw, SQLITE_READERS, true).await?;
-    Ok(Connections { write, read })
+    Ok(Connections {
+        write,
+        read,
+        runtime: tokio::runtime::Handle::current(),
+    })
 }
 
 async fn open(url: &str, connections: u32, read_only: bool) -> StoreResult<DatabaseConnection> {

@@ -33,6 +33,7 @@ pub struct SecureDb {
     pub(super) db: DatabaseConnection,
     /// Plain reads (see [`super::Connections`]).
     pub(super) read: DatabaseConnection,
+    pub(super) runtime: tokio::runtime::Handle,
     pub(super) issuance: super::batched::Writer<super::batched::IssuanceWrite>,
     /// CAs as issuance sees them (`store::cache`).
     pub(super) issuing_cas: super::cache::Recent<CaId, Option<CertificateAuthority>>,
@@ -46,6 +47,7 @@ impl SecureDb {
         Ok(Self {
             db: c.write,
             read: c.read,
+            runtime: c.runtime,
             issuance: Default::default(),
             issuing_cas: Default::default(),
             audit: audit::AuditSigner::default(),
