@@ -61,6 +61,11 @@ pub struct Config {
     pub request_ttl_seconds: i64,
     /// How often background jobs (request expiry) run.
     pub job_interval_seconds: i64,
+    /// A periodic job's lease lapses this long after its holder last
+    /// renewed it (a killed instance's jobs move on after this).
+    pub job_lease_seconds: i64,
+    /// How often the reconciliation pass runs in the background.
+    pub reconcile_interval_seconds: i64,
     /// First wait before a failed webhook delivery is retried; doubles
     /// with every attempt.
     pub webhook_retry_base_seconds: i64,
@@ -120,6 +125,8 @@ struct FileConfig {
     shutdown_timeout_seconds: Option<i64>,
     request_ttl_seconds: Option<i64>,
     job_interval_seconds: Option<i64>,
+    job_lease_seconds: Option<i64>,
+    reconcile_interval_seconds: Option<i64>,
     webhook_retry_base_seconds: Option<i64>,
     crl_validity_seconds: Option<i64>,
     ocsp_validity_seconds: Option<i64>,
@@ -279,6 +286,12 @@ impl Config {
         )?;
         let job_interval_seconds =
             positive("CLM_JOB_INTERVAL_SECONDS", file.job_interval_seconds, 30)?;
+        let job_lease_seconds = positive("CLM_JOB_LEASE_SECONDS", file.job_lease_seconds, 30)?;
+        let reconcile_interval_seconds = positive(
+            "CLM_RECONCILE_INTERVAL_SECONDS",
+            file.reconcile_interval_seconds,
+            600,
+        )?;
         let webhook_retry_base_seconds = positive(
             "CLM_WEBHOOK_RETRY_BASE_SECONDS",
             file.webhook_retry_base_seconds,
@@ -370,6 +383,8 @@ impl Config {
             shutdown_timeout_seconds,
             request_ttl_seconds,
             job_interval_seconds,
+            job_lease_seconds,
+            reconcile_interval_seconds,
             webhook_retry_base_seconds,
             crl_validity_seconds,
             ocsp_validity_seconds,

@@ -56,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Compare clm_secure with clm_core's certificate mirror, repair what an
+    /// interrupted process left behind and verify both audit trails; exit
+    /// non-zero if anything stays inconsistent.
+    Reconcile {
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A request still in `approved` after this long was interrupted.
+        #[arg(long, default_value_t = 300)]
+        grace_seconds: i64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Background jobs: which instance holds each lease, when each last ran.
+    Jobs,
     /// Load generators for benchmarks.
     Bench {
         #[command(subcommand)]
@@ -256,6 +272,12 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             Command::Init => init(&cfg).await.map(|_| ExitCode::SUCCESS),
             Command::Serve => serve(&cfg).await.map(|_| ExitCode::SUCCESS),
             Command::Migrate => migrate(&cfg).await.map(|_| ExitCode::SUCCESS),
+            Command::Reconcile {
+                dry_run,
+                grace_seconds,
+                json,
+            } => reconcile(&cfg, dry_run, grace_seconds, json).await,
+            Command::Jobs => jobs(&cfg).await,
             Command::Hsm {
                 command: HsmCommand::Check,
             } => hsm_check(&cfg).await,
@@ -348,7 +370,7 @@ async fn serve(cfg: &Config) -> CliResult<()> {
         tracing::info!(action = %action, "init");
     }
     print_admin_password(&report);
-    spawn_jobs(clm.clone(), cfg.job_interval_seconds);
+    spawn_jobs(clm.clone(), cfg);
     spawn_audit_jobs(
         clm.clone(),
         cfg.audit_seal_interval_seconds,
@@ -377,63 +399,84 @@ async fn serve(cfg: &Config) -> CliResult<()> {
     Ok(())
 }
 
-/// Periodic background work of this instance. Every job is safe to run
-/// on several instances at once (compare-and-set in the databases).
-fn spawn_jobs(clm: Clm, interval_seconds: i64) {
+/// Periodic background work. Jobs that act on the shared databases run
+/// under a lease (`service::jobs`): of several instances one runs each, once
+/// per period. The OCSP cache refresh is this process's own.
+fn spawn_jobs(clm: Clm, cfg: &Config) {
     use std::time::Duration;
-    let period = Duration::from_secs(u64::try_from(interval_seconds).unwrap_or(30));
+    let period = Duration::from_secs(u64::try_from(cfg.job_interval_seconds).unwrap_or(30));
     // Webhooks are wanted soon after their event: at least every 5 seconds.
-    let hooks = clm.clone();
     match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
     {
-        Ok(client) => every(
+        Ok(client) => leased(
+            &clm,
             period.min(Duration::from_secs(5)),
             "webhook delivery",
-            move || {
-                let (hooks, client) = (hooks.clone(), client.clone());
-                async move { hooks.deliver_webhooks(&client).await }
+            move |c| {
+                let client = client.clone();
+                async move { c.deliver_webhooks(&client).await }
             },
         ),
         Err(e) => tracing::error!(error = %e, "webhook client unavailable; deliveries stop"),
     }
-    let c = clm.clone();
-    every(period, "request expiry", move || {
-        let c = c.clone();
-        async move { c.expire_overdue_requests().await }
+    leased(&clm, period, "request expiry", |c| async move {
+        c.expire_overdue_requests().await
     });
-    let c = clm.clone();
-    every(period, "certificate expiry", move || {
-        let c = c.clone();
-        async move { c.expiry_sweep().await.map(|r| r.notices + r.expired) }
+    leased(&clm, period, "certificate expiry", |c| async move {
+        c.expiry_sweep().await.map(|r| r.notices + r.expired)
     });
     // Resumes an interrupted KEK rotation, destroys KEKs past their
     // rollback window, rotates on schedule.
-    let c = clm.clone();
-    every(period, "KEK maintenance", move || {
-        let c = c.clone();
-        async move { c.kek_maintenance().await }
+    leased(&clm, period, "KEK maintenance", |c| async move {
+        c.kek_maintenance().await
     });
-    let c = clm.clone();
-    every(period, "CRL refresh", move || {
-        let c = c.clone();
-        async move { c.refresh_due_crls().await }
+    leased(&clm, period, "CRL refresh", |c| async move {
+        c.refresh_due_crls().await
     });
-    // Other instances' revocations reach this cache through this poll.
-    let c = clm.clone();
-    every(Duration::from_secs(2), "OCSP cache refresh", move || {
-        let c = c.clone();
-        async move { c.refresh_ocsp_cache().await }
-    });
-    every(
-        Duration::from_secs(3600),
-        "OCSP responder renewal",
-        move || {
-            let c = clm.clone();
-            async move { c.ensure_ocsp_signers().await }
+    let grace_seconds = 300;
+    leased(
+        &clm,
+        Duration::from_secs(cfg.reconcile_interval_seconds.unsigned_abs()),
+        "reconciliation",
+        move |c| async move {
+            let opts = clm::service::ReconcileOptions {
+                dry_run: false,
+                grace_seconds,
+            };
+            let report = c.reconcile(opts).await?;
+            if !report.consistent() {
+                tracing::error!(orphan_mirrors = report.orphan_mirrors.found, "reconciliation found what it cannot repair; run clm reconcile");
+            }
+            Ok(usize::try_from(report.repairs()).unwrap_or(usize::MAX))
         },
     );
+    leased(
+        &clm,
+        Duration::from_secs(3600),
+        "OCSP responder renewal",
+        |c| async move { c.ensure_ocsp_signers().await },
+    );
+    // Other instances' revocations reach this cache through this poll.
+    every(Duration::from_secs(2), "OCSP cache refresh", move || {
+        let c = clm.clone();
+        async move { c.refresh_ocsp_cache().await }
+    });
+}
+
+/// [`every`] `period`, under the job's lease.
+fn leased<F, Fut>(clm: &Clm, period: std::time::Duration, name: &'static str, job: F)
+where
+    F: Fn(Clm) -> Fut + 'static,
+    Fut: std::future::Future<Output = clm::service::ServiceResult<usize>> + 'static,
+{
+    let clm = clm.clone();
+    let job = std::rc::Rc::new(job);
+    every(period, name, move || {
+        let (c, job) = (clm.clone(), job.clone());
+        async move { Ok(c.run_leased(name, period, job(c.clone())).await?.unwrap_or(0)) }
+    });
 }
 
 /// Runs `job` every `period`, logging what it did and why it failed.
@@ -475,9 +518,13 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
             if let Err(e) = sealer.load_audit_keys().await {
                 tracing::warn!(error = %e.log_message(), "audit key reload failed");
             }
-            match sealer.seal_audit().await {
+            // Keys are this process's to load; sealing is one instance's.
+            match sealer
+                .run_leased("audit seal", period, sealer.seal_audit())
+                .await
+            {
                 Ok(outcomes) => {
-                    for (log, o) in outcomes {
+                    for (log, o) in outcomes.into_iter().flatten() {
                         if let Some(why) = o.refused {
                             tracing::error!(log = %log, reason = %why, "audit sealing refused");
                         }
@@ -487,8 +534,9 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
             }
         }
     });
+    let daily = std::time::Duration::from_secs(24 * 3600);
     actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(24 * 3600));
+        let mut tick = actix_web::rt::time::interval(daily);
         loop {
             tick.tick().await;
             let Some(_run) = clm::service::shutdown::begin_job().await else {
@@ -498,9 +546,10 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
                 request_id: Some(format!("purge-{}", uuid::Uuid::new_v4())),
                 ..Default::default()
             };
-            match clm.purge_audit(retention_days, &ctx).await {
+            let purge = clm.purge_audit(retention_days, &ctx);
+            match clm.run_leased("audit purge", daily, purge).await {
                 Ok(done) => {
-                    for (log, n) in done.into_iter().filter(|(_, n)| *n > 0) {
+                    for (log, n) in done.into_iter().flatten().filter(|(_, n)| *n > 0) {
                         tracing::info!(log = %log, purged = n, "audit entries past retention purged");
                     }
                 }
@@ -508,6 +557,81 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
             }
         }
     });
+}
+
+/// `clm reconcile`: the pass the background job runs, then both audit
+/// trails verified; exit 0 only if everything is consistent.
+async fn reconcile(
+    cfg: &Config,
+    dry_run: bool,
+    grace_seconds: i64,
+    json: bool,
+) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    let opts = clm::service::ReconcileOptions {
+        dry_run,
+        grace_seconds,
+    };
+    let report = clm.reconcile(opts).await.map_err(|e| e.log_message())?;
+    let audit = clm.verify_audit().await.map_err(|e| e.log_message())?;
+    if json {
+        let both = serde_json::json!({ "reconcile": report, "audit": audit });
+        println!("{}", serde_json::to_string_pretty(&both)?);
+    } else {
+        let verb = if dry_run { "would repair" } else { "repaired" };
+        println!(
+            "reconcile: {} certificates compared with clm_core's mirror",
+            report.certificates_checked
+        );
+        for (what, f) in [
+            ("missing mirrors", &report.missing_mirrors),
+            ("out-of-date mirror statuses", &report.stale_statuses),
+            ("interrupted requests", &report.interrupted_requests),
+        ] {
+            let n = if dry_run { f.found } else { f.repaired };
+            println!("reconcile: {what}: {} found, {n} {verb}", f.found);
+        }
+        let orphans = &report.orphan_mirrors;
+        if orphans.found > 0 {
+            println!(
+                "reconcile: FAILED: {} mirrored certificates unknown to clm_secure (first: {})",
+                orphans.found,
+                orphans.examples.join(", ")
+            );
+        }
+        for l in &audit.logs {
+            match &l.first_bad {
+                None => println!("audit {}: ok, {} entries", l.log, l.entries),
+                Some(b) => println!("audit {}: FAILED: {b}", l.log),
+            }
+        }
+    }
+    // A dry run repairs nothing, so anything it finds counts against it.
+    Ok(if report.consistent() && audit.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `clm jobs`: the job leases of every instance on these databases.
+async fn jobs(cfg: &Config) -> CliResult<ExitCode> {
+    let clm = open(cfg).await?;
+    for l in clm.job_leases().await.map_err(|e| e.log_message())? {
+        let started = chrono::DateTime::from_timestamp_millis(l.last_started_ms)
+            .map_or_else(|| "never".into(), |t| t.to_rfc3339());
+        println!(
+            "{}: {} runs, last started {started} by {}, {}",
+            l.name,
+            l.runs,
+            l.last_holder.as_deref().unwrap_or("nobody"),
+            match &l.holder {
+                Some(h) => format!("running on {h}"),
+                None => "idle".into(),
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn audit(cfg: &Config, command: AuditCommand) -> CliResult<ExitCode> {

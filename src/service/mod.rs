@@ -15,6 +15,7 @@ pub mod error;
 mod expiry;
 mod hsm_check;
 mod issuance;
+mod jobs;
 mod keygen;
 mod keys;
 mod ocsp;
@@ -22,6 +23,7 @@ mod organizations;
 mod principal;
 mod profiles;
 mod rate_limit;
+mod reconcile;
 mod recovery;
 mod renewal;
 mod revocation;
@@ -54,6 +56,7 @@ pub use ocsp::OcspAnswer;
 pub use organizations::NewOrganization;
 pub use principal::Principal;
 pub use profiles::{NewProfile, ProfileView};
+pub use reconcile::{Finding, ReconcileOptions, ReconcileReport};
 pub use recovery::{RecoveryBody, RecoveryView};
 pub use renewal::RenewBody;
 pub use revocation::RevokeBody;
@@ -83,6 +86,7 @@ pub struct Settings {
     pub issuance_rate_per_minute: u32,
     pub request_ttl_seconds: i64,
     pub job_interval_seconds: i64,
+    pub job_lease_seconds: i64,
     pub webhook_retry_base_seconds: i64,
     pub crl_validity_seconds: i64,
     pub ocsp_validity_seconds: i64,
@@ -107,6 +111,7 @@ impl From<&Config> for Settings {
             issuance_rate_per_minute: c.issuance_rate_per_minute,
             request_ttl_seconds: c.request_ttl_seconds,
             job_interval_seconds: c.job_interval_seconds,
+            job_lease_seconds: c.job_lease_seconds,
             webhook_retry_base_seconds: c.webhook_retry_base_seconds,
             crl_validity_seconds: c.crl_validity_seconds,
             ocsp_validity_seconds: c.ocsp_validity_seconds,
@@ -143,6 +148,8 @@ pub struct Clm {
     /// Held while this process rewraps, so that the API's background task
     /// and the KEK job do not do the same HSM work twice.
     rewrapping: Arc<tokio::sync::Mutex<()>>,
+    /// This process as holder of job leases (`jobs`).
+    instance: Arc<str>,
 }
 
 impl Clm {
@@ -174,6 +181,7 @@ impl Clm {
             crl_state: Arc::default(),
             ocsp: Arc::default(),
             rewrapping: Arc::default(),
+            instance: jobs::instance_id().into(),
         };
         clm.load_audit_keys().await?;
         Ok(clm)

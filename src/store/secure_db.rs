@@ -721,7 +721,7 @@ pub(super) fn key_from(r: encryption_keys::Model) -> StoreResult<KeyReference> {
     })
 }
 
-fn request_from(r: certificate_requests::Model) -> StoreResult<CertificateRequest> {
+pub(super) fn request_from(r: certificate_requests::Model) -> StoreResult<CertificateRequest> {
     Ok(CertificateRequest {
         id: RequestId(r.id),
         organization_id: OrganizationId(r.organization_id),

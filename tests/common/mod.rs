@@ -306,6 +306,17 @@ impl TestApp {
         }
     }
 
+    /// Names of this test's PostgreSQL databases (`[core, secure]`); empty
+    /// on SQLite.
+    pub fn pg_databases(&self) -> &[String] {
+        &self.pg_databases
+    }
+
+    /// Runs `sql` in `db` as the `postgres` superuser.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        psql(db, sql)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.data_dir.path().join(rel)
     }

@@ -8,6 +8,7 @@ pub mod audit_seals;
 pub mod certificate_expiry_notices;
 pub mod certificate_metadata;
 pub mod client_certificate_bindings;
+pub mod job_leases;
 pub mod notifications;
 pub mod organizations;
 pub mod policies;

@@ -1,0 +1,248 @@
+//! Reconciliation: what a crash, a kill -9 or a database failover can leave
+//! between the two databases (DESIGN.md decision 3 orders the writes so
+//! that clm_secure is always ahead), found and repaired.
+//!
+//! - a certificate in clm_secure that clm_core's mirror lacks (the process
+//!   died between steps 3 and 4 of issuance): copied over;
+//! - a mirror whose status lags clm_secure's (a revocation or expiry whose
+//!   mirroring was cut off): brought up to date;
+//! - a request left in `approved` with its serial reserved and nothing
+//!   stored (the process died while signing): failed, so the requester sees
+//!   it and may submit again; the serial stays reserved and is never used;
+//! - a mirror row whose certificate clm_secure does not have: cannot come
+//!   from a crash, is not repaired, and makes the pass report failure.
+//!
+//! clm_secure is walked in id order page by page, so a pass over millions
+//! of certificates holds one page in memory. Every repair is idempotent and
+//! goes through the same compare-and-set writes as the normal path, so a
+//! pass may run beside live traffic and on two instances at once.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::Clm;
+use super::error::ServiceResult;
+use crate::domain::model::{Actor, AuditEvent, Outcome, RequestContext};
+use crate::domain::{CertificateId, RequestStatus};
+use crate::store::StoreError;
+
+/// Rows read per round trip.
+const PAGE: u64 = 1_000;
+/// Ids each finding keeps to show; the counts are complete.
+const EXAMPLES: usize = 10;
+
+/// How a pass runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ReconcileOptions {
+    /// Report only; change nothing.
+    pub dry_run: bool,
+    /// A request in `approved` is interrupted only after this long: an
+    /// issuance in progress on another instance takes well under a second.
+    pub grace_seconds: i64,
+}
+
+/// One kind of inconsistency: how many were found, how many repaired.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Finding {
+    pub found: u64,
+    pub repaired: u64,
+    /// The first few ids.
+    pub examples: Vec<String>,
+}
+
+impl Finding {
+    fn saw(&mut self, id: impl ToString) {
+        self.found += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(id.to_string());
+        }
+    }
+}
+
+/// What a pass found and did.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct ReconcileReport {
+    pub dry_run: bool,
+    /// End-entity certificates of clm_secure compared with the mirror.
+    pub certificates_checked: u64,
+    /// Certificates clm_core's mirror lacks.
+    pub missing_mirrors: Finding,
+    /// Mirrors whose status differs from clm_secure's.
+    pub stale_statuses: Finding,
+    /// Requests left in `approved` by an interrupted issuance.
+    pub interrupted_requests: Finding,
+    /// Mirror rows without a certificate in clm_secure (never repaired).
+    pub orphan_mirrors: Finding,
+}
+
+impl ReconcileReport {
+    /// Nothing is left inconsistent.
+    pub fn consistent(&self) -> bool {
+        self.orphan_mirrors.found == 0
+            && [
+                &self.missing_mirrors,
+                &self.stale_statuses,
+                &self.interrupted_requests,
+            ]
+            .iter()
+            .all(|f| f.repaired == f.found)
+    }
+
+    /// Repairs made (the background job logs this).
+    pub fn repairs(&self) -> u64 {
+        self.missing_mirrors.repaired
+            + self.stale_statuses.repaired
+            + self.interrupted_requests.repaired
+    }
+}
+
+impl Clm {
+    /// One reconciliation pass over both databases.
+    pub async fn reconcile(&self, opts: ReconcileOptions) -> ServiceResult<ReconcileReport> {
+        let mut report = ReconcileReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let ctx = RequestContext {
+            request_id: Some(format!("reconcile-{}", uuid::Uuid::new_v4())),
+            ..Default::default()
+        };
+        self.reconcile_interrupted(opts, &ctx, &mut report).await?;
+        self.reconcile_mirrors(opts, &ctx, &mut report).await?;
+        self.find_orphan_mirrors(&mut report).await?;
+        Ok(report)
+    }
+
+    async fn reconcile_interrupted(
+        &self,
+        opts: ReconcileOptions,
+        ctx: &RequestContext,
+        report: &mut ReconcileReport,
+    ) -> ServiceResult<()> {
+        let before = Utc::now() - chrono::Duration::seconds(opts.grace_seconds.max(0));
+        let reason = "interrupted before the certificate was stored";
+        loop {
+            let stuck = self.secure.requests_approved_before(before, PAGE).await?;
+            let full = stuck.len() as u64 == PAGE;
+            for r in &stuck {
+                report.interrupted_requests.saw(r.id);
+                if opts.dry_run {
+                    continue;
+                }
+                let event = AuditEvent::new(Actor::SYSTEM, "certificate.issuance_failed", ctx)
+                    .org(Some(r.organization_id))
+                    .target("certificate_request", r.id)
+                    .outcome(Outcome::Failure)
+                    .details(serde_json::json!({
+                        "ca_id": r.ca_id,
+                        "reserved_serial": r.reserved_serial_hex,
+                        "reason": reason,
+                        "by": "reconciliation",
+                    }));
+                match self.secure.fail_request(r.id, reason, &event).await {
+                    Ok(()) => report.interrupted_requests.repaired += 1,
+                    // Issued or failed meanwhile: nothing left to repair.
+                    Err(StoreError::Conflict(_)) => report.interrupted_requests.repaired += 1,
+                    Err(e) => return Err(e.into()),
+                }
+                let mut data = super::issuance::event_data(r);
+                data["status"] = serde_json::json!(RequestStatus::Failed);
+                data["failure_reason"] = serde_json::json!(reason);
+                self.emit(r.organization_id, "request.failed", data).await;
+            }
+            // A dry run fails nothing, so the same rows would come back.
+            if !full || opts.dry_run {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn reconcile_mirrors(
+        &self,
+        opts: ReconcileOptions,
+        ctx: &RequestContext,
+        report: &mut ReconcileReport,
+    ) -> ServiceResult<()> {
+        let mut after: Option<CertificateId> = None;
+        loop {
+            let page = self.secure.certificate_states_after(after, PAGE).await?;
+            let Some(&(last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last);
+            report.certificates_checked += page.len() as u64;
+            let ids: Vec<CertificateId> = page.iter().map(|(id, _)| *id).collect();
+            let mirrored = self.core.mirror_states(&ids).await?;
+            for (id, status) in page {
+                match mirrored.get(&id) {
+                    None => {
+                        report.missing_mirrors.saw(id);
+                        if !opts.dry_run && self.copy_mirror(id, ctx).await? {
+                            report.missing_mirrors.repaired += 1;
+                        }
+                    }
+                    Some(m) if m != status.as_str() => {
+                        report.stale_statuses.saw(id);
+                        if !opts.dry_run && self.repair_status(id, m).await? {
+                            report.stale_statuses.repaired += 1;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Copies one certificate's metadata, with its current status, into
+    /// clm_core; `false` if clm_secure no longer has it (rows are never
+    /// deleted, but the pass does not assume it).
+    async fn copy_mirror(&self, id: CertificateId, ctx: &RequestContext) -> ServiceResult<bool> {
+        let Some(cert) = self.secure.find_certificate(id).await? else {
+            return Ok(false);
+        };
+        let event = AuditEvent::new(Actor::SYSTEM, "certificate.mirrored", ctx)
+            .org(cert.organization_id)
+            .target("certificate", cert.id)
+            .details(serde_json::json!({
+                "ca_id": cert.ca_id,
+                "serial": cert.serial_hex,
+                "by": "reconciliation",
+            }));
+        match self.core.record_certificate(&cert, &event).await {
+            // Issuance's own step 4 got there at the same moment.
+            Ok(()) | Err(StoreError::Duplicate(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(true)
+    }
+
+    /// Sets the mirror of `id` from `seen` to clm_secure's status as it is
+    /// now: the page read earlier may predate a revocation whose own
+    /// mirroring has landed since, which must not be undone.
+    async fn repair_status(&self, id: CertificateId, seen: &str) -> ServiceResult<bool> {
+        let Some(cert) = self.secure.find_certificate(id).await? else {
+            return Ok(false);
+        };
+        if cert.status.as_str() != seen {
+            self.core
+                .repair_mirror_status(id, seen, cert.status)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn find_orphan_mirrors(&self, report: &mut ReconcileReport) -> ServiceResult<()> {
+        let mut after = None;
+        loop {
+            let ids = self.core.mirror_ids_after(after, PAGE).await?;
+            let Some(&last) = ids.last() else {
+                return Ok(());
+            };
+            after = Some(last);
+            let known = self.secure.existing_certificates(&ids).await?;
+            for id in ids.iter().filter(|id| !known.contains(id)) {
+                report.orphan_mirrors.saw(id);
+            }
+        }
+    }
+}
