@@ -447,7 +447,10 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
             };
             let report = c.reconcile(opts).await?;
             if !report.consistent() {
-                tracing::error!(orphan_mirrors = report.orphan_mirrors.found, "reconciliation found what it cannot repair; run clm reconcile");
+                tracing::error!(
+                    orphan_mirrors = report.orphan_mirrors.found,
+                    "reconciliation found what it cannot repair; run clm reconcile"
+                );
             }
             Ok(usize::try_from(report.repairs()).unwrap_or(usize::MAX))
         },
@@ -475,7 +478,11 @@ where
     let job = std::rc::Rc::new(job);
     every(period, name, move || {
         let (c, job) = (clm.clone(), job.clone());
-        async move { Ok(c.run_leased(name, period, job(c.clone())).await?.unwrap_or(0)) }
+        async move {
+            Ok(c.run_leased(name, period, job(c.clone()))
+                .await?
+                .unwrap_or(0))
+        }
     });
 }
 

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use clm::domain::audit::{AuditLog, EntryFields, Fold, entry_hash};
 use common::{Backend, TestApp, ec_csr};
 use serde_json::{Value, json};
@@ -60,51 +58,9 @@ on_both_backends! {
 // ---- helpers -------------------------------------------------------------
 
 /// `psql` database name or SQLite file of one of the app's databases.
-fn target(app: &TestApp, which: &str) -> String {
-    match app.backend {
-        Backend::Sqlite => app.path(&format!("clm_{which}.db")).display().to_string(),
-        Backend::Postgres => {
-            let env = std::fs::read_to_string(app.path("test.env")).unwrap();
-            let key = format!("CLM_{}_DATABASE_URL=", which.to_uppercase());
-            let url = env
-                .lines()
-                .find_map(|l| l.strip_prefix(&key))
-                .unwrap()
-                .to_string();
-            url.rsplit('/').next().unwrap().to_string()
-        }
-    }
-}
-
 /// Runs SQL directly against `which` database (`core` or `secure`).
 fn sql(app: &TestApp, which: &str, statements: &str) -> String {
-    let out = match app.backend {
-        Backend::Sqlite => Command::new("sqlite3")
-            .args(["-cmd", ".timeout 5000"])
-            .arg(target(app, which))
-            .arg(statements)
-            .output()
-            .unwrap(),
-        Backend::Postgres => Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tA",
-            ])
-            .args(["-d", &target(app, which), "-c", statements])
-            .output()
-            .unwrap(),
-    };
-    assert!(
-        out.status.success(),
-        "SQL failed: {statements}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    app.sql(which, statements)
 }
 
 fn log_table(which: &str) -> &'static str {
@@ -639,28 +595,8 @@ async fn purge(app: &TestApp) {
         "the purge is audited"
     );
     // Outside a purge the triggers still refuse.
-    let direct = match app.backend {
-        Backend::Sqlite => Command::new("sqlite3")
-            .arg(target(app, "core"))
-            .arg("DELETE FROM audit_log")
-            .output()
-            .unwrap(),
-        Backend::Postgres => Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-            ])
-            .arg(target(app, "core"))
-            .args(["-c", "DELETE FROM audit_log"])
-            .output()
-            .unwrap(),
-    };
-    assert!(!direct.status.success(), "write-once must hold");
+    let direct = app.try_sql("core", "DELETE FROM audit_log");
+    assert!(direct.is_err(), "write-once must hold");
     // Tampering below the checkpoint's start is still caught.
     let seq: i64 = first_after.parse().unwrap();
     drop_guards(app, "core", "audit_log");

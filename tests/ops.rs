@@ -711,49 +711,9 @@ async fn shutdown_under_load(backend: Backend) {
     );
 }
 
-fn db_target(app: &TestApp, which: &str) -> String {
-    match app.backend {
-        Backend::Sqlite => app.path(&format!("clm_{which}.db")).display().to_string(),
-        Backend::Postgres => {
-            let env = std::fs::read_to_string(app.path("test.env")).unwrap();
-            let key = format!("CLM_{}_DATABASE_URL=", which.to_uppercase());
-            env.lines()
-                .find_map(|l| l.strip_prefix(&key))
-                .unwrap()
-                .rsplit('/')
-                .next()
-                .unwrap()
-                .to_string()
-        }
-    }
-}
-
 /// One query against `which` database (`core` or `secure`), read directly.
 fn sql(app: &TestApp, which: &str, query: &str) -> String {
-    let target = db_target(app, which);
-    let out = match app.backend {
-        Backend::Sqlite => Command::new("sqlite3").arg(&target).arg(query).output(),
-        Backend::Postgres => Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-tA",
-                "-d",
-                &target,
-                "-c",
-                query,
-            ])
-            .output(),
-    }
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{query}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    app.sql(which, query)
 }
 
 /// The sum of the samples `name{labels…}` in a Prometheus text page

@@ -340,6 +340,18 @@ async fn scenario(db: DatabaseConnection) {
     ));
     covered.insert(round_trip!(
         db,
+        core::job_leases,
+        core::job_leases::Model {
+            name: "CRL refresh".into(),
+            holder: Some("host:4242:0a1b2c3d".into()),
+            expires_at_ms: 1_795_000_000_123,
+            last_started_ms: 1_794_999_999_001,
+            last_holder: Some("host:4242:0a1b2c3d".into()),
+            runs: i64::from(i32::MAX) + 7,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
         core::sessions,
         core::sessions::Model {
             id: id(),

@@ -111,7 +111,10 @@ impl CoreDb {
     /// run's start.
     pub async fn release_lease(&self, job: &str, holder: &str) -> StoreResult<()> {
         job_leases::Entity::update_many()
-            .col_expr(job_leases::Column::Holder, Expr::value(Option::<String>::None))
+            .col_expr(
+                job_leases::Column::Holder,
+                Expr::value(Option::<String>::None),
+            )
             .col_expr(
                 job_leases::Column::ExpiresAtMs,
                 Expr::cust(now_ms(self.db.get_database_backend())),
@@ -168,7 +171,11 @@ mod tests {
         db.release_lease("crl", "a").await.unwrap();
         // Released, but the period since the last start has not passed.
         assert!(!db.acquire_lease("crl", "b", HOUR, HOUR).await.unwrap());
-        assert!(db.acquire_lease("crl", "b", Duration::ZERO, HOUR).await.unwrap());
+        assert!(
+            db.acquire_lease("crl", "b", Duration::ZERO, HOUR)
+                .await
+                .unwrap()
+        );
         let crl = db.list_leases().await.unwrap().remove(0);
         assert_eq!((crl.name.as_str(), crl.runs), ("crl", 2));
         assert_eq!(crl.holder.as_deref(), Some("b"));
@@ -178,13 +185,25 @@ mod tests {
     async fn a_lapsed_lease_is_taken_over_and_its_holder_cannot_renew() {
         let (_dir, db) = core().await;
         let short = Duration::from_millis(50);
-        assert!(db.acquire_lease("rewrap", "a", Duration::ZERO, short).await.unwrap());
+        assert!(
+            db.acquire_lease("rewrap", "a", Duration::ZERO, short)
+                .await
+                .unwrap()
+        );
         assert!(db.renew_lease("rewrap", "a", short).await.unwrap());
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(db.acquire_lease("rewrap", "b", Duration::ZERO, HOUR).await.unwrap());
+        assert!(
+            db.acquire_lease("rewrap", "b", Duration::ZERO, HOUR)
+                .await
+                .unwrap()
+        );
         assert!(!db.renew_lease("rewrap", "a", HOUR).await.unwrap());
         // A late release by the old holder does not free b's lease.
         db.release_lease("rewrap", "a").await.unwrap();
-        assert!(!db.acquire_lease("rewrap", "c", Duration::ZERO, HOUR).await.unwrap());
+        assert!(
+            !db.acquire_lease("rewrap", "c", Duration::ZERO, HOUR)
+                .await
+                .unwrap()
+        );
     }
 }

@@ -116,7 +116,11 @@ impl CoreDb {
     }
 
     /// Ids of mirrored certificates after `after`, in id order.
-    pub async fn mirror_ids_after(&self, after: Option<Uuid>, limit: u64) -> StoreResult<Vec<Uuid>> {
+    pub async fn mirror_ids_after(
+        &self,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> StoreResult<Vec<Uuid>> {
         let mut q = certificate_metadata::Entity::find()
             .select_only()
             .column(certificate_metadata::Column::Id);

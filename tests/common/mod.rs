@@ -207,12 +207,51 @@ impl TestApp {
         );
     }
 
-    /// SIGKILL of the server, then a fresh start on the same data.
-    pub async fn kill_and_restart(&mut self) {
+    /// A second `clm serve` on this app's databases and SoftHSM token: its
+    /// own ports and data directory (log, TLS certificate), as another
+    /// instance behind the same load balancer would have. Dropping it stops
+    /// only that process.
+    pub async fn peer(&self) -> TestApp {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "instances share PostgreSQL"
+        );
+        let data_dir = tempfile::tempdir().unwrap();
+        let pin_file = self.path("softhsm/user.pin").display().to_string();
+        let mut peer = TestApp {
+            backend: self.backend,
+            api: String::new(),
+            public: String::new(),
+            client: reqwest::Client::new(),
+            admin_password: self.admin_password.clone(),
+            pg_databases: Vec::new(),
+            child: None,
+            data_dir,
+            env: self.env.clone(),
+        };
+        peer.set_env("CLM_DATA_DIR", &peer.data_dir.path().display().to_string());
+        peer.set_env("CLM_PKCS11_PIN_FILE", &pin_file);
+        peer.wait_until_serving().await;
+        peer
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL of the server, without a restart.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// SIGKILL of the server, then a fresh start on the same data.
+    pub async fn kill_and_restart(&mut self) {
+        self.kill();
         self.wait_until_serving().await;
     }
 
@@ -310,6 +349,37 @@ impl TestApp {
     /// on SQLite.
     pub fn pg_databases(&self) -> &[String] {
         &self.pg_databases
+    }
+
+    /// Runs `statements` directly against `which` database (`core` or
+    /// `secure`), behind clm's back: stdout, or stderr when it fails.
+    pub fn try_sql(&self, which: &str, statements: &str) -> Result<String, String> {
+        let out = match self.backend {
+            Backend::Sqlite => Command::new("sqlite3")
+                .args(["-cmd", ".timeout 5000"])
+                .arg(self.path(&format!("clm_{which}.db")))
+                .arg(statements)
+                .output()
+                .unwrap(),
+            Backend::Postgres => {
+                let db = match which {
+                    "core" => &self.pg_databases[0],
+                    _ => &self.pg_databases[1],
+                };
+                return psql(db, statements);
+            }
+        };
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    /// [`TestApp::try_sql`] that must succeed.
+    pub fn sql(&self, which: &str, statements: &str) -> String {
+        self.try_sql(which, statements)
+            .unwrap_or_else(|e| panic!("SQL failed: {statements}\n{e}"))
     }
 
     /// Runs `sql` in `db` as the `postgres` superuser.
