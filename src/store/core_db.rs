@@ -7,7 +7,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, Set, TransactionTrait,
 };
-use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
 use super::entity::core::{
@@ -83,8 +82,7 @@ impl CoreDb {
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
-        migrations_core::Migrator::up(&self.db, None).await?;
-        Ok(())
+        super::migrate::<migrations_core::Migrator>(&self.db).await
     }
 
     pub async fn ping(&self) -> StoreResult<()> {

@@ -183,6 +183,19 @@ fn redact_url(message: &str, url: &str) -> String {
     message.replace(url, "[database url]")
 }
 
+/// Applies `M`'s pending migrations. It looks before it writes: the
+/// migrator's own bookkeeping starts with `CREATE TABLE IF NOT EXISTS`,
+/// which PostgreSQL refuses to a role without CREATE on the schema even when
+/// the table exists, and the runtime roles of scripts/postgres-roles.sql
+/// have no DDL rights. With nothing pending this only reads.
+async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &DatabaseConnection) -> StoreResult<()> {
+    if M::get_pending_migrations_read_only(db).await?.is_empty() {
+        return Ok(());
+    }
+    M::up(db, None).await?;
+    Ok(())
+}
+
 async fn ping(db: &DatabaseConnection) -> StoreResult<()> {
     db.execute_unprepared("SELECT 1").await?;
     Ok(())

@@ -9,7 +9,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
-use sea_orm_migration::MigratorTrait;
 
 use super::entity::secure::{
     certificate_authorities, certificate_requests, certificates, encryption_keys,
@@ -77,8 +76,7 @@ impl SecureDb {
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
-        migrations_secure::Migrator::up(&self.db, None).await?;
-        Ok(())
+        super::migrate::<migrations_secure::Migrator>(&self.db).await
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
