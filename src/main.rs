@@ -429,9 +429,12 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
     });
     // Resumes an interrupted KEK rotation, destroys KEKs past their
     // rollback window, rotates on schedule.
-    leased(&clm, period, "KEK maintenance", |c| async move {
-        c.kek_maintenance().await
-    });
+    leased(
+        &clm,
+        period,
+        clm::service::KEK_MAINTENANCE,
+        |c| async move { c.kek_maintenance().await },
+    );
     leased(&clm, period, "CRL refresh", |c| async move {
         c.refresh_due_crls().await
     });

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, ec_csr};
+use common::{Backend, TestApp};
 use serde_json::{Value, json};
 
 const SHUTDOWN: Duration = Duration::from_secs(30);
@@ -154,24 +154,6 @@ impl Drop for Roles {
     }
 }
 
-async fn issue(app: &TestApp, token: &str, name: &str) -> Value {
-    let profile = app.default_profile_id(token).await;
-    let r = app
-        .post(
-            token,
-            "/api/v1/certificate-requests",
-            &json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]) }),
-        )
-        .await;
-    assert_eq!(r.status(), 201, "{}", app.server_log());
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], "issued", "{body}");
-    let id = body["certificate_id"].as_str().unwrap();
-    let r = app.get(token, &format!("/api/v1/certificates/{id}")).await;
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 /// Waits until the newest seal of `log` covers `seq`.
 async fn sealed_through(app: &TestApp, db: &str, seals: &str, seq: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -212,7 +194,7 @@ async fn runtime_roles_serve_but_cannot_change_the_schema() {
 
     // Something from before the hand-over, written as the superuser.
     let admin = app.admin_token().await;
-    let before = issue(&app, &admin, "before.roles.clm.test").await;
+    let before = app.issue(&admin, &["before.roles.clm.test"]).await;
     assert!(
         app.terminate(SHUTDOWN).await.success(),
         "{}",
@@ -295,7 +277,7 @@ async fn runtime_roles_serve_but_cannot_change_the_schema() {
     }
     app.restart().await;
     let admin = app.admin_token().await;
-    let cert = issue(&app, &admin, "roles.clm.test").await;
+    let cert = app.issue(&admin, &["roles.clm.test"]).await;
     let id = cert["id"].as_str().unwrap();
     let r = app
         .post(

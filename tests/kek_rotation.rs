@@ -16,6 +16,9 @@ const SETTINGS: &[(&str, &str)] = &[
     ("CLM_KEK_REWRAP_BATCH", "50"),
     ("CLM_KEK_REWRAP_PAUSE_MS", "150"),
     ("CLM_JOB_INTERVAL_SECONDS", "1"),
+    // The killed server's lease on the rewrap lapses after this, and the
+    // restarted one takes the rotation over.
+    ("CLM_JOB_LEASE_SECONDS", "3"),
 ];
 const KEYS: usize = 1000;
 /// A rollback window of zero: the job destroys the old KEK at once.

@@ -21,24 +21,8 @@ on_both_backends! {
     bad_relying_party_input_is_refused => bad_relying_party_input;
 }
 
-/// Issues a certificate for `names` as `token` through the default profile.
 async fn issue(app: &TestApp, token: &str, names: &[&str]) -> Value {
-    let profile = app.default_profile_id(token).await;
-    let r = app
-        .post(
-            token,
-            "/api/v1/certificate-requests",
-            &json!({ "profile_id": profile, "csr_pem": ec_csr(names) }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let body: Value = r.json().await.unwrap();
-    let id = body["certificate_id"].as_str().unwrap();
-    app.get(token, &format!("/api/v1/certificates/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap()
+    app.issue(token, names).await
 }
 
 /// Files the leaf, its issuer and the whole chain (issuer first) in `dir`.

@@ -68,15 +68,9 @@ fn found(report: &Value, what: &str) -> (u64, u64) {
 
 async fn reconcile_repairs(app: &TestApp) {
     let admin = app.admin_token().await;
-    let profile = app.default_profile_id(&admin).await;
-    let kept = submit(app, &admin, &profile, "kept.clm.test")
-        .await
-        .unwrap();
-    let kept = certificate(app, &admin, kept["certificate_id"].as_str().unwrap()).await;
-    let revoked = submit(app, &admin, &profile, "revoked.clm.test")
-        .await
-        .unwrap();
-    let revoked_id = revoked["certificate_id"].as_str().unwrap();
+    let kept = app.issue(&admin, &["kept.clm.test"]).await;
+    let revoked = app.issue(&admin, &["revoked.clm.test"]).await;
+    let revoked_id = revoked["id"].as_str().unwrap();
     let r = app
         .post(
             &admin,
@@ -89,14 +83,7 @@ async fn reconcile_repairs(app: &TestApp) {
 
     // A request that waits for an approval, to play an issuance cut off
     // between reserving its serial and storing the certificate.
-    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
-    let ca = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "intermediate")
-        .unwrap()["id"]
-        .clone();
+    let ca = app.intermediate_ca_id(&admin).await;
     let r = app
         .post(
             &admin,

@@ -48,14 +48,7 @@ async fn org(app: &TestApp, name: &str, n: usize, required: u8) -> Org {
                 .1,
         );
     }
-    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
-    let ca = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "intermediate")
-        .unwrap()["id"]
-        .clone();
+    let ca = app.intermediate_ca_id(&admin).await;
     let r = app
         .post(
             &admin,

@@ -20,6 +20,10 @@ use crate::store::JobLease;
 /// next period rather than skipping it.
 const PERIOD_SLACK: f64 = 0.9;
 
+/// The lease of the KEK maintenance job, which the rewrap that the API
+/// starts shares.
+pub const KEK_MAINTENANCE: &str = "KEK maintenance";
+
 /// Who holds a lease: host, process and a random part (a restarted process
 /// may get the same pid).
 pub(super) fn instance_id() -> String {
@@ -55,19 +59,37 @@ impl Clm {
                 .increment(1);
             return Ok(None);
         }
-        let mut job = std::pin::pin!(job);
-        let mut renew = tokio::time::interval(ttl / 3);
-        renew.tick().await;
-        let result = loop {
-            tokio::select! {
-                r = &mut job => break r,
-                _ = renew.tick() => match self.core.renew_lease(name, &self.instance, ttl).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(job = name, "job lease lapsed during the run; another instance may repeat it"),
-                    Err(e) => tracing::warn!(job = name, error = %e, "job lease not renewed"),
-                },
+        // The renewals run beside the job, not inside its task: on SQLite
+        // there is one write connection, and a renewal awaited while the
+        // job held it in a transaction would wait for the job forever.
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let renewer = tokio::spawn({
+            let (core, holder, stop) = (self.core.clone(), self.instance.clone(), stop.clone());
+            async move {
+                let mut renew = tokio::time::interval(ttl / 3);
+                renew.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.notified() => return,
+                        _ = renew.tick() => {}
+                    }
+                    match core.renew_lease(name, &holder, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            job = name,
+                            "job lease lapsed during the run; another instance may repeat it"
+                        ),
+                        Err(e) => tracing::warn!(job = name, error = %e, "job lease not renewed"),
+                    }
+                }
             }
-        };
+        });
+        let result = job.await;
+        // Between renewals, never in the middle of one.
+        stop.notify_one();
+        if let Err(e) = renewer.await {
+            tracing::warn!(job = name, error = %e, "job lease renewal task failed");
+        }
         if let Err(e) = self.core.release_lease(name, &self.instance).await {
             tracing::warn!(job = name, error = %e, "job lease not released; it lapses by itself");
         }

@@ -58,7 +58,19 @@ impl Clm {
             let Some(_run) = super::shutdown::begin_job().await else {
                 return;
             };
-            if let Err(e) = clm.continue_kek_rotation().await {
+            // Under the job's lease, so that this task and the KEK
+            // maintenance job of any instance do not rewrap side by side
+            // (and a job run does not sit behind this one holding its
+            // lease); if someone else holds it, they carry on.
+            let rewrap = clm.continue_kek_rotation();
+            if let Err(e) = clm
+                .run_leased(
+                    super::jobs::KEK_MAINTENANCE,
+                    std::time::Duration::ZERO,
+                    rewrap,
+                )
+                .await
+            {
                 tracing::error!(error = %e.log_message(), "KEK rotation stopped; it resumes with the next job run");
             }
         });

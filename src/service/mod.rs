@@ -52,6 +52,7 @@ pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
 pub use expiry::ExpiryReport;
 pub use issuance::{RequestView, SubjectBody, SubmitRequest};
+pub use jobs::KEK_MAINTENANCE;
 pub use ocsp::OcspAnswer;
 pub use organizations::NewOrganization;
 pub use principal::Principal;

@@ -416,7 +416,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "login failed");
+        assert_eq!(r.status(), 200, "login failed:\n{}", self.server_log());
         r.json::<Value>().await.unwrap()["token"]
             .as_str()
             .unwrap()
@@ -444,6 +444,38 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Issues a certificate for `names` (the first is the CN) through the
+    /// default profile; the certificate as `GET /api/v1/certificates/{id}`
+    /// shows it.
+    pub async fn issue(&self, token: &str, names: &[&str]) -> Value {
+        let profile = self.default_profile_id(token).await;
+        let r = self
+            .post(
+                token,
+                "/api/v1/certificate-requests",
+                &json!({ "profile_id": profile, "csr_pem": ec_csr(names) }),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", self.server_log());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "issued", "{body}");
+        let id = body["certificate_id"].as_str().unwrap();
+        let r = self.get(token, &format!("/api/v1/certificates/{id}")).await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// The id of the intermediate CA `clm init` created.
+    pub async fn intermediate_ca_id(&self, token: &str) -> Value {
+        let cas: Value = self.get(token, "/api/v1/cas").await.json().await.unwrap();
+        cas.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == "intermediate")
+            .expect("an intermediate CA")["id"]
+            .clone()
     }
 
     /// Creates an organisation (as the bootstrap admin) and returns its id.
