@@ -64,7 +64,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// A request still in `approved` after this long was interrupted.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = clm::service::DEFAULT_GRACE_SECONDS)]
         grace_seconds: i64,
         /// Print the report as JSON.
         #[arg(long)]
@@ -438,15 +438,14 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
     leased(&clm, period, "CRL refresh", |c| async move {
         c.refresh_due_crls().await
     });
-    let grace_seconds = 300;
     leased(
         &clm,
         Duration::from_secs(cfg.reconcile_interval_seconds.unsigned_abs()),
         "reconciliation",
-        move |c| async move {
+        |c| async move {
             let opts = clm::service::ReconcileOptions {
                 dry_run: false,
-                grace_seconds,
+                grace_seconds: clm::service::DEFAULT_GRACE_SECONDS,
             };
             let report = c.reconcile(opts).await?;
             if !report.consistent() {

@@ -35,11 +35,6 @@ pub(super) fn instance_id() -> String {
 }
 
 impl Clm {
-    /// This process as lease holder.
-    pub fn instance_id(&self) -> &str {
-        &self.instance
-    }
-
     /// Runs `job` under the lease `name` when this instance can take it:
     /// `Ok(None)` when another instance holds it or it started less than
     /// `period` ago.

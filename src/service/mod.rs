@@ -57,7 +57,7 @@ pub use ocsp::OcspAnswer;
 pub use organizations::NewOrganization;
 pub use principal::Principal;
 pub use profiles::{NewProfile, ProfileView};
-pub use reconcile::{Finding, ReconcileOptions, ReconcileReport};
+pub use reconcile::{DEFAULT_GRACE_SECONDS, Finding, ReconcileOptions, ReconcileReport};
 pub use recovery::{RecoveryBody, RecoveryView};
 pub use renewal::RenewBody;
 pub use revocation::RevokeBody;

@@ -31,6 +31,10 @@ const PAGE: u64 = 1_000;
 /// Ids each finding keeps to show; the counts are complete.
 const EXAMPLES: usize = 10;
 
+/// The grace period of the background pass and of `clm reconcile` unless
+/// told otherwise.
+pub const DEFAULT_GRACE_SECONDS: i64 = 300;
+
 /// How a pass runs.
 #[derive(Clone, Copy, Debug)]
 pub struct ReconcileOptions {
