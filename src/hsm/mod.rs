@@ -681,10 +681,36 @@ pub(crate) mod testing {
 
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
+    const DIR_PREFIX: &str = "clm-hsm-test-";
+
+    /// The fixture lives in a static, which is never dropped, so each test
+    /// process leaves its token directory behind (nextest runs every test
+    /// in a process of its own). The next one removes those whose process
+    /// has ended: the directory names carry the pid.
+    fn remove_dirs_of_ended_tests() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(DIR_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     pub(crate) fn fixture() -> &'static Fixture {
         FIXTURE.get_or_init(|| {
+            remove_dirs_of_ended_tests();
             let dir = tempfile::Builder::new()
-                .prefix("clm-hsm-test-")
+                .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
                 .tempdir()
                 .expect("temp dir");
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm/init-token.sh");
