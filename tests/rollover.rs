@@ -230,7 +230,7 @@ async fn root_rollover(app: &TestApp) {
             &json!({}),
         )
         .await;
-    assert_eq!(r.status(), 201);
+    assert_eq!(r.status(), 201, "{}", app.server_log());
     let rolled: Value = r.json().await.unwrap();
     let new_root = &rolled["ca"];
     let link = pem(&rolled, "link_certificate_pem");
