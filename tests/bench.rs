@@ -8,26 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::postgres_available;
 use serde_json::Value;
-
-fn postgres_available() -> bool {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-tAc",
-            "SELECT 1",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn openssl(args: &[&str], dir: &Path) -> String {
     let out = Command::new("openssl")

@@ -46,7 +46,7 @@ pub struct ReconcileOptions {
 }
 
 /// One kind of inconsistency: how many were found, how many repaired.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Serialize)]
 pub struct Finding {
     pub found: u64,
     pub repaired: u64,
@@ -64,7 +64,7 @@ impl Finding {
 }
 
 /// What a pass found and did.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Serialize)]
 pub struct ReconcileReport {
     pub dry_run: bool,
     /// End-entity certificates of clm_secure compared with the mirror.

@@ -226,7 +226,7 @@ impl CoreDb {
     }
 }
 
-fn metadata_model(c: &Certificate) -> certificate_metadata::ActiveModel {
+pub(super) fn metadata_model(c: &Certificate) -> certificate_metadata::ActiveModel {
     use sea_orm::Set;
     certificate_metadata::ActiveModel {
         id: Set(c.id.0),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::entity::core::certificate_metadata;
 use super::entity::secure::{certificate_revocations, certificates};
 use super::secure_db::certificate_active_model;
-use super::{CoreDb, SecureDb, StoreError, StoreResult, json_strings};
+use super::{CoreDb, SecureDb, StoreError, StoreResult};
 use crate::domain::model::Certificate;
 use crate::domain::{CertificateStatus, Secret, UserId};
 
@@ -79,20 +79,8 @@ impl CoreDb {
             for rows in txn_rows.chunks(ROWS_PER_STATEMENT) {
                 certificate_metadata::Entity::insert_many(rows.iter().map(|c| {
                     certificate_metadata::ActiveModel {
-                        id: Set(c.id.0),
-                        organization_id: Set(c.organization_id.map(Into::into)),
-                        ca_id: Set(c.ca_id.0),
-                        profile_id: Set(c.profile_id.map(Into::into)),
-                        request_id: Set(c.request_id.map(Into::into)),
-                        owner_id: Set(c.owner_id.map(Into::into)),
-                        common_name: Set(Some(c.subject.clone())),
-                        sans: Set(json_strings(&c.sans)),
-                        serial_hex: Set(c.serial_hex.clone()),
-                        not_before: Set(c.not_before),
-                        not_after: Set(c.not_after),
-                        status: Set(c.status.as_str().to_string()),
-                        created_at: Set(c.created_at),
                         updated_at: Set(c.revoked_at.unwrap_or(c.created_at)),
+                        ..super::batched::metadata_model(c)
                     }
                 }))
                 .exec_without_returning(&txn)

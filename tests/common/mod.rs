@@ -70,7 +70,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn postgres_available() -> bool {
+/// PostgreSQL answers on 127.0.0.1:5432 as `postgres`.
+pub fn postgres_available() -> bool {
     psql("postgres", "SELECT 1").is_ok()
 }
 
