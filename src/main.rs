@@ -199,7 +199,8 @@ struct BenchRunArgs {
     /// Leave sample outputs (CA, certificate, OCSP, CRL) here.
     #[arg(long)]
     artifacts: Option<std::path::PathBuf>,
-    /// Keep the work directory (server logs, databases, token).
+    /// Keep the work directory (server logs, SQLite files, token) and the
+    /// PostgreSQL databases.
     #[arg(long)]
     keep: bool,
 }

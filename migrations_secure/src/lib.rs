@@ -11,6 +11,7 @@ mod m20261122_000010_revocation;
 mod m20261122_000011_key_recovery;
 mod m20261122_000012_kek_rotation;
 mod m20261123_000001_audit_chain;
+mod m20261201_000001_certificate_list;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000011_key_recovery::Migration),
             Box::new(m20261122_000012_kek_rotation::Migration),
             Box::new(m20261123_000001_audit_chain::Migration),
+            Box::new(m20261201_000001_certificate_list::Migration),
         ]
     }
 

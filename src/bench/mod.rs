@@ -246,7 +246,8 @@ pub struct Options {
     /// Where to leave sample outputs (CA, certificate, OCSP, CRL) for
     /// outside tools.
     pub artifacts: Option<PathBuf>,
-    /// Keep the work directory (server logs, SQLite files, the token).
+    /// Keep the work directory (server logs, SQLite files, the token) and
+    /// the PostgreSQL databases.
     pub keep: bool,
 }
 

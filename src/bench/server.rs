@@ -84,6 +84,13 @@ impl Env {
         Config::from_sources(&map, None, None).map_err(setup)
     }
 
+    /// What `--keep` leaves behind on PostgreSQL.
+    pub fn report_databases(&self) {
+        if let Some((_, names)) = &self.pg {
+            println!("clm bench: PostgreSQL databases kept: {}", names.join(", "));
+        }
+    }
+
     pub async fn drop_databases(&self) {
         if let Some((admin, names)) = &self.pg {
             for name in names {

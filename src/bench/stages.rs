@@ -221,7 +221,11 @@ pub async fn run_backend(opts: &Options, backend: Backend, dir: &Path) -> BenchR
                     detail,
                 );
             }
-            env.drop_databases().await;
+            if opts.keep {
+                env.report_databases();
+            } else {
+                env.drop_databases().await;
+            }
         }
         Err(e) => {
             let detail = Err(e.to_string());

@@ -217,6 +217,20 @@ pub struct Certificate {
     pub created_at: DateTime<Utc>,
 }
 
+/// A certificate as a listing shows it: no DER, no revocation details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateBrief {
+    pub id: CertificateId,
+    pub serial_hex: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub status: CertificateStatus,
+    pub ca_id: CaId,
+    pub profile_id: Option<ProfileId>,
+}
+
 /// Who did something, for the audit logs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Actor {

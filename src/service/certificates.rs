@@ -5,12 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Listing, Principal, rfc3339};
-use crate::domain::model::Certificate;
+use crate::domain::model::CertificateBrief;
 use crate::domain::{
     CaId, CertificateId, CertificateStatus, ProfileId, RequestId, RevocationReason,
 };
 use crate::pki;
-use crate::store::{CertificateFilter, Page};
+use crate::store::{CertificateFilter, CertificateOrder, Page};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CertificateView {
@@ -56,8 +56,8 @@ pub struct CertificateSummary {
     pub profile_id: Option<ProfileId>,
 }
 
-impl From<&Certificate> for CertificateSummary {
-    fn from(c: &Certificate) -> Self {
+impl From<&CertificateBrief> for CertificateSummary {
+    fn from(c: &CertificateBrief) -> Self {
         Self {
             id: c.id,
             serial: c.serial_hex.clone(),
@@ -81,7 +81,8 @@ pub struct CertificateQuery {
     /// Substring of the subject or of the serial (hex).
     #[param(max_length = 200)]
     pub q: Option<String>,
-    /// Not yet expired, and `not_after` within this many days.
+    /// Not yet expired, and `not_after` within this many days; the list is
+    /// then ordered by `not_after`, soonest first (otherwise newest first).
     #[param(maximum = 36_500)]
     pub expiring_within_days: Option<u32>,
     pub ca_id: Option<uuid::Uuid>,
@@ -116,12 +117,17 @@ impl Clm {
             // "Expiring" means not expired yet.
             not_after_after: q.expiring_within_days.map(|_| Utc::now()),
             text: text.filter(|t| !t.is_empty()),
+            order: if q.expiring_within_days.is_some() {
+                CertificateOrder::SoonestExpiry
+            } else {
+                CertificateOrder::Newest
+            },
         };
         let (rows, total) = self
             .secure
             .list_certificates(p.scope(), &filter, page)
             .await?;
-        Ok(Listing::new(
+        Ok(Listing::counted(
             rows.iter().map(CertificateSummary::from).collect(),
             page,
             total,

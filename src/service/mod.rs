@@ -231,16 +231,32 @@ pub struct Listing<T> {
     pub items: Vec<T>,
     pub page: u64,
     pub per_page: u64,
+    /// Matches in all pages; a lower bound when `total_exact` is false.
     pub total: u64,
+    /// False when counting stopped early: a list stops counting
+    /// 10,000 matches past the start of the page asked for.
+    pub total_exact: bool,
 }
 
 impl<T> Listing<T> {
     pub fn new(items: Vec<T>, page: crate::store::Page, total: u64) -> Self {
+        Self::counted(
+            items,
+            page,
+            crate::store::Total {
+                count: total,
+                exact: true,
+            },
+        )
+    }
+
+    pub fn counted(items: Vec<T>, page: crate::store::Page, total: crate::store::Total) -> Self {
         Self {
             items,
             page: page.page,
             per_page: page.per_page,
-            total,
+            total: total.count,
+            total_exact: total.exact,
         }
     }
 }

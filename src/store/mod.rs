@@ -12,6 +12,7 @@
 mod audit;
 mod batched;
 mod cache;
+mod certificate_list;
 mod client_cert;
 mod core_db;
 mod custody;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub use audit::{AuditFilter, AuditSigner, AuditStore};
+pub use certificate_list::{COUNT_HORIZON, Total};
 pub use client_cert::IssuerState;
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
@@ -75,6 +77,17 @@ pub struct CertificateFilter {
     pub not_after_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Substring of the subject or the serial.
     pub text: Option<String>,
+    pub order: CertificateOrder,
+}
+
+/// The order of the certificate list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CertificateOrder {
+    /// Newest first (by creation).
+    #[default]
+    Newest,
+    /// The one to expire soonest first: how one works through renewals.
+    SoonestExpiry,
 }
 
 /// The connections of one database: `write` for everything that changes

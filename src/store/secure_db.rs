@@ -4,7 +4,7 @@
 //! signed.
 
 use chrono::Utc;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -13,10 +13,7 @@ use sea_orm::{
 use super::entity::secure::{
     certificate_authorities, certificate_requests, certificates, encryption_keys,
 };
-use super::{
-    CertificateFilter, Page, StoreError, StoreResult, audit, json_strings, parse_one,
-    strings_from_json,
-};
+use super::{Page, StoreError, StoreResult, audit, json_strings, parse_one, strings_from_json};
 use crate::domain::model::{
     AuditEvent, Certificate, CertificateAuthority, CertificateRequest, KeyReference,
 };
@@ -527,53 +524,6 @@ impl SecureDb {
         Ok((
             rows.into_iter()
                 .map(request_from)
-                .collect::<StoreResult<_>>()?,
-            total,
-        ))
-    }
-
-    /// A page of end-entity certificates, newest first, with the total.
-    pub async fn list_certificates(
-        &self,
-        scope: Option<OrganizationId>,
-        filter: &CertificateFilter,
-        page: Page,
-    ) -> StoreResult<(Vec<Certificate>, u64)> {
-        let mut q = certificates::Entity::find().filter(certificates::Column::IsCa.eq(false));
-        if let Some(org) = scope {
-            q = q.filter(certificates::Column::OrganizationId.eq(org.0));
-        }
-        if let Some(status) = filter.status {
-            q = q.filter(certificates::Column::Status.eq(status.as_str()));
-        }
-        if let Some(ca) = filter.ca_id {
-            q = q.filter(certificates::Column::CaId.eq(ca.0));
-        }
-        if let Some(before) = filter.not_after_before {
-            q = q.filter(certificates::Column::NotAfter.lte(before));
-        }
-        if let Some(after) = filter.not_after_after {
-            q = q.filter(certificates::Column::NotAfter.gt(after));
-        }
-        if let Some(text) = &filter.text {
-            let pattern = format!("%{}%", text.replace(['\\', '%', '_'], ""));
-            q = q.filter(
-                certificates::Column::Subject
-                    .like(pattern.clone())
-                    .or(certificates::Column::SerialHex.like(pattern.to_ascii_lowercase())),
-            );
-        }
-        let total = q.clone().count(&self.read).await?;
-        let rows = q
-            .order_by_desc(certificates::Column::CreatedAt)
-            .order_by_desc(certificates::Column::Id)
-            .offset(page.offset())
-            .limit(page.per_page)
-            .all(&self.read)
-            .await?;
-        Ok((
-            rows.into_iter()
-                .map(certificate_from)
                 .collect::<StoreResult<_>>()?,
             total,
         ))
