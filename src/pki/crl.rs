@@ -2,7 +2,7 @@
 //! million revocations must get its CRL built in well under a second, which
 //! a general-purpose encoder allocating per field does not do.
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use super::PkiError;
 use super::build::Issuer;
@@ -15,54 +15,90 @@ const OID_CRL_NUMBER: &[u8] = &[0x55, 0x1d, 0x14];
 const OID_IDP: &[u8] = &[0x55, 0x1d, 0x1c];
 const OID_REASON: &[u8] = &[0x55, 0x1d, 0x15];
 
-/// One revoked certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrlEntry {
-    /// The serial's big-endian magnitude (as stored, without sign byte).
-    pub serial: Vec<u8>,
-    pub revoked_at: DateTime<Utc>,
-    pub reason: RevocationReason,
+/// The revokedCertificates of a CRL, encoded entry by entry as the
+/// revocations are read: a million entries never exist as a million
+/// separate values, only as their DER.
+#[derive(Debug, Default)]
+pub struct RevokedList {
+    der: Vec<u8>,
+    count: usize,
+}
+
+/// Encoded length of one entry's reasonCode extension list.
+const REASON_LEN: usize = 14;
+
+impl RevokedList {
+    /// Room for about `entries` entries (a 16-byte serial takes 51 bytes).
+    pub fn with_capacity(entries: usize) -> Self {
+        Self {
+            der: Vec::with_capacity(entries.saturating_mul(51)),
+            count: 0,
+        }
+    }
+
+    /// Appends one revocation; `serial` is the big-endian magnitude (as
+    /// stored, without sign byte). A reasonCode is written unless the
+    /// reason is `unspecified` (RFC 5280 §5.3.1 says to omit it then).
+    pub fn push(
+        &mut self,
+        serial: &[u8],
+        revoked_at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<(), PkiError> {
+        if serial.is_empty() || serial.len() > 20 {
+            return Err(PkiError::encoding("a serial must be 1 to 20 bytes"));
+        }
+        let skip = serial.iter().take_while(|b| **b == 0).count();
+        let magnitude = &serial[skip..];
+        let pad = magnitude.first().is_none_or(|b| b & 0x80 != 0);
+        let integer_len = magnitude.len() + usize::from(pad);
+        let with_reason = reason != RevocationReason::Unspecified;
+        let body =
+            2 + integer_len + time_len(revoked_at) + if with_reason { REASON_LEN } else { 0 };
+        // At most 2 + 21 + 17 + 14 bytes: short-form lengths throughout.
+        let out = &mut self.der;
+        out.extend_from_slice(&[0x30, body as u8, 0x02, integer_len as u8]);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(magnitude);
+        push_time(out, revoked_at);
+        if with_reason {
+            // SEQUENCE { SEQUENCE { OID reasonCode, OCTET STRING { ENUMERATED } } }
+            out.extend_from_slice(&[0x30, 12, 0x30, 10, 0x06, 3]);
+            out.extend_from_slice(OID_REASON);
+            out.extend_from_slice(&[0x04, 3, 0x0a, 1, reason.code()]);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 /// The TBSCertList of a v2 CRL by `issuer`: AKI, CRL number and a critical
 /// issuing distribution point naming `idp_url` (the URL the certificates'
-/// CRL DP carries), and one entry per revocation, with a reasonCode unless
-/// the reason is `unspecified` (RFC 5280 §5.3.1 says to omit it then).
+/// CRL DP carries), and the entries of `revoked`.
 pub fn prepare_crl(
     issuer: &Issuer<'_>,
     crl_number: u64,
     this_update: DateTime<Utc>,
     next_update: DateTime<Utc>,
     idp_url: &str,
-    entries: &[CrlEntry],
+    revoked: &RevokedList,
 ) -> Result<ToBeSigned, PkiError> {
     if next_update <= this_update {
         return Err(PkiError::encoding("nextUpdate must follow thisUpdate"));
     }
     let signer = issuer.signer();
     let algorithm = super::signer::algorithm_identifier(signer.algorithm());
-
-    let mut revoked = Vec::with_capacity(entries.len() * 56);
-    for e in entries {
-        if e.serial.is_empty() || e.serial.len() > 20 {
-            return Err(PkiError::encoding("a serial must be 1 to 20 bytes"));
-        }
-        let serial = der::unsigned_integer(&e.serial);
-        let date = time(e.revoked_at);
-        let reason = (e.reason != RevocationReason::Unspecified).then(|| {
-            der::sequence(&[&der::sequence(&[
-                &der::tlv(0x06, OID_REASON),
-                &der::octet_string(&der::tlv(0x0a, &[e.reason.code()])),
-            ])])
-        });
-        let body_len = serial.len() + date.len() + reason.as_ref().map_or(0, Vec::len);
-        push_header(&mut revoked, 0x30, body_len);
-        revoked.extend_from_slice(&serial);
-        revoked.extend_from_slice(&date);
-        if let Some(r) = reason {
-            revoked.extend_from_slice(&r);
-        }
-    }
+    let revoked_der = &revoked.der;
 
     let aki = extension(
         OID_AKI,
@@ -96,10 +132,10 @@ pub fn prepare_crl(
         &this,
         &next,
     ];
-    let revoked_len = if entries.is_empty() {
+    let revoked_len = if revoked.is_empty() {
         0
     } else {
-        header_len(revoked.len()) + revoked.len()
+        header_len(revoked_der.len()) + revoked_der.len()
     };
     let body_len = fixed.iter().map(|p| p.len()).sum::<usize>() + revoked_len + extensions.len();
     let mut tbs = Vec::with_capacity(body_len + 6);
@@ -108,9 +144,9 @@ pub fn prepare_crl(
         tbs.extend_from_slice(part);
     }
     // An empty revokedCertificates is omitted, not encoded empty (§5.1.2.6).
-    if !entries.is_empty() {
-        push_header(&mut tbs, 0x30, revoked.len());
-        tbs.extend_from_slice(&revoked);
+    if !revoked.is_empty() {
+        push_header(&mut tbs, 0x30, revoked_der.len());
+        tbs.extend_from_slice(revoked_der);
     }
     tbs.extend_from_slice(&extensions);
     ToBeSigned::new(tbs, signer.public_key_spki(), signer.algorithm())
@@ -128,15 +164,56 @@ fn extension(oid: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
 
 /// RFC 5280 §5.1.2.4: UTCTime through 2049, GeneralizedTime from 2050.
 pub(crate) fn time(t: DateTime<Utc>) -> Vec<u8> {
-    if t.year() < 2050 {
-        der::tlv(0x17, t.format("%y%m%d%H%M%SZ").to_string().as_bytes())
-    } else {
-        generalized_time(t)
-    }
+    let mut out = Vec::with_capacity(17);
+    push_time(&mut out, t);
+    out
 }
 
 pub(crate) fn generalized_time(t: DateTime<Utc>) -> Vec<u8> {
-    der::tlv(0x18, t.format("%Y%m%d%H%M%SZ").to_string().as_bytes())
+    let mut out = Vec::with_capacity(17);
+    push_digits(&mut out, 0x18, t, true);
+    out
+}
+
+fn time_len(t: DateTime<Utc>) -> usize {
+    if t.year() < 2050 { 15 } else { 17 }
+}
+
+fn push_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    push_digits(
+        out,
+        if t.year() < 2050 { 0x17 } else { 0x18 },
+        t,
+        t.year() >= 2050,
+    );
+}
+
+/// `YYMMDDHHMMSSZ` (or `YYYYMMDDHHMMSSZ`) written digit by digit: a
+/// million CRL entries cannot afford a formatter each.
+fn push_digits(out: &mut Vec<u8>, tag: u8, t: DateTime<Utc>, four_digit_year: bool) {
+    let year = u32::try_from(t.year()).unwrap_or(0) % 10_000;
+    out.push(tag);
+    if four_digit_year {
+        out.push(15);
+        push_two(out, year / 100);
+    } else {
+        out.push(13);
+    }
+    for v in [
+        year % 100,
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    ] {
+        push_two(out, v);
+    }
+    out.push(b'Z');
+}
+
+fn push_two(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&[b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8]);
 }
 
 fn header_len(len: usize) -> usize {
@@ -172,23 +249,24 @@ mod tests {
     use crate::domain::KeyAlgorithm;
     use crate::pki::testutil::{SoftSigner, test_ca, tool_available};
 
-    fn entry(serial: &[u8], reason: RevocationReason) -> CrlEntry {
-        CrlEntry {
-            serial: serial.to_vec(),
-            revoked_at: Utc::now() - Duration::hours(1),
-            reason,
+    fn list(entries: &[(&[u8], RevocationReason)]) -> RevokedList {
+        let mut list = RevokedList::default();
+        for (serial, reason) in entries {
+            list.push(serial, Utc::now() - Duration::hours(1), *reason)
+                .unwrap();
         }
+        list
     }
 
     #[test]
     fn a_crl_parses_with_its_number_entries_and_reasons() {
         let (signer, ca_der) = test_ca(KeyAlgorithm::EcdsaP256);
         let issuer = Issuer::new(&signer, &ca_der).unwrap();
-        let entries = vec![
-            entry(&[0x41, 0x02, 0x03], RevocationReason::KeyCompromise),
-            entry(&[0x80, 0x01], RevocationReason::Unspecified),
-            entry(&[0x7f; 16], RevocationReason::CertificateHold),
-        ];
+        let entries = list(&[
+            (&[0x41, 0x02, 0x03], RevocationReason::KeyCompromise),
+            (&[0x80, 0x01], RevocationReason::Unspecified),
+            (&[0x7f; 16], RevocationReason::CertificateHold),
+        ]);
         let now = Utc::now();
         let der = prepare_crl(
             &issuer,
@@ -227,20 +305,21 @@ mod tests {
         let (signer, ca_der) = test_ca(KeyAlgorithm::EcdsaP256);
         let issuer = Issuer::new(&signer, &ca_der).unwrap();
         let now = Utc::now();
-        let der = prepare_crl(&issuer, 1, now, now + Duration::hours(1), "http://x", &[])
+        let none = RevokedList::default();
+        let der = prepare_crl(&issuer, 1, now, now + Duration::hours(1), "http://x", &none)
             .unwrap()
             .sign(&signer)
             .unwrap();
         let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
         assert_eq!(crl.iter_revoked_certificates().count(), 0);
 
-        let many: Vec<CrlEntry> = (0u32..100_000)
-            .map(|i| {
-                let mut serial = vec![0x40];
-                serial.extend_from_slice(&i.to_be_bytes());
-                entry(&serial, RevocationReason::Superseded)
-            })
-            .collect();
+        let mut many = RevokedList::with_capacity(100_000);
+        for i in 0u32..100_000 {
+            let mut serial = vec![0x40];
+            serial.extend_from_slice(&i.to_be_bytes());
+            many.push(&serial, now, RevocationReason::Superseded)
+                .unwrap();
+        }
         let der = prepare_crl(&issuer, 2, now, now + Duration::hours(1), "http://x", &many)
             .unwrap()
             .sign(&signer)
@@ -256,8 +335,37 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2049-12-31T23:59:59Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(time(t)[0], 0x17);
-        assert_eq!(time(t + Duration::seconds(1))[0], 0x18);
+        assert_eq!(time(t), b"\x17\x0d491231235959Z");
+        assert_eq!(time(t + Duration::seconds(1)), b"\x18\x0f20500101000000Z");
+        let t = DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(generalized_time(t), b"\x18\x0f20260304050607Z");
+    }
+
+    #[test]
+    fn serials_are_positive_integers_without_leading_zeros() {
+        let mut l = RevokedList::default();
+        assert!(
+            l.push(&[], Utc::now(), RevocationReason::Unspecified)
+                .is_err()
+        );
+        assert!(
+            l.push(&[1; 21], Utc::now(), RevocationReason::Unspecified)
+                .is_err()
+        );
+        l.push(&[0, 0, 0x7f], Utc::now(), RevocationReason::Unspecified)
+            .unwrap();
+        assert_eq!(&l.der[..5], &[0x30, 18, 0x02, 1, 0x7f]);
+        let mut l = RevokedList::default();
+        l.push(&[0xff; 20], Utc::now(), RevocationReason::KeyCompromise)
+            .unwrap();
+        assert_eq!(
+            &l.der[..5],
+            &[0x30, 2 + 21 + 15 + REASON_LEN as u8, 0x02, 21, 0]
+        );
+        assert_eq!(l.der.len(), 2 + 2 + 21 + 15 + REASON_LEN);
+        assert_eq!(l.len(), 1);
     }
 
     #[test]
@@ -265,10 +373,12 @@ mod tests {
         let (signer, ca_der) = test_ca(KeyAlgorithm::EcdsaP256);
         let issuer = Issuer::new(&signer, &ca_der).unwrap();
         let now = Utc::now();
-        let tbs = prepare_crl(&issuer, 1, now, now + Duration::hours(1), "http://x", &[]).unwrap();
+        let none = RevokedList::default();
+        let tbs =
+            prepare_crl(&issuer, 1, now, now + Duration::hours(1), "http://x", &none).unwrap();
         assert!(tbs.sign(&SoftSigner::new(KeyAlgorithm::EcdsaP256)).is_err());
         assert!(
-            prepare_crl(&issuer, 1, now, now, "http://x", &[]).is_err(),
+            prepare_crl(&issuer, 1, now, now, "http://x", &none).is_err(),
             "empty validity"
         );
     }
@@ -289,7 +399,7 @@ mod tests {
             now,
             now + Duration::days(1),
             "http://127.0.0.1:8080/crl/x.crl",
-            &[entry(&[0x42; 16], RevocationReason::KeyCompromise)],
+            &list(&[(&[0x42; 16], RevocationReason::KeyCompromise)]),
         )
         .unwrap()
         .sign(&signer)

@@ -23,7 +23,7 @@ pub use build::{
     prepare_intermediate_ca, prepare_leaf, prepare_link_certificate, prepare_ocsp_signer,
     prepare_root_ca, random_serial, serial_hex,
 };
-pub use crl::{CrlEntry, prepare_crl};
+pub use crl::{RevokedList, prepare_crl};
 pub use csr::{MAX_CSR_TEXT_LEN, ParsedCsr, parse_csr, parse_csr_der};
 pub use error::PkiError;
 pub use inspect::{
