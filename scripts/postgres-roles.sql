@@ -234,6 +234,11 @@ COMMIT;
 \ir postgres-roles.sql
 
 \connect :"secure_db"
+-- The certificate search of clm_secure uses pg_trgm (migration
+-- m20261201_000001_certificate_list). Creating an extension takes CREATE
+-- on the database, which the owner role does not hold; the migration's
+-- CREATE EXTENSION IF NOT EXISTS then finds it there.
+CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public;
 \set clm_roles_database :secure_db
 \set owner :secure_owner
 \set app :secure_app

@@ -464,11 +464,6 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
         "OCSP responder renewal",
         |c| async move { c.ensure_ocsp_signers().await },
     );
-    let stats = clm.clone();
-    every(Duration::from_secs(3600), "planner statistics", move || {
-        let c = stats.clone();
-        async move { c.refresh_statistics().await }
-    });
     // Other instances' revocations reach this cache through this poll.
     every(Duration::from_secs(2), "OCSP cache refresh", move || {
         let c = clm.clone();

@@ -34,7 +34,7 @@ pub struct ServedCrl {
     pub this_update: DateTime<Utc>,
     pub next_update: DateTime<Utc>,
     pub entries: i64,
-    pub der: Vec<u8>,
+    pub der: bytes::Bytes,
 }
 
 impl CrlState {
@@ -209,6 +209,6 @@ fn served(c: StoredCrl) -> ServedCrl {
         this_update: c.this_update,
         next_update: c.next_update,
         entries: c.entry_count,
-        der: c.der,
+        der: c.der.into(),
     }
 }

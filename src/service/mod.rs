@@ -192,14 +192,6 @@ impl Clm {
         &self.hsm
     }
 
-    /// The hourly planner-statistics job of both databases (per instance:
-    /// SQLite is never shared, PostgreSQL needs nothing).
-    pub async fn refresh_statistics(&self) -> ServiceResult<usize> {
-        self.core.refresh_statistics().await?;
-        self.secure.refresh_statistics().await?;
-        Ok(0)
-    }
-
     /// Readiness: both databases answer and the token is logged in. The
     /// error texts are for anyone who asks (`/readyz` is public): they say
     /// which dependency and why in general terms; causes go to the log.

@@ -69,19 +69,18 @@ impl SecureDb {
 }
 
 impl SecureDb {
-    /// What happens in a deployment long before a million certificates
-    /// have been issued one by one: on PostgreSQL autovacuum's planner
-    /// statistics and visibility map (without which no index-only scan is
-    /// index-only), on SQLite the server's hourly statistics job.
+    /// What autovacuum does on PostgreSQL long before a million
+    /// certificates have been issued one by one: planner statistics and the
+    /// visibility map (without which no index-only scan is index-only).
+    /// SQLite keeps no statistics unless asked, and clm never asks (see
+    /// `store::certificate_list`).
     pub async fn bench_settle(&self) -> StoreResult<()> {
         if self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
             self.db
                 .execute_unprepared("VACUUM (ANALYZE) certificates, certificate_revocations")
                 .await?;
-            Ok(())
-        } else {
-            self.refresh_statistics().await
         }
+        Ok(())
     }
 }
 

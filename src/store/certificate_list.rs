@@ -12,8 +12,8 @@
 use sea_orm::sea_query::extension::postgres::PgExpr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query, SelectStatement};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Select,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, IdenStatic,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
 };
 
 use super::entity::secure::certificates;
@@ -134,21 +134,40 @@ fn matching(
     scope: Option<OrganizationId>,
     filter: &CertificateFilter,
 ) -> Select<certificates::Entity> {
-    let mut q = certificates::Entity::find().filter(certificates::Column::IsCa.eq(false));
+    // With an FTS5 search the other filters are written `+column`, which
+    // SQLite may not use an index for: otherwise, without statistics, it
+    // walks a whole index range (a million `is_ca = false` entries)
+    // probing the search's few ids, where looking those ids up is the
+    // plan wanted whatever the data. clm keeps no SQLite statistics:
+    // connections load them once, so statistics gathered on a young
+    // database would mislead every long-lived connection later.
+    let fts = backend == DatabaseBackend::Sqlite
+        && filter
+            .text
+            .as_ref()
+            .is_some_and(|t| t.chars().count() >= TRIGRAM);
+    let col = |c: certificates::Column| {
+        if fts {
+            Expr::cust(format!("+\"certificates\".\"{}\"", c.as_str()))
+        } else {
+            Expr::col((certificates::Entity, c))
+        }
+    };
+    let mut q = certificates::Entity::find().filter(col(certificates::Column::IsCa).eq(false));
     if let Some(org) = scope {
-        q = q.filter(certificates::Column::OrganizationId.eq(org.0));
+        q = q.filter(col(certificates::Column::OrganizationId).eq(org.0));
     }
     if let Some(status) = filter.status {
-        q = q.filter(certificates::Column::Status.eq(status.as_str()));
+        q = q.filter(col(certificates::Column::Status).eq(status.as_str()));
     }
     if let Some(ca) = filter.ca_id {
-        q = q.filter(certificates::Column::CaId.eq(ca.0));
+        q = q.filter(col(certificates::Column::CaId).eq(ca.0));
     }
     if let Some(before) = filter.not_after_before {
-        q = q.filter(certificates::Column::NotAfter.lte(before));
+        q = q.filter(col(certificates::Column::NotAfter).lte(before));
     }
     if let Some(after) = filter.not_after_after {
-        q = q.filter(certificates::Column::NotAfter.gt(after));
+        q = q.filter(col(certificates::Column::NotAfter).gt(after));
     }
     if let Some(text) = &filter.text {
         q = q.filter(substring(backend, text));

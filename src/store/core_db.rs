@@ -89,11 +89,6 @@ impl CoreDb {
         super::ping(&self.db).await
     }
 
-    /// See [`super::refresh_statistics`].
-    pub async fn refresh_statistics(&self) -> StoreResult<()> {
-        super::refresh_statistics(&self.db).await
-    }
-
     pub async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         audit::append(
             &self.db,

@@ -209,19 +209,6 @@ async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &DatabaseConnection) -
     Ok(())
 }
 
-/// Keeps the query planner's statistics current. SQLite keeps none unless
-/// asked, and without them it may walk a million-row index where a
-/// primary-key lookup would do; `PRAGMA optimize` (flags: every table, with
-/// SQLite's own row limit) analyses only the tables that grew or were never
-/// analysed, so it costs little when nothing changed. PostgreSQL's
-/// autovacuum does this already.
-async fn refresh_statistics(db: &DatabaseConnection) -> StoreResult<()> {
-    if db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-        db.execute_unprepared("PRAGMA optimize=0x10002").await?;
-    }
-    Ok(())
-}
-
 async fn ping(db: &DatabaseConnection) -> StoreResult<()> {
     db.execute_unprepared("SELECT 1").await?;
     Ok(())
