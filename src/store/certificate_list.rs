@@ -51,7 +51,7 @@ struct Row {
 }
 
 impl SecureDb {
-    /// A page of end-entity certificates, newest first, with its total.
+    /// A page of end-entity certificates in `filter.order`, with its total.
     pub async fn list_certificates(
         &self,
         scope: Option<OrganizationId>,
