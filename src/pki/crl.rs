@@ -84,14 +84,15 @@ impl RevokedList {
 
 /// The TBSCertList of a v2 CRL by `issuer`: AKI, CRL number and a critical
 /// issuing distribution point naming `idp_url` (the URL the certificates'
-/// CRL DP carries), and the entries of `revoked`.
+/// CRL DP carries), and the entries of `revoked` (taken, so that their
+/// DER is freed before the signature's copy of the whole is made).
 pub fn prepare_crl(
     issuer: &Issuer<'_>,
     crl_number: u64,
     this_update: DateTime<Utc>,
     next_update: DateTime<Utc>,
     idp_url: &str,
-    revoked: &RevokedList,
+    revoked: RevokedList,
 ) -> Result<ToBeSigned, PkiError> {
     if next_update <= this_update {
         return Err(PkiError::encoding("nextUpdate must follow thisUpdate"));
@@ -274,7 +275,7 @@ mod tests {
             now,
             now + Duration::days(1),
             "http://crl.test/x.crl",
-            &entries,
+            entries,
         )
         .unwrap()
         .sign(&signer)
@@ -305,11 +306,17 @@ mod tests {
         let (signer, ca_der) = test_ca(KeyAlgorithm::EcdsaP256);
         let issuer = Issuer::new(&signer, &ca_der).unwrap();
         let now = Utc::now();
-        let none = RevokedList::default();
-        let der = prepare_crl(&issuer, 1, now, now + Duration::hours(1), "http://x", &none)
-            .unwrap()
-            .sign(&signer)
-            .unwrap();
+        let der = prepare_crl(
+            &issuer,
+            1,
+            now,
+            now + Duration::hours(1),
+            "http://x",
+            RevokedList::default(),
+        )
+        .unwrap()
+        .sign(&signer)
+        .unwrap();
         let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
         assert_eq!(crl.iter_revoked_certificates().count(), 0);
 
@@ -320,7 +327,7 @@ mod tests {
             many.push(&serial, now, RevocationReason::Superseded)
                 .unwrap();
         }
-        let der = prepare_crl(&issuer, 2, now, now + Duration::hours(1), "http://x", &many)
+        let der = prepare_crl(&issuer, 2, now, now + Duration::hours(1), "http://x", many)
             .unwrap()
             .sign(&signer)
             .unwrap();
@@ -373,12 +380,18 @@ mod tests {
         let (signer, ca_der) = test_ca(KeyAlgorithm::EcdsaP256);
         let issuer = Issuer::new(&signer, &ca_der).unwrap();
         let now = Utc::now();
-        let none = RevokedList::default();
-        let tbs =
-            prepare_crl(&issuer, 1, now, now + Duration::hours(1), "http://x", &none).unwrap();
+        let tbs = prepare_crl(
+            &issuer,
+            1,
+            now,
+            now + Duration::hours(1),
+            "http://x",
+            RevokedList::default(),
+        )
+        .unwrap();
         assert!(tbs.sign(&SoftSigner::new(KeyAlgorithm::EcdsaP256)).is_err());
         assert!(
-            prepare_crl(&issuer, 1, now, now, "http://x", &none).is_err(),
+            prepare_crl(&issuer, 1, now, now, "http://x", RevokedList::default()).is_err(),
             "empty validity"
         );
     }
@@ -399,7 +412,7 @@ mod tests {
             now,
             now + Duration::days(1),
             "http://127.0.0.1:8080/crl/x.crl",
-            &list(&[(&[0x42; 16], RevocationReason::KeyCompromise)]),
+            list(&[(&[0x42; 16], RevocationReason::KeyCompromise)]),
         )
         .unwrap()
         .sign(&signer)

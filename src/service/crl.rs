@@ -159,7 +159,7 @@ impl Clm {
             let der = crate::logging::spawn_blocking_in_span(move || {
                 let number = u64::try_from(number).map_err(pki::PkiError::encoding)?;
                 let issuer = pki::Issuer::new(k.as_ref(), &der_in)?;
-                pki::prepare_crl(&issuer, number, this_update, next_update, &idp_c, &revoked)?
+                pki::prepare_crl(&issuer, number, this_update, next_update, &idp_c, revoked)?
                     .sign(k.as_ref())
             })
             .await
