@@ -48,18 +48,12 @@ fn identity_client(app: &TestApp, pem: &str) -> reqwest::Client {
 
 async fn issue(app: &TestApp, token: &str, profile: &str, name: &str) -> ClientCert {
     let key = rcgen::KeyPair::generate().unwrap();
-    let r = app
-        .post(
+    let id = app
+        .request_certificate(
             token,
-            "/api/v1/certificate-requests",
             &json!({ "profile_id": profile, "csr_pem": csr_for(&key, &[name]) }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["certificate_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let cert: Value = app
         .get(token, &format!("/api/v1/certificates/{id}"))
         .await

@@ -19,18 +19,12 @@ on_both_backends! {
 }
 
 async fn issue_with(app: &TestApp, token: &str, profile: &str, name: &str) -> Value {
-    let r = app
-        .post(
+    let id = app
+        .request_certificate(
             token,
-            "/api/v1/certificate-requests",
             &json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]) }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["certificate_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     app.get(token, &format!("/api/v1/certificates/{id}"))
         .await
         .json()

@@ -447,22 +447,27 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /api/v1/certificate-requests` with `body`, which must be
+    /// issued at once: the new certificate's id.
+    pub async fn request_certificate(&self, token: &str, body: &Value) -> String {
+        let r = self.post(token, "/api/v1/certificate-requests", body).await;
+        assert_eq!(r.status(), 201, "{}", self.server_log());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "issued", "{body}");
+        body["certificate_id"].as_str().unwrap().to_string()
+    }
+
     /// Issues a certificate for `names` (the first is the CN) through the
     /// default profile; the certificate as `GET /api/v1/certificates/{id}`
     /// shows it.
     pub async fn issue(&self, token: &str, names: &[&str]) -> Value {
         let profile = self.default_profile_id(token).await;
-        let r = self
-            .post(
+        let id = self
+            .request_certificate(
                 token,
-                "/api/v1/certificate-requests",
                 &json!({ "profile_id": profile, "csr_pem": ec_csr(names) }),
             )
             .await;
-        assert_eq!(r.status(), 201, "{}", self.server_log());
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(body["status"], "issued", "{body}");
-        let id = body["certificate_id"].as_str().unwrap();
         let r = self.get(token, &format!("/api/v1/certificates/{id}")).await;
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
