@@ -3,6 +3,7 @@
 //! the delegated OCSP signers, and the expiry sweep.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -14,8 +15,6 @@ use super::entity::secure::{
     ca_crls, certificate_authorities, certificate_revocations, certificates, encryption_keys,
     ocsp_signers,
 };
-use futures_util::TryStreamExt;
-
 use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
 use crate::domain::model::{AuditEvent, Certificate, KeyReference};
 use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, UserId};
@@ -172,14 +171,14 @@ impl SecureDb {
         Ok(())
     }
 
-    /// Hands every revocation (and hold) of `ca` to `each` as its row arrives, so a
-    /// CRL of a million entries is encoded while it is read instead of
-    /// after a million rows have been collected. Returns how many.
+    /// Hands every revocation (and hold) of `ca` to `each` as its row
+    /// arrives, so a CRL of a million entries is encoded while it is read
+    /// instead of after a million rows have been collected.
     pub async fn each_revoked_serial<E: From<StoreError>>(
         &self,
         ca: CaId,
         mut each: impl FnMut(RevokedSerial) -> Result<(), E>,
-    ) -> Result<usize, E> {
+    ) -> Result<(), E> {
         let mut rows = certificate_revocations::Entity::find()
             .select_only()
             .column(certificate_revocations::Column::SerialHex)
@@ -190,17 +189,16 @@ impl SecureDb {
             .stream(&self.read)
             .await
             .map_err(StoreError::from)?;
-        let mut count = 0;
-        while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-            let (serial_hex, revoked_at, reason) = row;
+        while let Some((serial_hex, revoked_at, reason)) =
+            rows.try_next().await.map_err(StoreError::from)?
+        {
             each(RevokedSerial {
                 serial_hex,
                 revoked_at,
                 reason: parse_one(&reason)?,
             })?;
-            count += 1;
         }
-        Ok(count)
+        Ok(())
     }
 
     /// The status of the certificate `ca` issued with `serial_hex`, if any.
