@@ -82,6 +82,11 @@ fn drop_search(backend: DatabaseBackend) -> Vec<String> {
         DatabaseBackend::Postgres => vec![
             "DROP INDEX IF EXISTS idx_certificates_subject_trgm".to_string(),
             "DROP INDEX IF EXISTS idx_certificates_serial_trgm".to_string(),
+            // Only if this role made it: one created by a superuser
+            // (scripts/postgres-roles.sql) is theirs to remove.
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm' \
+             AND extowner = current_user::regrole) THEN DROP EXTENSION pg_trgm; END IF; END $$"
+                .to_string(),
         ],
         _ => vec![
             "DROP TRIGGER IF EXISTS certificates_search_insert".to_string(),

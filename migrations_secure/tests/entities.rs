@@ -662,7 +662,10 @@ async fn scenario(db: DatabaseConnection) {
         secure::secure_audit_purge_permits
     );
 
-    // Every table of both schemas has an entity, and was exercised above.
+    // Every table of both schemas has an entity, and was exercised above —
+    // but SQLite's FTS5 search index (`certificate_search` and its shadow
+    // tables): triggers keep it, the store queries it in SQL, and
+    // tests/certificate_list.rs searches through it.
     let tables: BTreeSet<String> = leftovers(db)
         .await
         .into_iter()
@@ -671,6 +674,7 @@ async fn scenario(db: DatabaseConnection) {
                 .or_else(|| o.strip_prefix("BASE TABLE "))
                 .map(str::to_string)
         })
+        .filter(|t| !t.starts_with("certificate_search"))
         .collect();
     assert_eq!(covered, tables, "tables without an entity round trip");
 }
