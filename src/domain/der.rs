@@ -5,8 +5,14 @@
 /// Tag-length-value with a definite length.
 pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 6);
+    push_header(&mut out, tag, content.len());
+    out.extend_from_slice(content);
+    out
+}
+
+/// Appends the tag and definite length of a TLV whose content follows.
+pub fn push_header(out: &mut Vec<u8>, tag: u8, len: usize) {
     out.push(tag);
-    let len = content.len();
     if len < 0x80 {
         out.push(len as u8);
     } else {
@@ -15,8 +21,6 @@ pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
         out.push(0x80 | (bytes.len() - skip) as u8);
         out.extend_from_slice(&bytes[skip..]);
     }
-    out.extend_from_slice(content);
-    out
 }
 
 pub fn sequence(parts: &[&[u8]]) -> Vec<u8> {
@@ -26,14 +30,21 @@ pub fn sequence(parts: &[&[u8]]) -> Vec<u8> {
 /// A non-negative INTEGER from big-endian magnitude bytes: leading zeros
 /// stripped, a zero byte prepended where the top bit would make it negative.
 pub fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(magnitude.len() + 3);
+    push_unsigned_integer(&mut out, magnitude);
+    out
+}
+
+/// [`unsigned_integer`] appended to `out`, without allocating.
+pub fn push_unsigned_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
     let skip = magnitude.iter().take_while(|b| **b == 0).count();
     let trimmed = &magnitude[skip..];
-    let mut content = Vec::with_capacity(trimmed.len() + 1);
-    if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
-        content.push(0);
+    let pad = trimmed.first().is_none_or(|b| b & 0x80 != 0);
+    push_header(out, 0x02, trimmed.len() + usize::from(pad));
+    if pad {
+        out.push(0);
     }
-    content.extend_from_slice(trimmed);
-    tlv(0x02, &content)
+    out.extend_from_slice(trimmed);
 }
 
 pub fn bit_string(bytes: &[u8]) -> Vec<u8> {

@@ -24,14 +24,12 @@ pub struct RevokedList {
     count: usize,
 }
 
-/// Encoded length of one entry's reasonCode extension list.
-const REASON_LEN: usize = 14;
-
 impl RevokedList {
-    /// Room for about `entries` entries (a 16-byte serial takes 51 bytes).
+    /// Room for about `entries` entries (one with a 16-byte serial and a
+    /// reason takes about 50 bytes).
     pub fn with_capacity(entries: usize) -> Self {
         Self {
-            der: Vec::with_capacity(entries.saturating_mul(51)),
+            der: Vec::with_capacity(entries.saturating_mul(50)),
             count: 0,
         }
     }
@@ -48,27 +46,20 @@ impl RevokedList {
         if serial.is_empty() || serial.len() > 20 {
             return Err(PkiError::encoding("a serial must be 1 to 20 bytes"));
         }
-        let skip = serial.iter().take_while(|b| **b == 0).count();
-        let magnitude = &serial[skip..];
-        let pad = magnitude.first().is_none_or(|b| b & 0x80 != 0);
-        let integer_len = magnitude.len() + usize::from(pad);
-        let with_reason = reason != RevocationReason::Unspecified;
-        let body =
-            2 + integer_len + time_len(revoked_at) + if with_reason { REASON_LEN } else { 0 };
-        // At most 2 + 21 + 17 + 14 bytes: short-form lengths throughout.
         let out = &mut self.der;
-        out.extend_from_slice(&[0x30, body as u8, 0x02, integer_len as u8]);
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(magnitude);
+        let start = out.len();
+        // Its content is at most 23 + 17 + 14 bytes, so the length takes
+        // the short form; it is filled in once the entry is written.
+        out.extend_from_slice(&[0x30, 0]);
+        der::push_unsigned_integer(out, serial);
         push_time(out, revoked_at);
-        if with_reason {
+        if reason != RevocationReason::Unspecified {
             // SEQUENCE { SEQUENCE { OID reasonCode, OCTET STRING { ENUMERATED } } }
             out.extend_from_slice(&[0x30, 12, 0x30, 10, 0x06, 3]);
             out.extend_from_slice(OID_REASON);
             out.extend_from_slice(&[0x04, 3, 0x0a, 1, reason.code()]);
         }
+        out[start + 1] = (out.len() - start - 2) as u8;
         self.count += 1;
         Ok(())
     }
@@ -140,13 +131,13 @@ pub fn prepare_crl(
     };
     let body_len = fixed.iter().map(|p| p.len()).sum::<usize>() + revoked_len + extensions.len();
     let mut tbs = Vec::with_capacity(body_len + 6);
-    push_header(&mut tbs, 0x30, body_len);
+    der::push_header(&mut tbs, 0x30, body_len);
     for part in fixed {
         tbs.extend_from_slice(part);
     }
     // An empty revokedCertificates is omitted, not encoded empty (§5.1.2.6).
     if !revoked.is_empty() {
-        push_header(&mut tbs, 0x30, revoked_der.len());
+        der::push_header(&mut tbs, 0x30, revoked_der.len());
         tbs.extend_from_slice(revoked_der);
     }
     tbs.extend_from_slice(&extensions);
@@ -172,33 +163,23 @@ pub(crate) fn time(t: DateTime<Utc>) -> Vec<u8> {
 
 pub(crate) fn generalized_time(t: DateTime<Utc>) -> Vec<u8> {
     let mut out = Vec::with_capacity(17);
-    push_digits(&mut out, 0x18, t, true);
+    push_digits(&mut out, t, true);
     out
 }
 
-fn time_len(t: DateTime<Utc>) -> usize {
-    if t.year() < 2050 { 15 } else { 17 }
-}
-
 fn push_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
-    push_digits(
-        out,
-        if t.year() < 2050 { 0x17 } else { 0x18 },
-        t,
-        t.year() >= 2050,
-    );
+    push_digits(out, t, t.year() >= 2050);
 }
 
-/// `YYMMDDHHMMSSZ` (or `YYYYMMDDHHMMSSZ`) written digit by digit: a
-/// million CRL entries cannot afford a formatter each.
-fn push_digits(out: &mut Vec<u8>, tag: u8, t: DateTime<Utc>, four_digit_year: bool) {
+/// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ`, written
+/// digit by digit: a million CRL entries cannot afford a formatter each.
+fn push_digits(out: &mut Vec<u8>, t: DateTime<Utc>, generalized: bool) {
     let year = u32::try_from(t.year()).unwrap_or(0) % 10_000;
-    out.push(tag);
-    if four_digit_year {
-        out.push(15);
+    if generalized {
+        out.extend_from_slice(&[0x18, 15]);
         push_two(out, year / 100);
     } else {
-        out.push(13);
+        out.extend_from_slice(&[0x17, 13]);
     }
     for v in [
         year % 100,
@@ -224,18 +205,6 @@ fn header_len(len: usize) -> usize {
         0x100..0x1_0000 => 4,
         0x1_0000..0x100_0000 => 5,
         _ => 6,
-    }
-}
-
-fn push_header(out: &mut Vec<u8>, tag: u8, len: usize) {
-    out.push(tag);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
     }
 }
 
@@ -367,11 +336,9 @@ mod tests {
         let mut l = RevokedList::default();
         l.push(&[0xff; 20], Utc::now(), RevocationReason::KeyCompromise)
             .unwrap();
-        assert_eq!(
-            &l.der[..5],
-            &[0x30, 2 + 21 + 15 + REASON_LEN as u8, 0x02, 21, 0]
-        );
-        assert_eq!(l.der.len(), 2 + 2 + 21 + 15 + REASON_LEN);
+        // SEQUENCE(INTEGER 2 + 21, UTCTime 15, reasonCode extensions 14)
+        assert_eq!(&l.der[..5], &[0x30, 23 + 15 + 14, 0x02, 21, 0]);
+        assert_eq!(l.der.len(), 2 + 23 + 15 + 14);
         assert_eq!(l.len(), 1);
     }
 

@@ -233,8 +233,8 @@ pub struct Listing<T> {
     pub per_page: u64,
     /// Matches in all pages; a lower bound when `total_exact` is false.
     pub total: u64,
-    /// False when counting stopped early: a list stops counting
-    /// 10,000 matches past the start of the page asked for.
+    /// False when counting stopped early: the certificate list counts at
+    /// most 10,000 matches past the start of the page asked for.
     pub total_exact: bool,
 }
 

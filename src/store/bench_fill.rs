@@ -66,9 +66,7 @@ impl SecureDb {
         }
         Ok(())
     }
-}
 
-impl SecureDb {
     /// What autovacuum does on PostgreSQL long before a million
     /// certificates have been issued one by one: planner statistics and the
     /// visibility map (without which no index-only scan is index-only).
