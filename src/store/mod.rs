@@ -257,7 +257,32 @@ fn parse_one<T: std::str::FromStr>(s: &str) -> StoreResult<T> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::postgres_url;
+    use sea_orm::{ConnectionTrait, Statement};
+
+    /// `.cargo/config.toml` builds SQLite with the query planner stability
+    /// guarantee; without it every `LIMIT ?` statement is compiled again
+    /// at each use (docs/performance.md).
+    #[tokio::test]
+    async fn sqlite_is_built_with_planner_stability() {
+        let db = super::open("sqlite::memory:", 1, false).await.unwrap();
+        let options: Vec<String> = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "PRAGMA compile_options",
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0).unwrap())
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "ENABLE_QPSG"),
+            "SQLite built without SQLITE_ENABLE_QPSG: {options:?}"
+        );
+    }
 
     #[test]
     fn loopback_postgres_skips_tls_unless_told_otherwise() {
