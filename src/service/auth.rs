@@ -223,12 +223,12 @@ impl Clm {
         let digest = token_digest(token);
         let now = Utc::now();
         if token.starts_with(API_KEY_PREFIX) {
-            let key = self
+            let (key, user) = self
                 .core
                 .find_live_api_key(&digest, now)
                 .await?
+                .filter(|(_, user)| user.is_active())
                 .ok_or(ServiceError::Unauthenticated)?;
-            let user = self.active_user(key.user_id).await?;
             if key
                 .last_used_at
                 .is_none_or(|t| (now - t).num_seconds() >= TOUCH_EVERY_SECONDS)
@@ -237,12 +237,12 @@ impl Clm {
             }
             return Ok(api_key_principal(&key, user));
         }
-        let session = self
+        let (session, user) = self
             .core
             .find_live_session(&digest, now)
             .await?
+            .filter(|(_, user)| user.is_active())
             .ok_or(ServiceError::Unauthenticated)?;
-        let user = self.active_user(session.user_id).await?;
         if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECONDS {
             let idle_until = (now + Duration::minutes(self.settings.session_idle_minutes))
                 .min(session.expires_at);
@@ -257,14 +257,6 @@ impl Clm {
             api_key_id: None,
             client_certificate_id: None,
         })
-    }
-
-    async fn active_user(&self, id: crate::domain::UserId) -> ServiceResult<User> {
-        self.core
-            .find_user(id)
-            .await?
-            .filter(User::is_active)
-            .ok_or(ServiceError::Unauthenticated)
     }
 
     pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> ServiceResult<()> {

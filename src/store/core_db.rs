@@ -190,25 +190,42 @@ impl CoreDb {
             .find_also_related(roles::Entity)
             .all(&self.read)
             .await?;
-        let mut role_list = Vec::with_capacity(links.len());
-        for (_, role) in links {
-            if let Some(role) = role {
-                role_list.push(parse_one::<Role>(&role.name)?);
-            }
-        }
-        role_list.sort();
-        Ok(User {
-            id: UserId(u.id),
-            locked_until: u.locked_until,
-            failed_login_count: u.failed_login_count,
-            organization_id: OrganizationId(u.organization_id),
-            email: u.email,
-            display_name: u.display_name,
-            status: u.status,
-            roles: role_list,
-            password_hash: u.password_hash,
-            created_at: u.created_at,
-        })
+        user_from(u, links.into_iter().map(|(_, role)| role))
+    }
+
+    /// A live session and its user with the user's roles, in one read:
+    /// every request that carries a session token makes it. `None` for an
+    /// unknown, revoked or expired session, or a deleted user.
+    pub async fn find_live_session(
+        &self,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(Session, User)>> {
+        let rows = sessions::Entity::find()
+            .filter(sessions::Column::TokenDigest.eq(digest))
+            .filter(sessions::Column::RevokedAt.is_null())
+            .filter(sessions::Column::ExpiresAt.gt(now))
+            .filter(sessions::Column::IdleExpiresAt.gt(now))
+            .find_also_related(users::Entity)
+            .and_also_related(roles::Entity)
+            .filter(users::Column::DeletedAt.is_null())
+            .all(&self.read)
+            .await?;
+        let Some((session, user)) = with_user(rows)? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Session {
+                id: SessionId(session.id),
+                user_id: UserId(session.user_id),
+                token_digest: session.token_digest,
+                created_at: session.created_at,
+                expires_at: session.expires_at,
+                idle_expires_at: session.idle_expires_at,
+                last_seen_at: session.last_seen_at,
+            },
+            user,
+        )))
     }
 
     /// Creates a user with its roles and organisation membership, audited,
@@ -298,30 +315,6 @@ impl CoreDb {
         audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
-    }
-
-    /// The session with this token digest if it is neither revoked nor expired.
-    pub async fn find_live_session(
-        &self,
-        digest: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Session>> {
-        let row = sessions::Entity::find()
-            .filter(sessions::Column::TokenDigest.eq(digest))
-            .filter(sessions::Column::RevokedAt.is_null())
-            .filter(sessions::Column::ExpiresAt.gt(now))
-            .filter(sessions::Column::IdleExpiresAt.gt(now))
-            .one(&self.read)
-            .await?;
-        Ok(row.map(|r| Session {
-            id: SessionId(r.id),
-            user_id: UserId(r.user_id),
-            token_digest: r.token_digest,
-            created_at: r.created_at,
-            expires_at: r.expires_at,
-            idle_expires_at: r.idle_expires_at,
-            last_seen_at: r.last_seen_at,
-        }))
     }
 
     /// Compare-and-set: only a session that is not yet revoked is revoked.
@@ -443,6 +436,43 @@ impl CoreDb {
     }
 
     // ---- certificate metadata ------------------------------------------
+}
+
+/// The rows of `X ⋈ users ⟕ user_roles ⟕ roles` (one per role, or one
+/// without a role) as `X` and its user. `None` without rows or without a
+/// user.
+pub(super) fn with_user<X>(
+    rows: Vec<(X, Option<users::Model>, Option<roles::Model>)>,
+) -> StoreResult<Option<(X, User)>> {
+    let mut rows = rows.into_iter();
+    let Some((x, Some(u), first_role)) = rows.next() else {
+        return Ok(None);
+    };
+    let roles = std::iter::once(first_role).chain(rows.map(|(_, _, role)| role));
+    Ok(Some((x, user_from(u, roles)?)))
+}
+
+fn user_from(
+    u: users::Model,
+    roles: impl Iterator<Item = Option<roles::Model>>,
+) -> StoreResult<User> {
+    let mut role_list = roles
+        .flatten()
+        .map(|role| parse_one::<Role>(&role.name))
+        .collect::<StoreResult<Vec<_>>>()?;
+    role_list.sort();
+    Ok(User {
+        id: UserId(u.id),
+        locked_until: u.locked_until,
+        failed_login_count: u.failed_login_count,
+        organization_id: OrganizationId(u.organization_id),
+        email: u.email,
+        display_name: u.display_name,
+        status: u.status,
+        roles: role_list,
+        password_hash: u.password_hash,
+        created_at: u.created_at,
+    })
 }
 
 fn organization_from(r: organizations::Model) -> Organization {

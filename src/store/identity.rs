@@ -10,7 +10,8 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use super::entity::core::{api_keys, organizations, sessions, users};
+use super::core_db::with_user;
+use super::entity::core::{api_keys, organizations, roles, sessions, users};
 use super::{CoreDb, StoreError, StoreResult, audit, json_strings, parse_all};
 use crate::domain::model::{ApiKey, AuditEvent, Organization, User};
 use crate::domain::{ApiKeyId, OrganizationId, SessionId, UserId};
@@ -206,8 +207,8 @@ impl CoreDb {
         &self,
         digest: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<ApiKey>> {
-        api_keys::Entity::find()
+    ) -> StoreResult<Option<(ApiKey, User)>> {
+        let rows = api_keys::Entity::find()
             .filter(api_keys::Column::TokenDigest.eq(digest))
             .filter(api_keys::Column::RevokedAt.is_null())
             .filter(
@@ -215,10 +216,15 @@ impl CoreDb {
                     .is_null()
                     .or(api_keys::Column::ExpiresAt.gt(now)),
             )
-            .one(&self.read)
-            .await?
-            .map(api_key_from)
-            .transpose()
+            .find_also_related(users::Entity)
+            .and_also_related(roles::Entity)
+            .filter(users::Column::DeletedAt.is_null())
+            .all(&self.read)
+            .await?;
+        match with_user(rows)? {
+            Some((key, user)) => Ok(Some((api_key_from(key)?, user))),
+            None => Ok(None),
+        }
     }
 
     pub async fn list_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKey>> {

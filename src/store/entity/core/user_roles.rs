@@ -21,6 +21,12 @@ pub enum Relation {
         to = "super::roles::Column::Id"
     )]
     Role,
+    #[sea_orm(
+        belongs_to = "super::users::Entity",
+        from = "Column::UserId",
+        to = "super::users::Column::Id"
+    )]
+    User,
 }
 
 impl Related<super::roles::Entity> for Entity {

@@ -24,4 +24,14 @@ pub struct Model {
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 
+impl Related<super::roles::Entity> for Entity {
+    fn to() -> RelationDef {
+        super::user_roles::Relation::Role.def()
+    }
+
+    fn via() -> Option<RelationDef> {
+        Some(super::user_roles::Relation::User.def().rev())
+    }
+}
+
 impl ActiveModelBehavior for ActiveModel {}
