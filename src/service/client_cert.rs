@@ -25,7 +25,7 @@ use super::{Clm, Principal, rfc3339};
 use crate::domain::model::{
     Actor, AuditEvent, Certificate, ClientCertBinding, Outcome, RequestContext, User,
 };
-use crate::domain::{ApiKeyId, CertificateId, CertificateStatus, Permission, UserId};
+use crate::domain::{ApiKeyId, CertificateId, CertificateStatus, Permission, UserId, new_row_id};
 use crate::pki;
 use crate::store::{IssuerState, StoreError};
 
@@ -409,7 +409,7 @@ impl Clm {
             }
         }
         let binding = ClientCertBinding {
-            id: uuid::Uuid::new_v4(),
+            id: new_row_id(),
             certificate_id: cert.id,
             organization_id: p.organization_id,
             user_id: p.user_id,

@@ -18,7 +18,8 @@ use crate::domain::model::{
     AuditEvent, KeyRecovery, Notification, RequestContext, WorkflowInstance,
 };
 use crate::domain::{
-    CertificateId, Permission, RecoveryStatus, RequestId, RequestStatus, Role, Secret, WorkflowKind,
+    CertificateId, Permission, RecoveryStatus, RequestId, RequestStatus, Role, Secret,
+    WorkflowKind, new_row_id,
 };
 use crate::pki;
 use crate::store::StoreError;
@@ -135,7 +136,7 @@ impl Clm {
     ) -> ServiceResult<RecoveryView> {
         let now = Utc::now();
         let recovery = KeyRecovery {
-            id: uuid::Uuid::new_v4(),
+            id: new_row_id(),
             certificate_id: certificate,
             organization_id: p.organization_id,
             requester_id: p.user_id,
@@ -148,7 +149,7 @@ impl Clm {
             .details(serde_json::json!({ "recovery_id": recovery.id }));
         self.secure.insert_key_recovery(&recovery, &event).await?;
         let workflow = WorkflowInstance {
-            id: uuid::Uuid::new_v4(),
+            id: new_row_id(),
             kind: WorkflowKind::KeyRecovery,
             // The workflow's subject is the recovery.
             request_id: RequestId(recovery.id),

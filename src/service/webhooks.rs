@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
 use crate::domain::model::{AuditEvent, RequestContext, Webhook, WebhookDelivery};
-use crate::domain::{KeyPurpose, OrganizationId, Permission, Secret};
+use crate::domain::{KeyPurpose, OrganizationId, Permission, Secret, new_row_id};
 use crate::store::AttemptResult;
 
 /// Attempts before a delivery is given up as failed.
@@ -165,7 +165,7 @@ impl Clm {
             ));
         }
         let hook = Webhook {
-            id: uuid::Uuid::new_v4(),
+            id: new_row_id(),
             organization_id: p.organization_id,
             url: url.to_string(),
             events: body.events,

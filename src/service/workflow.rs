@@ -15,7 +15,9 @@ use crate::domain::ApprovedCertificate;
 use crate::domain::model::{
     Actor, AuditEvent, CertificateRequest, Notification, Outcome, RequestContext, WorkflowInstance,
 };
-use crate::domain::{OrganizationId, RequestId, RequestStatus, Role, UserId, WorkflowKind};
+use crate::domain::{
+    OrganizationId, RequestId, RequestStatus, Role, UserId, WorkflowKind, new_row_id,
+};
 use crate::store::StoreError;
 
 /// Longest comment or reason kept with a decision.
@@ -81,7 +83,7 @@ impl Clm {
     ) -> ServiceResult<()> {
         let now = Utc::now();
         let workflow = WorkflowInstance {
-            id: uuid::Uuid::new_v4(),
+            id: new_row_id(),
             kind: WorkflowKind::CertificateRequest,
             request_id: request.id,
             organization_id: request.organization_id,

@@ -26,6 +26,7 @@ use crate::domain::audit::{
     entry_hash, truncate_to_micros,
 };
 use crate::domain::model::AuditEvent;
+use crate::domain::new_row_id;
 
 /// The MAC source a database handle writes audit entries with. Empty for
 /// handles opened without the token: their audit writes fail instead of
@@ -192,7 +193,7 @@ async fn prepare_many<C: ConnectionTrait>(
     let seqs = next_seqs(db, log, events.len()).await?;
     let mut out = Vec::with_capacity(events.len());
     for (e, seq) in events.iter().zip(seqs) {
-        let id = Uuid::new_v4();
+        let id = new_row_id();
         let at = truncate_to_micros(Utc::now());
         let fields = EntryFields {
             seq,
@@ -636,12 +637,7 @@ impl AuditStore {
             let mut q = Query::insert();
             q.into_table(Alias::new(t.permits))
                 .columns(["id", "table_name", "up_to", "created_at"].map(Alias::new))
-                .values([
-                    Uuid::new_v4().into(),
-                    table.into(),
-                    up_to.into(),
-                    now.into(),
-                ])
+                .values([new_row_id().into(), table.into(), up_to.into(), now.into()])
                 .map_err(|e| StoreError::Database(e.to_string()))?;
             txn.execute(&q).await?;
         }

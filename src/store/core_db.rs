@@ -7,7 +7,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, Set, TransactionTrait,
 };
-use uuid::Uuid;
 
 use super::entity::core::{
     organizations, policies, roles, sessions, user_organizations, user_roles, users,
@@ -15,7 +14,7 @@ use super::entity::core::{
 use super::{StoreError, StoreResult, audit, json_strings, parse_all, parse_one};
 use crate::domain::model::{AuditEvent, Organization, Profile, Session, User};
 use crate::domain::{
-    CaId, OrganizationId, ProfileId, ProfileRules, Role, Secret, SessionId, UserId,
+    CaId, OrganizationId, ProfileId, ProfileRules, Role, Secret, SessionId, UserId, new_row_id,
 };
 
 /// Handle on clm_core.
@@ -125,7 +124,7 @@ impl CoreDb {
         let txn = self.db.begin().await?;
         let now = Utc::now();
         let row = organizations::ActiveModel {
-            id: Set(Uuid::new_v4()),
+            id: Set(new_row_id()),
             name: Set(name.to_string()),
             slug: Set(slug.to_string()),
             status: Set("active".into()),
@@ -233,7 +232,7 @@ impl CoreDb {
     pub async fn insert_user(&self, new: NewUser<'_>, event: &AuditEvent) -> StoreResult<User> {
         let txn = self.db.begin().await?;
         let now = Utc::now();
-        let id = Uuid::new_v4();
+        let id = new_row_id();
         users::ActiveModel {
             id: Set(id),
             organization_id: Set(new.organization_id.0),

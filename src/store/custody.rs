@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::entity::secure::{key_recoveries, private_keys};
 use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
 use crate::domain::model::{AuditEvent, KeyRecovery, WrappedKey};
-use crate::domain::{CertificateId, KeyId, OrganizationId, RecoveryStatus, UserId};
+use crate::domain::{CertificateId, KeyId, OrganizationId, RecoveryStatus, UserId, new_row_id};
 
 /// The only wrap mechanism clm uses (RFC 5649 AES key wrap with padding).
 pub const WRAP_MECHANISM: &str = "CKM_AES_KEY_WRAP_PAD";
@@ -23,7 +23,7 @@ impl SecureDb {
         let txn = self.db.begin().await?;
         let now = Utc::now();
         private_keys::ActiveModel {
-            id: Set(Uuid::new_v4()),
+            id: Set(new_row_id()),
             certificate_id: Set(k.certificate_id.0),
             organization_id: Set(k.organization_id.0),
             kek_id: Set(k.kek_id.0),

@@ -17,7 +17,7 @@ use super::entity::secure::{
 };
 use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
 use crate::domain::model::{AuditEvent, Certificate, KeyReference};
-use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, UserId};
+use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, UserId, new_row_id};
 
 /// One line of a CRL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl SecureDb {
             .exec(&txn)
             .await?;
         certificate_revocations::ActiveModel {
-            id: Set(Uuid::new_v4()),
+            id: Set(new_row_id()),
             certificate_id: Set(cert.id),
             ca_id: Set(cert.ca_id),
             serial_hex: Set(cert.serial_hex.clone()),
@@ -369,7 +369,7 @@ impl SecureDb {
             .insert(&txn)
             .await?;
         ocsp_signers::ActiveModel {
-            id: Set(Uuid::new_v4()),
+            id: Set(new_row_id()),
             ca_id: Set(ca.0),
             key_id: Set(key.id.0),
             certificate_id: Set(cert.id.0),

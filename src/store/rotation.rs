@@ -14,7 +14,9 @@ use uuid::Uuid;
 use super::entity::secure::{encryption_keys, key_rotation_history, private_keys};
 use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
 use crate::domain::model::{AuditEvent, KeyReference, KeyRotation};
-use crate::domain::{KeyAlgorithm, KeyId, KeyPurpose, KeyStatus, RotationStatus, UserId};
+use crate::domain::{
+    KeyAlgorithm, KeyId, KeyPurpose, KeyStatus, RotationStatus, UserId, new_row_id,
+};
 
 /// One archived key to move: (row id, wrapped bytes, algorithm).
 pub type ArchivedRow = (Uuid, Vec<u8>, KeyAlgorithm);
@@ -38,7 +40,7 @@ impl SecureDb {
             .count(&txn)
             .await?;
         let rotation = KeyRotation {
-            id: Uuid::new_v4(),
+            id: new_row_id(),
             old_key_id: Some(old.id),
             new_key_id: new.id,
             status: RotationStatus::Running,
@@ -238,7 +240,7 @@ impl SecureDb {
             .await?;
         let now = Utc::now();
         let back = KeyRotation {
-            id: Uuid::new_v4(),
+            id: new_row_id(),
             old_key_id: Some(completed.new_key_id),
             new_key_id: old,
             status: RotationStatus::Running,

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::entity::core::{webhook_deliveries, webhooks};
 use super::{CoreDb, StoreResult, audit, json_strings, strings_from_json};
-use crate::domain::OrganizationId;
 use crate::domain::model::{AuditEvent, Webhook, WebhookDelivery};
+use crate::domain::{OrganizationId, new_row_id};
 
 fn webhook_from(r: webhooks::Model) -> StoreResult<Webhook> {
     Ok(Webhook {
@@ -135,7 +135,7 @@ impl CoreDb {
                 continue;
             }
             webhook_deliveries::ActiveModel {
-                id: Set(Uuid::new_v4()),
+                id: Set(new_row_id()),
                 webhook_id: Set(hook.id),
                 organization_id: Set(org.0),
                 event: Set(event.to_string()),

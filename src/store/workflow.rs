@@ -18,7 +18,7 @@ use super::entity::core::{
 };
 use super::{CoreDb, StoreError, StoreResult, audit, parse_one};
 use crate::domain::model::{AuditEvent, Notification, WorkflowInstance, WorkflowStep};
-use crate::domain::{OrganizationId, RequestId, RequestStatus, Role, UserId};
+use crate::domain::{OrganizationId, RequestId, RequestStatus, Role, UserId, new_row_id};
 
 /// What an approval did to its workflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ async fn insert_step<C: ConnectionTrait>(
     comment: Option<&str>,
 ) -> StoreResult<()> {
     workflow_steps::ActiveModel {
-        id: Set(Uuid::new_v4()),
+        id: Set(new_row_id()),
         instance_id: Set(instance),
         actor_id: Set(actor.0),
         decision: Set(decision.to_string()),
