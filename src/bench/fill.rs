@@ -160,7 +160,7 @@ fn certificate(
         validity_days,
         extended_key_usages: vec![ExtendedKeyUsage::ServerAuth, ExtendedKeyUsage::ClientAuth],
     };
-    let serial = pki::random_serial();
+    let serial = pki::new_serial();
     let urls = pki::PublicUrls::new(&ca.public_url, ca.ca_id);
     let issuer = pki::Issuer::new(ca.key.as_ref(), &ca.ca_der)?;
     let tbs = pki::prepare_leaf(&approved, spki, &issuer, &serial, not_before, &urls)?;

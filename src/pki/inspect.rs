@@ -167,7 +167,7 @@ mod tests {
                 organization: None,
             },
             30,
-            &crate::pki::random_serial(),
+            &crate::pki::new_serial(),
         )
         .unwrap()
     }

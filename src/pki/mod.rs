@@ -20,8 +20,8 @@ mod testutil;
 
 pub use build::{
     CaSubject, Issuer, PublicUrls, TlsKey, build_intermediate_ca, build_leaf, build_root_ca,
-    prepare_intermediate_ca, prepare_leaf, prepare_link_certificate, prepare_ocsp_signer,
-    prepare_root_ca, random_serial, serial_hex,
+    new_serial, prepare_intermediate_ca, prepare_leaf, prepare_link_certificate,
+    prepare_ocsp_signer, prepare_root_ca, serial_hex,
 };
 pub use crl::{RevokedList, prepare_crl};
 pub use csr::{MAX_CSR_TEXT_LEN, ParsedCsr, parse_csr, parse_csr_der};

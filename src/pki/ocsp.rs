@@ -406,7 +406,7 @@ mod tests {
     use crate::domain::KeyAlgorithm;
     use crate::pki::build::{Issuer, prepare_ocsp_signer};
     use crate::pki::testutil::{SoftSigner, test_ca, tool_available};
-    use crate::pki::{random_serial, to_pem};
+    use crate::pki::{new_serial, to_pem};
 
     /// A CA, a leaf it issued and its delegated responder.
     struct Setup {
@@ -427,7 +427,7 @@ mod tests {
             "leaf.test",
             leaf.public_key_spki(),
             KeyAlgorithm::EcdsaP256,
-            &random_serial(),
+            &new_serial(),
             now,
             now + Duration::days(2),
         )
@@ -440,7 +440,7 @@ mod tests {
             "Test OCSP Responder",
             responder.public_key_spki(),
             KeyAlgorithm::EcdsaP256,
-            &random_serial(),
+            &new_serial(),
             now,
             now + Duration::days(2),
         )
@@ -606,7 +606,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = write(dir.path(), "ca.pem", &s.ca_der);
         let theirs = dir.path().join("theirs.der");
-        let serial = random_serial();
+        let serial = new_serial();
         let out = openssl(&[
             "ocsp".as_ref(),
             "-issuer".as_ref(),

@@ -140,7 +140,6 @@ pub(crate) fn test_ca(alg: KeyAlgorithm) -> (SoftSigner, Vec<u8>) {
         common_name: "Test CA".into(),
         organization: Some("clm tests".into()),
     };
-    let der =
-        crate::pki::build_root_ca(&signer, &subject, 30, &crate::pki::random_serial()).unwrap();
+    let der = crate::pki::build_root_ca(&signer, &subject, 30, &crate::pki::new_serial()).unwrap();
     (signer, der)
 }

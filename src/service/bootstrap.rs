@@ -312,7 +312,7 @@ impl Clm {
             .details(serde_json::json!({ "purpose": KeyPurpose::CaSigning, "algorithm": algorithm, "ca_id": id }));
         self.secure.insert_key(&key_ref, None, &event).await?;
 
-        let serial = pki::random_serial();
+        let serial = pki::new_serial();
         let subject = pki::CaSubject {
             common_name: common_name.to_string(),
             organization: Some("clm".to_string()),

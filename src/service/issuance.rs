@@ -329,7 +329,7 @@ impl Clm {
     ) -> ServiceResult<Certificate> {
         let timer = super::telemetry::IssuanceTimer::start(ca, request.profile_id);
         // Step 1: the intent, with a serial nobody else can take.
-        let mut serial = pki::random_serial();
+        let mut serial = pki::new_serial();
         for attempt in 1..=SERIAL_ATTEMPTS {
             request.reserved_serial_hex = Some(pki::serial_hex(&serial));
             let event = AuditEvent::new(actor.clone(), "certificate.issuance_intent", ctx)
@@ -352,7 +352,7 @@ impl Clm {
             match reserved {
                 Ok(()) => break,
                 Err(StoreError::Duplicate(_)) if attempt < SERIAL_ATTEMPTS => {
-                    serial = pki::random_serial()
+                    serial = pki::new_serial()
                 }
                 Err(StoreError::Conflict(_)) => {
                     return Err(ServiceError::conflict(

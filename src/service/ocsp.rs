@@ -375,7 +375,7 @@ impl Clm {
             .public_key_der
             .clone()
             .ok_or_else(|| ServiceError::internal("OCSP key registered without its public key"))?;
-        let serial = pki::random_serial();
+        let serial = pki::new_serial();
         let now = Utc::now();
         let not_after = (now + Duration::days(self.settings.ocsp_signer_days)).min(ca.not_after);
         let common_name = format!("{} OCSP Responder", ca.name);

@@ -155,7 +155,7 @@ impl Clm {
         common_name: &str,
         validity_days: u32,
     ) -> ServiceResult<Certificate> {
-        let serial = pki::random_serial();
+        let serial = pki::new_serial();
         let spki = new_key.public_key_spki().to_vec();
         let subject = pki::CaSubject {
             common_name: common_name.to_string(),
