@@ -6,11 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use clm::config::Config;
-
-// Many small short-lived allocations per request (DER, JSON, SQL); glibc's
-// allocator spent 13 % of issuance CPU on them (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clm::service::{Clm, InitReport};
 
 #[derive(Parser)]
