@@ -23,13 +23,29 @@ pub const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn";
 
 /// Installs the global subscriber (and the bridge for crates that log
 /// through `log`), and routes panics into the log so that a JSON log stays
-/// JSON.
-pub fn init(json: bool) {
+/// JSON. Keep the returned guard until the process ends: dropping it
+/// writes what is still queued.
+///
+/// Lines are written by a thread of their own through a buffer that is
+/// flushed whenever the queue runs empty, so a request's thread formats its
+/// access line and moves on: one `write` per line on the serving threads
+/// was a tenth of the OCSP responder's CPU, and a slow log file would have
+/// stalled requests. Nothing is dropped: a full queue (128,000 lines)
+/// makes loggers wait.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("clm-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let filter =
         EnvFilter::try_from_env("CLM_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if json {
         builder
             .fmt_fields(JsonFields::new())
@@ -50,6 +66,7 @@ pub fn init(json: bool) {
             .map(|l| format!("{}:{}", l.file(), l.line()));
         tracing::error!(panic = message, location, "panic");
     }));
+    guard
 }
 
 /// `tokio::task::spawn_blocking` that keeps the caller's span, so that what

@@ -244,7 +244,7 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    clm::logging::init(cfg.log_format == "json");
+    let _log_writer = clm::logging::init(cfg.log_format == "json");
     // The system's runtime (background jobs, the database writers of the
     // group commit, the audit sealer) gets worker threads of its own: on
     // actix's default single thread the writers alone saturated it under

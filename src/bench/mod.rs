@@ -21,6 +21,7 @@ mod api;
 mod check;
 mod data;
 mod fill;
+mod http1;
 mod issue;
 mod load;
 mod relying;

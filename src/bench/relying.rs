@@ -1,11 +1,13 @@
 //! What relying parties ask for, on the plain-HTTP listener: OCSP answers
 //! and CRLs.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use super::fill::{self, Mix};
+use super::http1::Http1;
 use super::issue;
 use super::report::{Target, Unit, thousands};
 use super::stages::{Run, str_field};
@@ -36,25 +38,18 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
         .collect::<Result<_, _>>()?;
     let total = run.opts.sizes.ocsp;
     let items: Vec<Vec<u8>> = requests.iter().cycle().take(total).cloned().collect();
-    let url = format!("{}/ocsp", run.api.public);
-    let http = run.api.http.clone();
+    let client = Arc::new(Http1::new(&run.api.public).map_err(BenchError::Http)?);
     let clients = run.opts.clients;
     let post = move |body: Vec<u8>| {
-        let (http, url) = (http.clone(), url.clone());
+        let client = client.clone();
         async move {
-            let r = http
-                .post(&url)
-                .header("content-type", "application/ocsp-request")
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = r.status();
-            let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-            if status != 200 || bytes.is_empty() {
-                return Err(format!("{status}, {} bytes", bytes.len()));
+            let answer = client
+                .post("/ocsp", "application/ocsp-request", &body)
+                .await?;
+            if answer.status != 200 || answer.body.is_empty() {
+                return Err(format!("{}, {} bytes", answer.status, answer.body.len()));
             }
-            Ok(bytes)
+            Ok(answer.body)
         }
     };
     // The warm-up asks about every certificate once: answers without a
