@@ -43,7 +43,12 @@ impl Http1 {
         })
     }
 
-    pub async fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Result<Answer, String> {
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Answer, String> {
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             self.authority,

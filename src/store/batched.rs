@@ -134,6 +134,12 @@ impl SecureDb {
                     certificate_requests::Column::CertificateId,
                     certificate_of.into(),
                 )
+                // Not left to the touch trigger, which would update each
+                // row a second time (SQLite).
+                .col_expr(
+                    certificate_requests::Column::UpdatedAt,
+                    Expr::value(chrono::Utc::now()),
+                )
                 .filter(certificate_requests::Column::Id.is_in(issued.iter().map(|(r, _)| r.0)))
                 .filter(certificate_requests::Column::Status.eq(RequestStatus::Approved.as_str()))
                 .exec(&txn)

@@ -586,10 +586,17 @@ async fn move_request<C: ConnectionTrait>(
     to: RequestStatus,
     also: Option<(certificate_requests::Column, Expr)>,
 ) -> StoreResult<()> {
-    let mut update = certificate_requests::Entity::update_many().col_expr(
-        certificate_requests::Column::Status,
-        Expr::value(to.as_str()),
-    );
+    // `updated_at` set here: left alone, the touch trigger (SQLite) sets it
+    // with a second UPDATE of the row.
+    let mut update = certificate_requests::Entity::update_many()
+        .col_expr(
+            certificate_requests::Column::Status,
+            Expr::value(to.as_str()),
+        )
+        .col_expr(
+            certificate_requests::Column::UpdatedAt,
+            Expr::value(Utc::now()),
+        );
     if let Some((column, value)) = also {
         update = update.col_expr(column, value);
     }
