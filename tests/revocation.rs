@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestApp, ec_csr, write};
+use common::{Backend, TestApp, ec_csr, write};
 use serde_json::{Value, json};
 
 on_both_backends! {
@@ -19,6 +19,20 @@ on_both_backends! {
     only_owner_or_ca_admin_may_revoke => who_may_revoke;
     renewal_replaces_and_supersedes => renewal;
     bad_relying_party_input_is_refused => bad_relying_party_input;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_of_several_parts_sqlite() {
+    let mut app = TestApp::start(Backend::Sqlite).await.unwrap();
+    crl_of_several_parts(&mut app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_of_several_parts_postgres() {
+    let Some(mut app) = TestApp::start(Backend::Postgres).await else {
+        return;
+    };
+    crl_of_several_parts(&mut app).await;
 }
 
 async fn issue(app: &TestApp, token: &str, names: &[&str]) -> Value {
@@ -307,6 +321,98 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
         )
         .await;
     assert_eq!(r.status(), 409, "no issuance through a revoked CA");
+}
+
+/// 30,000 revocations put straight into the database make a CRL of about
+/// 1.4 MB: stored as two parts of `ca_crl_parts`, served whole, and after a
+/// restart (nothing in memory) served again from the parts, byte for byte.
+async fn crl_of_several_parts(app: &mut TestApp) {
+    const BULK: usize = 30_000;
+    let token = app.admin_token().await;
+    let template = issue(app, &token, &["template.clm.test"]).await;
+    let ca = template["ca_id"].as_str().unwrap().to_string();
+    let copy = "organization_id, ca_id, profile_id, owner_id, sans, key_algorithm, \
+                not_before, not_after, is_ca, certificate_der, created_at, updated_at";
+    let (n, id, serial, fingerprint) = match app.backend {
+        Backend::Sqlite => (
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BULK})"
+            ),
+            "randomblob(16)",
+            "printf('c0%030x', i)",
+            "printf('%064x', i)",
+        ),
+        Backend::Postgres => (
+            format!("WITH n(i) AS (SELECT generate_series(1, {BULK}))"),
+            "gen_random_uuid()",
+            "'c0' || lpad(to_hex(i), 30, '0')",
+            "lpad(to_hex(i), 64, '0')",
+        ),
+    };
+    app.sql(
+        "secure",
+        &format!(
+            "{n} INSERT INTO certificates (id, serial_hex, subject, fingerprint_sha256, status, \
+             revoked_at, revocation_reason, {copy}) \
+             SELECT {id}, {serial}, 'CN=bulk-' || i || '.clm.test', {fingerprint}, 'revoked', \
+             created_at, 'superseded', {copy} \
+             FROM certificates, n WHERE subject LIKE '%template.clm.test%'"
+        ),
+    );
+    app.sql(
+        "secure",
+        &format!(
+            "INSERT INTO certificate_revocations (id, certificate_id, ca_id, serial_hex, reason, \
+             revoked_at, created_at) \
+             SELECT {id}, id, ca_id, serial_hex, 'superseded', revoked_at, created_at \
+             FROM certificates WHERE subject LIKE 'CN=bulk-%'"
+        ),
+    );
+    // One more through the API re-signs the CRL with all of them.
+    let last = issue(app, &token, &["last.clm.test"]).await;
+    let r = app
+        .post(
+            &token,
+            &format!(
+                "/api/v1/certificates/{}/revoke",
+                last["id"].as_str().unwrap()
+            ),
+            &json!({ "reason": "keyCompromise" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(app, dir.path(), &last);
+    let serial = last["serial"].as_str().unwrap();
+    let text = crl_until(app, &ca, serial, true, &f).await;
+    assert_eq!(
+        text.matches("serial number:").count(),
+        BULK + 1,
+        "every revocation listed"
+    );
+    let served = std::fs::read(fetch_crl(app, &ca, dir.path()).await).unwrap();
+    assert!(
+        served.len() > 1 << 20,
+        "{} bytes: not more than one part",
+        served.len()
+    );
+    let parts = app.sql(
+        "secure",
+        &format!("SELECT count(*) FROM ca_crl_parts WHERE ca_id = (SELECT ca_id FROM certificates WHERE serial_hex = '{serial}')"),
+    );
+    assert_eq!(
+        parts.trim(),
+        "2",
+        "a 1.4 MB CRL is two parts of 1 MiB at most"
+    );
+
+    app.kill_and_restart().await;
+    let again = std::fs::read(fetch_crl(app, &ca, dir.path()).await).unwrap();
+    assert!(
+        again == served,
+        "the stored parts put together are the CRL served before"
+    );
 }
 
 fn crl_number(text: &str) -> u64 {

@@ -12,6 +12,7 @@ mod m20261122_000011_key_recovery;
 mod m20261122_000012_kek_rotation;
 mod m20261123_000001_audit_chain;
 mod m20261201_000001_certificate_list;
+mod m20261206_000001_crl_parts;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000012_kek_rotation::Migration),
             Box::new(m20261123_000001_audit_chain::Migration),
             Box::new(m20261201_000001_certificate_list::Migration),
+            Box::new(m20261206_000001_crl_parts::Migration),
         ]
     }
 

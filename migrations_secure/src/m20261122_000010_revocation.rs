@@ -6,25 +6,30 @@ use migrations_core::sql::{self, created_at, fk, id, index, rule, updated_at};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{big_integer, blob, boolean, timestamp_with_time_zone as ts, uuid};
 
+/// One row per CA: the CRL relying parties are served. Older CRLs are
+/// superseded by number and need not be kept; the revocations they
+/// listed are all in certificate_revocations. (Its DER moved to
+/// `ca_crl_parts` in m20261206_000001_crl_parts.)
+pub(crate) fn ca_crls() -> TableCreateStatement {
+    Table::create()
+        .table("ca_crls")
+        .col(ColumnDef::new("ca_id").uuid().not_null().primary_key())
+        .col(big_integer("crl_number"))
+        .col(ts("this_update"))
+        .col(ts("next_update"))
+        .col(big_integer("entry_count"))
+        .col(blob("crl_der"))
+        .col(created_at())
+        .col(updated_at())
+        .foreign_key(&mut fk("ca_crls", "ca_id", "certificate_authorities"))
+        .check(rule("ca_crls", "crl_number", "crl_number >= 1"))
+        .check(rule("ca_crls", "window", "this_update < next_update"))
+        .to_owned()
+}
+
 fn tables() -> Vec<TableCreateStatement> {
     vec![
-        // One row per CA: the CRL relying parties are served. Older CRLs are
-        // superseded by number and need not be kept; the revocations they
-        // listed are all in certificate_revocations.
-        Table::create()
-            .table("ca_crls")
-            .col(ColumnDef::new("ca_id").uuid().not_null().primary_key())
-            .col(big_integer("crl_number"))
-            .col(ts("this_update"))
-            .col(ts("next_update"))
-            .col(big_integer("entry_count"))
-            .col(blob("crl_der"))
-            .col(created_at())
-            .col(updated_at())
-            .foreign_key(&mut fk("ca_crls", "ca_id", "certificate_authorities"))
-            .check(rule("ca_crls", "crl_number", "crl_number >= 1"))
-            .check(rule("ca_crls", "window", "this_update < next_update"))
-            .to_owned(),
+        ca_crls(),
         // A CA's delegated OCSP responder: a key in the token and the
         // certificate the CA issued for it. Renewal adds a row.
         Table::create()

@@ -514,9 +514,18 @@ async fn scenario(db: DatabaseConnection) {
             this_update: t,
             next_update: later,
             entry_count: 3,
-            crl_der: vec![0x30, 0x00],
+            der_length: 2,
             created_at: t,
             updated_at: t,
+        }
+    ));
+    covered.insert(round_trip!(
+        db,
+        secure::ca_crl_parts,
+        secure::ca_crl_parts::Model {
+            ca_id: ca,
+            part: 0,
+            der: vec![0x30, 0x00],
         }
     ));
     covered.insert(round_trip!(

@@ -52,6 +52,7 @@ const TABLES: &[&str] = &[
     "key_rotation_history",
     "secure_audit_log",
     "ca_crls",
+    "ca_crl_parts",
     "ocsp_signers",
     "key_recoveries",
     "secure_audit_seals",

@@ -109,8 +109,8 @@ impl Clm {
             if self.signing_key(ca.id).await.is_err() {
                 continue;
             }
-            let due = match self.secure.latest_crl(ca.id).await? {
-                Some(c) => Utc::now() >= c.this_update + half,
+            let due = match self.secure.latest_crl_this_update(ca.id).await? {
+                Some(this_update) => Utc::now() >= this_update + half,
                 None => true,
             };
             if due {

@@ -4,20 +4,26 @@
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, JoinType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    RelationTrait, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::entity::secure::{
-    ca_crls, certificate_authorities, certificate_revocations, certificates, encryption_keys,
-    ocsp_signers,
+    ca_crl_parts, ca_crls, certificate_authorities, certificate_revocations, certificates,
+    encryption_keys, ocsp_signers,
 };
 use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
 use crate::domain::model::{AuditEvent, Certificate, KeyReference};
 use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, UserId, new_row_id};
+
+/// A stored CRL's DER is written and read in parts of this size: as one
+/// value, a million-entry CRL (46 MB) was copied three times over by the
+/// database drivers on its way in, and those copies were the server's peak
+/// memory (docs/performance.md).
+const CRL_PART: usize = 1 << 20;
 
 /// One line of a CRL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,37 +293,89 @@ impl SecureDb {
             .exec(&txn)
             .await?;
         let now = Utc::now();
-        // Without RETURNING: reading the 46 MB of a million-entry CRL
-        // straight back would double the write.
+        // The old CRL's parts went with its row (ON DELETE CASCADE).
         ca_crls::Entity::insert(ca_crls::ActiveModel {
             ca_id: Set(crl.ca_id.0),
             crl_number: Set(crl.crl_number),
             this_update: Set(crl.this_update),
             next_update: Set(crl.next_update),
             entry_count: Set(crl.entry_count),
-            crl_der: Set(crl.der.clone()),
+            der_length: Set(i64::try_from(crl.der.len()).map_err(super::error::corrupt)?),
             created_at: Set(now),
             updated_at: Set(now),
         })
         .exec_without_returning(&txn)
         .await?;
+        for (part, der) in crl.der.chunks(CRL_PART).enumerate() {
+            // Without RETURNING, which would read each part straight back.
+            ca_crl_parts::Entity::insert(ca_crl_parts::ActiveModel {
+                ca_id: Set(crl.ca_id.0),
+                part: Set(i32::try_from(part).map_err(super::error::corrupt)?),
+                der: Set(der.to_vec()),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+        }
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
     }
 
+    /// `ca`'s stored CRL, its parts put together. One statement (the CRL's
+    /// row joined to its parts, streamed part by part), so the parts and
+    /// the row are of the same CRL even while another is being stored.
     pub async fn latest_crl(&self, ca: CaId) -> StoreResult<Option<StoredCrl>> {
+        let mut rows = ca_crl_parts::Entity::find()
+            .select_only()
+            .column(ca_crls::Column::CrlNumber)
+            .column(ca_crls::Column::ThisUpdate)
+            .column(ca_crls::Column::NextUpdate)
+            .column(ca_crls::Column::EntryCount)
+            .column(ca_crls::Column::DerLength)
+            .column(ca_crl_parts::Column::Der)
+            .join(JoinType::InnerJoin, ca_crl_parts::Relation::Crl.def())
+            .filter(ca_crl_parts::Column::CaId.eq(ca.0))
+            .order_by_asc(ca_crl_parts::Column::Part)
+            .into_tuple::<(i64, DateTime<Utc>, DateTime<Utc>, i64, i64, Vec<u8>)>()
+            .stream(&self.read)
+            .await?;
+        let mut crl: Option<(StoredCrl, usize)> = None;
+        while let Some((number, this_update, next_update, entries, length, part)) =
+            rows.try_next().await?
+        {
+            let (stored, _) = crl.get_or_insert_with(|| {
+                let length = usize::try_from(length).unwrap_or(0);
+                let stored = StoredCrl {
+                    ca_id: ca,
+                    crl_number: number,
+                    this_update,
+                    next_update,
+                    entry_count: entries,
+                    der: Vec::with_capacity(length),
+                };
+                (stored, length)
+            });
+            stored.der.extend_from_slice(&part);
+        }
+        match crl {
+            Some((stored, length)) if stored.der.len() != length => {
+                Err(super::error::corrupt(format!(
+                    "CRL {} of CA {ca}: its parts do not add up to its length",
+                    stored.crl_number
+                )))
+            }
+            other => Ok(other.map(|(stored, _)| stored)),
+        }
+    }
+
+    /// When `ca`'s stored CRL was signed, without its bytes.
+    pub async fn latest_crl_this_update(&self, ca: CaId) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(ca_crls::Entity::find_by_id(ca.0)
+            .select_only()
+            .column(ca_crls::Column::ThisUpdate)
+            .into_tuple()
             .one(&self.read)
-            .await?
-            .map(|r| StoredCrl {
-                ca_id: CaId(r.ca_id),
-                crl_number: r.crl_number,
-                this_update: r.this_update,
-                next_update: r.next_update,
-                entry_count: r.entry_count,
-                der: r.crl_der,
-            }))
+            .await?)
     }
 
     /// The CRL number of `ca`'s stored CRL, without its bytes.

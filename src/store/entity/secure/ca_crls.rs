@@ -1,4 +1,5 @@
-//! `ca_crls` table: the latest signed CRL of each CA.
+//! `ca_crls` table: the latest signed CRL of each CA (its DER is in
+//! `ca_crl_parts`).
 
 use sea_orm::entity::prelude::*;
 
@@ -11,7 +12,8 @@ pub struct Model {
     pub this_update: DateTimeUtc,
     pub next_update: DateTimeUtc,
     pub entry_count: i64,
-    pub crl_der: Vec<u8>,
+    /// Length of the DER, the sum of its parts.
+    pub der_length: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -1,5 +1,6 @@
 //! Entities of clm_secure, one module per table.
 
+pub mod ca_crl_parts;
 pub mod ca_crls;
 pub mod certificate_authorities;
 pub mod certificate_requests;
