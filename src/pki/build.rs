@@ -883,10 +883,10 @@ mod tests {
         .unwrap();
         // Another key — even the root's — cannot sign it.
         assert!(matches!(
-            tbs.sign(&chain.root_key),
+            tbs.clone().sign(&chain.root_key),
             Err(PkiError::KeyMismatch(_))
         ));
-        let der = tbs.sign(&chain.inter_key).unwrap();
+        let der = tbs.clone().sign(&chain.inter_key).unwrap();
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         assert_eq!(cert.tbs_certificate.as_ref(), tbs.tbs_der());
         assert_eq!(cert.raw_serial(), serial.as_slice());

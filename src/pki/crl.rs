@@ -75,8 +75,8 @@ impl RevokedList {
 
 /// The TBSCertList of a v2 CRL by `issuer`: AKI, CRL number and a critical
 /// issuing distribution point naming `idp_url` (the URL the certificates'
-/// CRL DP carries), and the entries of `revoked` (taken, so that their
-/// DER is freed before the signature's copy of the whole is made).
+/// CRL DP carries), and the entries of `revoked` (taken: the TBSCertList
+/// is written around their DER, in the same buffer).
 pub fn prepare_crl(
     issuer: &Issuer<'_>,
     crl_number: u64,
@@ -90,7 +90,6 @@ pub fn prepare_crl(
     }
     let signer = issuer.signer();
     let algorithm = super::signer::algorithm_identifier(signer.algorithm());
-    let revoked_der = &revoked.der;
 
     let aki = extension(
         OID_AKI,
@@ -124,23 +123,31 @@ pub fn prepare_crl(
         &this,
         &next,
     ];
-    let revoked_len = if revoked.is_empty() {
-        0
+    // An empty revokedCertificates is omitted, not encoded empty (§5.1.2.6).
+    let listed = !revoked.is_empty();
+    let entries = revoked.der.len();
+    let revoked_len = if listed {
+        header_len(entries) + entries
     } else {
-        header_len(revoked_der.len()) + revoked_der.len()
+        0
     };
     let body_len = fixed.iter().map(|p| p.len()).sum::<usize>() + revoked_len + extensions.len();
-    let mut tbs = Vec::with_capacity(body_len + 6);
-    der::push_header(&mut tbs, 0x30, body_len);
+    let mut head = Vec::with_capacity(body_len - entries + 12);
+    der::push_header(&mut head, 0x30, body_len);
     for part in fixed {
-        tbs.extend_from_slice(part);
+        head.extend_from_slice(part);
     }
-    // An empty revokedCertificates is omitted, not encoded empty (§5.1.2.6).
-    if !revoked.is_empty() {
-        der::push_header(&mut tbs, 0x30, revoked_der.len());
-        tbs.extend_from_slice(revoked_der);
+    if listed {
+        der::push_header(&mut head, 0x30, entries);
     }
+    // The TBSCertList is written around the entries in their own buffer: a
+    // second buffer the size of a million entries beside it was the
+    // server's peak memory (docs/performance.md).
+    let mut tbs = revoked.der;
+    tbs.truncate(if listed { entries } else { 0 });
+    tbs.reserve_exact(head.len() + extensions.len());
     tbs.extend_from_slice(&extensions);
+    tbs.splice(0..0, head);
     ToBeSigned::new(tbs, signer.public_key_spki(), signer.algorithm())
 }
 

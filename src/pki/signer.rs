@@ -188,17 +188,25 @@ impl ToBeSigned {
     }
 
     /// Signs with `signer`, which must hold the key this was prepared for,
-    /// and returns the whole DER structure. The signature is verified
-    /// before it is returned, so a token that returns the wrong encoding
-    /// (raw `r‖s`, say) fails here rather than in a relying party.
-    /// Blocking: the signer is.
-    pub fn sign(&self, signer: &dyn Signer) -> Result<Vec<u8>, PkiError> {
-        let signature = self.signature(signer)?;
-        Ok(der::sequence(&[
-            &self.tbs,
-            &self.signature_algorithm,
-            &der::bit_string(&signature),
-        ]))
+    /// and returns the whole DER structure, built in the TBS's own buffer
+    /// (a CRL's can be 46 MB; a copy beside it would double that). The
+    /// signature is verified before it is returned, so a token that returns
+    /// the wrong encoding (raw `r‖s`, say) fails here rather than in a
+    /// relying party. Blocking: the signer is.
+    pub fn sign(self, signer: &dyn Signer) -> Result<Vec<u8>, PkiError> {
+        let signature = der::bit_string(&self.signature(signer)?);
+        let mut head = Vec::with_capacity(6);
+        der::push_header(
+            &mut head,
+            0x30,
+            self.tbs.len() + self.signature_algorithm.len() + signature.len(),
+        );
+        let mut out = self.tbs;
+        out.reserve_exact(head.len() + self.signature_algorithm.len() + signature.len());
+        out.extend_from_slice(&self.signature_algorithm);
+        out.extend_from_slice(&signature);
+        out.splice(0..0, head);
+        Ok(out)
     }
 
     /// The verified signature alone, for structures that carry more after
@@ -324,9 +332,15 @@ mod tests {
         assert_eq!(tbs.tbs_sha256_hex().len(), 64);
 
         let raw = RawEcdsa(good);
-        assert!(matches!(tbs.sign(&raw), Err(PkiError::KeyMismatch(_))));
+        assert!(matches!(
+            tbs.clone().sign(&raw),
+            Err(PkiError::KeyMismatch(_))
+        ));
         let other = SoftSigner::new(KeyAlgorithm::EcdsaP256);
-        assert!(matches!(tbs.sign(&other), Err(PkiError::KeyMismatch(_))));
+        assert!(matches!(
+            tbs.clone().sign(&other),
+            Err(PkiError::KeyMismatch(_))
+        ));
         let signed = tbs.sign(&raw.0).unwrap();
         crate::pki::verify_signed_by(&signed, &signed).unwrap();
     }
