@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Backend, TestApp};
+use common::TestApp;
 use serde_json::{Value, json};
 
 on_both_backends! {
@@ -127,30 +127,7 @@ async fn pages_are_newest_first_and_scoped(app: &TestApp) {
 async fn totals_stop_counting_far_past_the_page(app: &TestApp) {
     let root = app.admin_token().await;
     app.issue(&root, &["template.clm.test"]).await;
-    let copy = "organization_id, ca_id, profile_id, owner_id, sans, key_algorithm, \
-                not_before, not_after, status, is_ca, certificate_der, created_at, updated_at";
-    let (n, id, serial, fingerprint) = match app.backend {
-        Backend::Sqlite => (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10005)",
-            "randomblob(16)",
-            "printf('b0%014x', i)",
-            "printf('%064x', i)",
-        ),
-        Backend::Postgres => (
-            "WITH n(i) AS (SELECT generate_series(1, 10005))",
-            "gen_random_uuid()",
-            "'b0' || lpad(to_hex(i), 14, '0')",
-            "lpad(to_hex(i), 64, '0')",
-        ),
-    };
-    app.sql(
-        "secure",
-        &format!(
-            "{n} INSERT INTO certificates (id, serial_hex, subject, fingerprint_sha256, {copy}) \
-             SELECT {id}, {serial}, 'CN=bulk-' || i || '.clm.test', {fingerprint}, {copy} \
-             FROM certificates, n WHERE subject LIKE '%template.clm.test%'"
-        ),
-    );
+    app.copy_certificate("template.clm.test", 10_005, "b0", &[]);
 
     let (total, exact, page) = found(app, &root, "q=bulk-").await;
     assert_eq!((total, exact, page.len()), (10_000, false, 50));

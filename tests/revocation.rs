@@ -331,34 +331,20 @@ async fn crl_of_several_parts(app: &mut TestApp) {
     let token = app.admin_token().await;
     let template = issue(app, &token, &["template.clm.test"]).await;
     let ca = template["ca_id"].as_str().unwrap().to_string();
-    let copy = "organization_id, ca_id, profile_id, owner_id, sans, key_algorithm, \
-                not_before, not_after, is_ca, certificate_der, created_at, updated_at";
-    let (n, id, serial, fingerprint) = match app.backend {
-        Backend::Sqlite => (
-            format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BULK})"
-            ),
-            "randomblob(16)",
-            "printf('c0%030x', i)",
-            "printf('%064x', i)",
-        ),
-        Backend::Postgres => (
-            format!("WITH n(i) AS (SELECT generate_series(1, {BULK}))"),
-            "gen_random_uuid()",
-            "'c0' || lpad(to_hex(i), 30, '0')",
-            "lpad(to_hex(i), 64, '0')",
-        ),
-    };
-    app.sql(
-        "secure",
-        &format!(
-            "{n} INSERT INTO certificates (id, serial_hex, subject, fingerprint_sha256, status, \
-             revoked_at, revocation_reason, {copy}) \
-             SELECT {id}, {serial}, 'CN=bulk-' || i || '.clm.test', {fingerprint}, 'revoked', \
-             created_at, 'superseded', {copy} \
-             FROM certificates, n WHERE subject LIKE '%template.clm.test%'"
-        ),
+    app.copy_certificate(
+        "template.clm.test",
+        BULK,
+        "c0",
+        &[
+            ("status", "'revoked'"),
+            ("revoked_at", "created_at"),
+            ("revocation_reason", "'superseded'"),
+        ],
     );
+    let id = match app.backend {
+        Backend::Sqlite => "randomblob(16)",
+        Backend::Postgres => "gen_random_uuid()",
+    };
     app.sql(
         "secure",
         &format!(

@@ -447,6 +447,75 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Copies the certificate whose subject contains `template` `n` times
+    /// straight into clm_secure, as bulk data no test could issue in time:
+    /// subjects `CN=bulk-<i>.clm.test`, serials `<serial_prefix>` followed
+    /// by `i` in hex to 32 digits, fresh ids and fingerprints. `set` gives
+    /// columns their own SQL values instead of the template's.
+    pub fn copy_certificate(
+        &self,
+        template: &str,
+        n: usize,
+        serial_prefix: &str,
+        set: &[(&str, &str)],
+    ) {
+        const COPIED: [&str; 16] = [
+            "organization_id",
+            "ca_id",
+            "profile_id",
+            "owner_id",
+            "sans",
+            "key_algorithm",
+            "not_before",
+            "not_after",
+            "status",
+            "revoked_at",
+            "revocation_reason",
+            "is_ca",
+            "certificate_der",
+            "created_at",
+            "updated_at",
+            "replaces_certificate_id",
+        ];
+        let digits = 32 - serial_prefix.len();
+        let (rows, id, serial, fingerprint) = match self.backend {
+            Backend::Sqlite => (
+                format!(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})"
+                ),
+                "randomblob(16)".to_string(),
+                format!("printf('{serial_prefix}%0{digits}x', i)"),
+                "printf('%064x', i)".to_string(),
+            ),
+            Backend::Postgres => (
+                format!("WITH n(i) AS (SELECT generate_series(1, {n}))"),
+                "gen_random_uuid()".to_string(),
+                format!("'{serial_prefix}' || lpad(to_hex(i), {digits}, '0')"),
+                "lpad(to_hex(i), 64, '0')".to_string(),
+            ),
+        };
+        let mut columns = vec!["id", "serial_hex", "subject", "fingerprint_sha256"];
+        let mut values = vec![
+            id.as_str(),
+            serial.as_str(),
+            "'CN=bulk-' || i || '.clm.test'",
+            fingerprint.as_str(),
+        ];
+        for c in COPIED {
+            columns.push(c);
+            values.push(set.iter().find(|(k, _)| *k == c).map_or(c, |(_, v)| *v));
+        }
+        self.sql(
+            "secure",
+            &format!(
+                "{rows} INSERT INTO certificates ({}) SELECT {} FROM certificates, n \
+                 WHERE subject LIKE '%{template}%'",
+                columns.join(", "),
+                values.join(", ")
+            ),
+        );
+    }
+
     /// `POST /api/v1/certificate-requests` with `body`, which must be
     /// issued at once: the new certificate's id.
     pub async fn request_certificate(&self, token: &str, body: &Value) -> String {
