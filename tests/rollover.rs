@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 on_both_backends! {
     intermediate_rollover_keeps_old_and_new_leaves_valid => intermediate_rollover;
     root_rollover_links_old_trust_to_the_new_key => root_rollover;
+    repeated_rollovers_sign_with_the_parents_current_key => repeated_rollovers;
 }
 
 async fn issue_with(app: &TestApp, token: &str, profile: &str, name: &str) -> Value {
@@ -307,4 +308,65 @@ async fn root_rollover(app: &TestApp) {
         &pem(&old_chain_leaf, "certificate_pem"),
     );
     assert!(ok, "{text}");
+}
+
+async fn rollover(app: &TestApp, token: &str, id: &Value) -> Value {
+    let r = app
+        .post(
+            token,
+            &format!("/api/v1/cas/{}/rollover", id.as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", app.server_log());
+    r.json().await.unwrap()
+}
+
+/// A root rolled over twice within the same second, then the intermediate
+/// it had issued: each retired CA keeps a name of its own, and the
+/// intermediate's new certificate is signed by the root's current key.
+async fn repeated_rollovers(app: &TestApp) {
+    let token = app.admin_token().await;
+    let first = ca_of_kind(app, &token, "root").await;
+    let second = rollover(app, &token, &first["id"]).await["ca"].clone();
+    let third = rollover(app, &token, &second["id"]).await["ca"].clone();
+    assert_eq!(third["name"], first["name"]);
+    let retired = [
+        ca(app, &token, &pem(&first, "id")).await,
+        ca(app, &token, &pem(&second, "id")).await,
+    ];
+    for r in &retired {
+        assert_eq!(r["status"], "retired");
+        assert!(
+            r["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}.retired-", pem(&first, "name"))),
+            "{r}"
+        );
+    }
+    assert_ne!(retired[0]["name"], retired[1]["name"]);
+
+    let old_inter = ca_of_kind(app, &token, "intermediate").await;
+    assert_eq!(old_inter["parent_id"], first["id"]);
+    let new_inter = rollover(app, &token, &old_inter["id"]).await["ca"].clone();
+    assert_eq!(new_inter["parent_id"], third["id"]);
+    let profile = app.default_profile_id(&token).await;
+    let leaf = issue_with(app, &token, &profile, "current.clm.test").await;
+    assert_eq!(leaf["ca_id"], new_inter["id"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = verify(
+        dir.path(),
+        &pem(&third, "certificate_pem"),
+        &pem(&new_inter, "certificate_pem"),
+        &pem(&leaf, "certificate_pem"),
+    );
+    assert!(ok, "the current root: {text}");
+    let (ok, _) = verify(
+        dir.path(),
+        &pem(&first, "certificate_pem"),
+        &pem(&new_inter, "certificate_pem"),
+        &pem(&leaf, "certificate_pem"),
+    );
+    assert!(!ok, "the first root key did not sign the new intermediate");
 }

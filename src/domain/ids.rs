@@ -7,7 +7,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The primary key of a new row. Time-ordered (UUIDv7): a table's id
+/// The primary key of a new row: a UUIDv7 — the millisecond, a counter
+/// that keeps one millisecond's ids in order (reseeded at random each
+/// millisecond) and 32 random bits. Time-ordered, so a table's id
 /// index, and every index that ends in one, grows at its right edge, so a
 /// transaction of many inserts dirties a few pages instead of one page per
 /// row at random — on SQLite half the issuance writer's time went to
@@ -27,8 +29,7 @@ macro_rules! id_type {
         pub struct $name(pub Uuid);
 
         impl $name {
-            /// A fresh id: UUIDv7, time-ordered with 74 random bits
-            /// ([`new_row_id`]).
+            /// A fresh, time-ordered id ([`new_row_id`]).
             pub fn new() -> Self {
                 Self(new_row_id())
             }
@@ -108,14 +109,11 @@ mod tests {
         assert!("not-a-uuid".parse::<CaId>().is_err());
     }
 
-    /// Ids made one after another sort in that order (what keeps the id
-    /// indexes growing at one edge), and differ in more than a counter.
+    /// Ids made one after another sort in that order: what keeps the id
+    /// indexes growing at one edge.
     #[test]
     fn row_ids_sort_in_creation_order() {
         let ids: Vec<CertificateId> = (0..10_000).map(|_| CertificateId::new()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
-        let random_tail = |id: &CertificateId| id.0.as_u128() & ((1u128 << 62) - 1);
-        let tails: std::collections::HashSet<u128> = ids.iter().map(random_tail).collect();
-        assert_eq!(tails.len(), ids.len());
     }
 }

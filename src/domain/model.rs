@@ -159,6 +159,26 @@ pub struct CertificateAuthority {
     pub not_after: DateTime<Utc>,
 }
 
+/// Between a retired CA's old name and its id in the name it keeps.
+const RETIRED_MARK: &str = ".retired-";
+
+impl CertificateAuthority {
+    /// The name a CA is kept under once a rollover retires it: its
+    /// successor takes the plain name, and the CA's id keeps two
+    /// rollovers of one name apart however quickly they follow.
+    pub fn retired_name(&self) -> String {
+        format!("{}{RETIRED_MARK}{}", self.name, self.id)
+    }
+
+    /// For a retired CA, the name it had: the name its successor holds.
+    pub fn name_before_retirement(&self) -> Option<&str> {
+        if self.status != "retired" {
+            return None;
+        }
+        self.name.rsplit_once(RETIRED_MARK).map(|(name, _)| name)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Profile {
     pub id: ProfileId,
@@ -413,4 +433,55 @@ pub struct WebhookDelivery {
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str, status: &str) -> CertificateAuthority {
+        CertificateAuthority {
+            id: CaId::new(),
+            name: name.to_string(),
+            kind: CaKind::Root,
+            parent_id: None,
+            organization_id: None,
+            key: KeyReference {
+                id: KeyId::new(),
+                label: "k".into(),
+                pkcs11_uri: "pkcs11:".into(),
+                ckaid_hex: String::new(),
+                purpose: KeyPurpose::CaSigning,
+                algorithm: "ecdsa-p256".into(),
+                status: KeyStatus::Active,
+                version: 1,
+                public_key_der: None,
+            },
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            subject: "CN=x".into(),
+            status: status.to_string(),
+            certificate_id: None,
+            certificate_der: None,
+            not_before: Utc::now(),
+            not_after: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_retired_name_leads_back_to_the_successor_name() {
+        // A name may itself contain the mark; the last one counts.
+        for name in ["clm-root", "a.retired-b"] {
+            let active = ca(name, "active");
+            assert_eq!(active.name_before_retirement(), None);
+            let retired = ca(&active.retired_name(), "retired");
+            assert!(retired.name.ends_with(&active.id.to_string()));
+            assert_eq!(retired.name_before_retirement(), Some(name));
+            // Retired twice over (the successor of a successor).
+            let again = ca(&ca(name, "active").retired_name(), "retired");
+            assert_ne!(again.name, retired.name);
+        }
+        // The time-stamped names of earlier releases lead back as well.
+        let earlier = ca("clm-root.retired-20261206114017", "retired");
+        assert_eq!(earlier.name_before_retirement(), Some("clm-root"));
+    }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::cas::CaView;
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal};
-use crate::domain::model::{AuditEvent, Certificate, RequestContext};
+use crate::domain::model::{AuditEvent, Certificate, CertificateAuthority, RequestContext};
 use crate::domain::{CaId, CaKind, CertificateId, CertificateStatus, Permission, Signer};
 use crate::pki;
 use crate::store::StoreError;
@@ -59,7 +59,7 @@ impl Clm {
         let validity_days = u32::try_from((old.not_after - old.not_before).num_days().max(1))
             .map_err(ServiceError::internal)?;
         let parent = match old.parent_id {
-            Some(parent) => Some(self.usable_ca(parent).await?),
+            Some(parent) => Some(self.current_ca(parent).await?),
             None => None,
         };
         let new = self
@@ -93,7 +93,7 @@ impl Clm {
             ),
             CaKind::Intermediate => None,
         };
-        let retired_name = format!("{}.retired-{}", old.name, Utc::now().format("%Y%m%d%H%M%S"));
+        let retired_name = old.retired_name();
         let event = AuditEvent::new(p.actor(), "ca.rolled_over", ctx)
             .org(old.organization_id)
             .target("ca", new.ca.id)
@@ -146,9 +146,27 @@ impl Clm {
         })
     }
 
+    /// The CA that signs in `id`'s place now: `id` itself while active;
+    /// after `id`'s rollover, the CA that holds its name — the newest key
+    /// however many rollovers there have been.
+    async fn current_ca(&self, id: CaId) -> ServiceResult<CertificateAuthority> {
+        let ca = self
+            .secure
+            .find_ca(id)
+            .await?
+            .ok_or_else(|| ServiceError::internal(format!("parent CA {id} is missing")))?;
+        let current = match ca.name_before_retirement() {
+            Some(name) => self.secure.find_ca_by_name(name).await?,
+            None => Some(ca),
+        };
+        current.filter(|ca| ca.status == "active").ok_or_else(|| {
+            ServiceError::conflict("ca_inactive", "the parent CA is no longer active")
+        })
+    }
+
     async fn link_certificate(
         &self,
-        old: &crate::domain::model::CertificateAuthority,
+        old: &CertificateAuthority,
         old_key: &std::sync::Arc<crate::hsm::HsmKey>,
         old_der: &[u8],
         new_key: &std::sync::Arc<crate::hsm::HsmKey>,
