@@ -516,6 +516,42 @@ pub(crate) mod tests {
         hsm.health_check().await.unwrap();
     }
 
+    /// SoftHSM 2.6.1 fails a key generation when another thread searches
+    /// the token at that moment (one in five here without the lock in
+    /// `Hsm::attempt`).
+    #[test]
+    fn key_generation_survives_concurrent_searches() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hsm = fixture().hsm.clone();
+        let known = hsm
+            .generate_key_pair_blocking(KeyAlgorithm::EcdsaP256, "searched")
+            .unwrap();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let searchers: Vec<_> = (0..2)
+            .map(|_| {
+                let (hsm, id, done) = (hsm.clone(), known.cka_id().to_vec(), done.clone());
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        hsm.find_key_pair_blocking(KeyAlgorithm::EcdsaP256, &id)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for i in 0..40 {
+            let generated =
+                hsm.generate_key_pair_blocking(KeyAlgorithm::EcdsaP256, &format!("g{i}"));
+            if let Err(e) = generated {
+                done.store(true, Ordering::Relaxed);
+                panic!("generation {i}: {e}");
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        for s in searchers {
+            s.join().unwrap();
+        }
+    }
+
     /// An outside judge: OpenSC reads the token files on its own.
     #[test]
     fn pkcs11_tool_sees_a_sensitive_never_extractable_key() {

@@ -88,6 +88,10 @@ struct Module {
     /// `CKR_USER_ALREADY_LOGGED_IN` without looking at the PIN: a second
     /// `Hsm::open` with a wrong PIN must still fail.
     logins: Mutex<HashMap<Slot, [u8; 32]>>,
+    /// Held exclusively by operations that add or remove token objects and
+    /// shared by all others (see `Op::changes_token_objects`). It guards no
+    /// data, only timing.
+    objects: RwLock<()>,
 }
 
 struct Live {
@@ -135,6 +139,7 @@ fn module_for(path: &Path) -> HsmResult<Arc<Module>> {
         }),
         path: key.clone(),
         logins: Mutex::default(),
+        objects: RwLock::default(),
     });
     map.insert(key, module.clone());
     Ok(module)

@@ -11,7 +11,7 @@
 //! re-initialise its old sessions are abandoned, never closed.
 
 use std::ops::Deref;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::Pkcs11;
@@ -229,7 +229,7 @@ impl Hsm {
 
     /// One try of `f` on a pooled session. A session that saw session
     /// trouble is not put back.
-    fn attempt<T>(&self, f: &mut impl FnMut(&Conn<'_>) -> HsmResult<T>) -> HsmResult<T> {
+    fn attempt<T>(&self, op: Op, f: &mut impl FnMut(&Conn<'_>) -> HsmResult<T>) -> HsmResult<T> {
         let live = self.live()?;
         let (mut pooled, slot) = self.checkout(&live)?;
         let Some(session) = pooled.session.as_ref() else {
@@ -241,7 +241,16 @@ impl Hsm {
             ctx: &live.ctx,
             slot,
         };
-        let result = f(&conn);
+        // Taken after the checkout: nobody waits for a session while
+        // holding it. A panic inside `f` poisons nothing it guards.
+        let objects = &self.inner.module.objects;
+        let result = if op.changes_token_objects() {
+            let _alone = objects.write().unwrap_or_else(PoisonError::into_inner);
+            f(&conn)
+        } else {
+            let _shared = objects.read().unwrap_or_else(PoisonError::into_inner);
+            f(&conn)
+        };
         if matches!(result, Err(HsmError::Trouble(..))) {
             pooled.keep = false;
         }
@@ -328,7 +337,7 @@ impl Hsm {
                 return Err(breaker.refusal());
             }
         }
-        let result = self.attempt(f);
+        let result = self.attempt(op, f);
         let Some((trouble, detail)) = self.trouble_in(&result) else {
             if matches!(result, Err(HsmError::Pkcs11(_))) {
                 metrics::counter!(M_ERRORS, "op" => op.as_str(), "kind" => "other").increment(1);
@@ -339,7 +348,7 @@ impl Hsm {
         tracing::warn!(op = op.as_str(), %detail, token = %self.inner.token_label,
             "PKCS#11 trouble; recovering ({}) and retrying once", trouble.as_str());
         let retried = self.recover(trouble).and_then(|()| {
-            let again = self.attempt(f);
+            let again = self.attempt(op, f);
             match self.trouble_in(&again) {
                 Some((t, d)) => Err(HsmError::Trouble(t, d)),
                 None => Ok(again),

@@ -48,6 +48,15 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Whether the operation adds or removes token objects. SoftHSM 2.6.1
+    /// fails such a change (`CKR_GENERAL_ERROR`, `CKR_TEMPLATE_INCONSISTENT`)
+    /// when another thread of the process searches the token at the same
+    /// moment (softhsm/SoftHSMv2#573, fixed after 2.6.1), so these run
+    /// alone and everything else side by side.
+    pub(super) fn changes_token_objects(self) -> bool {
+        matches!(self, Op::Generate | Op::Destroy | Op::AuditHead)
+    }
+
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Op::Sign => "sign",
