@@ -44,6 +44,7 @@ on_both! {
     a_forged_row_is_named => forged_row;
     swapped_rows_are_named => swapped_rows;
     dropped_newest_rows_and_seals_are_named => dropped_newest;
+    a_deleted_head_is_named => deleted_head;
     a_changed_secure_entry_is_named => changed_secure_entry;
     an_untouched_log_of_100k_entries_verifies => untouched_100k;
     auditors_query_verify_and_export => auditor_api;
@@ -357,6 +358,23 @@ async fn dropped_newest(app: &TestApp) {
     let out = app.clm(&["audit", "seal"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("core: REFUSED"));
     assert_fails(app, "core: FAILED: truncated");
+}
+
+/// The head in the HSM is destroyed (which needs the token's PIN): the
+/// seals can no longer be checked for truncation, and verification says so.
+async fn deleted_head(app: &TestApp) {
+    produce_and_seal(app).await;
+    app.pkcs11_tool(&[
+        "--delete-object",
+        "--type",
+        "data",
+        "--label",
+        "clm-audit-head-core",
+    ]);
+    assert_fails(app, "core: FAILED: bad_seal");
+    assert_fails(app, "seals exist but there is no head in the HSM");
+    let (_, out) = verify(app);
+    assert!(out.contains("secure: ok"), "{out}");
 }
 
 // ---- volume ------------------------------------------------------------------
