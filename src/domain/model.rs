@@ -476,7 +476,7 @@ mod tests {
             let retired = ca(&active.retired_name(), "retired");
             assert!(retired.name.ends_with(&active.id.to_string()));
             assert_eq!(retired.name_before_retirement(), Some(name));
-            // Retired twice over (the successor of a successor).
+            // The successor, retired in its turn, keeps a name of its own.
             let again = ca(&ca(name, "active").retired_name(), "retired");
             assert_ne!(again.name, retired.name);
         }
