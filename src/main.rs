@@ -459,6 +459,14 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
         "OCSP responder renewal",
         |c| async move { c.ensure_ocsp_signers().await },
     );
+    // What bursts of requests left in the allocator goes back to the
+    // system once a minute (src/memory.rs).
+    every(Duration::from_secs(60), "memory release", || async {
+        actix_web::rt::task::spawn_blocking(clm::memory::release_freed)
+            .await
+            .ok();
+        Ok(0)
+    });
     // Other instances' revocations reach this cache through this poll.
     every(Duration::from_secs(2), "OCSP cache refresh", move || {
         let c = clm.clone();
