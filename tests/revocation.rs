@@ -39,6 +39,16 @@ async fn issue(app: &TestApp, token: &str, names: &[&str]) -> Value {
     app.issue(token, names).await
 }
 
+/// `POST /api/v1/certificates/{id}/revoke` with `reason`.
+async fn revoke(app: &TestApp, token: &str, id: &str, reason: &str) -> reqwest::Response {
+    app.post(
+        token,
+        &format!("/api/v1/certificates/{id}/revoke"),
+        &json!({ "reason": reason }),
+    )
+    .await
+}
+
 /// Files the leaf, its issuer and the whole chain (issuer first) in `dir`.
 struct Files {
     leaf: PathBuf,
@@ -190,13 +200,7 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
     assert!(ok, "a valid leaf passes -crl_check: {text}");
 
     // Revoke.
-    let r = app
-        .post(
-            &token,
-            &format!("/api/v1/certificates/{id}/revoke"),
-            &json!({ "reason": "keyCompromise" }),
-        )
-        .await;
+    let r = revoke(app, &token, id, "keyCompromise").await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "revoked");
@@ -224,13 +228,7 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
     assert!(!ok && text.contains("certificate revoked"), "{text}");
 
     // Revoked is final.
-    let r = app
-        .post(
-            &token,
-            &format!("/api/v1/certificates/{id}/revoke"),
-            &json!({ "reason": "superseded" }),
-        )
-        .await;
+    let r = revoke(app, &token, id, "superseded").await;
     assert_eq!(r.status(), 409);
     let r = app
         .post(
@@ -283,16 +281,13 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
         .json()
         .await
         .unwrap();
-    let r = app
-        .post(
-            &token,
-            &format!(
-                "/api/v1/certificates/{}/revoke",
-                inter["certificate_id"].as_str().unwrap()
-            ),
-            &json!({ "reason": "cACompromise" }),
-        )
-        .await;
+    let r = revoke(
+        app,
+        &token,
+        inter["certificate_id"].as_str().unwrap(),
+        "cACompromise",
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let inter_serial = r.json::<Value>().await.unwrap()["serial"]
         .as_str()
@@ -356,16 +351,7 @@ async fn crl_of_several_parts(app: &mut TestApp) {
     );
     // One more through the API re-signs the CRL with all of them.
     let last = issue(app, &token, &["last.clm.test"]).await;
-    let r = app
-        .post(
-            &token,
-            &format!(
-                "/api/v1/certificates/{}/revoke",
-                last["id"].as_str().unwrap()
-            ),
-            &json!({ "reason": "keyCompromise" }),
-        )
-        .await;
+    let r = revoke(app, &token, last["id"].as_str().unwrap(), "keyCompromise").await;
     assert_eq!(r.status(), 200);
 
     let dir = tempfile::tempdir().unwrap();

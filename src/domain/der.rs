@@ -27,6 +27,25 @@ pub fn sequence(parts: &[&[u8]]) -> Vec<u8> {
     tlv(0x30, &parts.concat())
 }
 
+/// SEQUENCE { before ‖ middle ‖ after }, written around `middle` in its own
+/// buffer: for contents of tens of megabytes (a large CRL's entries and
+/// its TBSCertList) that a copy beside them would double.
+pub fn sequence_around(before: &[&[u8]], middle: Vec<u8>, after: &[&[u8]]) -> Vec<u8> {
+    let len = |parts: &[&[u8]]| parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut head = Vec::with_capacity(len(before) + 10);
+    push_header(&mut head, 0x30, len(before) + middle.len() + len(after));
+    for part in before {
+        head.extend_from_slice(part);
+    }
+    let mut out = middle;
+    out.reserve_exact(head.len() + len(after));
+    for part in after {
+        out.extend_from_slice(part);
+    }
+    out.splice(0..0, head);
+    out
+}
+
 /// A non-negative INTEGER from big-endian magnitude bytes: leading zeros
 /// stripped, a zero byte prepended where the top bit would make it negative.
 pub fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
@@ -94,6 +113,26 @@ mod tests {
         );
         assert_eq!(unsigned_integer(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
         assert_eq!(unsigned_integer(&[0x00]), vec![0x02, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn a_sequence_around_is_the_sequence() {
+        let middle = vec![5u8; 300];
+        for (before, after) in [
+            (&[][..], &[][..]),
+            (&[&[1u8, 2][..]][..], &[&[3u8][..], &[4u8; 200][..]][..]),
+        ] {
+            let parts: Vec<&[u8]> = before
+                .iter()
+                .copied()
+                .chain([middle.as_slice()])
+                .chain(after.iter().copied())
+                .collect();
+            assert_eq!(
+                sequence_around(before, middle.clone(), after),
+                sequence(&parts)
+            );
+        }
     }
 
     #[test]

@@ -116,38 +116,26 @@ pub fn prepare_crl(
     let version = der::tlv(0x02, &[0x01]);
     let this = time(this_update);
     let next = time(next_update);
-    let fixed = [
-        version.as_slice(),
-        algorithm,
-        issuer.subject_raw(),
-        &this,
-        &next,
-    ];
     // An empty revokedCertificates is omitted, not encoded empty (§5.1.2.6).
-    let listed = !revoked.is_empty();
-    let entries = revoked.der.len();
-    let revoked_len = if listed {
-        header_len(entries) + entries
-    } else {
-        0
-    };
-    let body_len = fixed.iter().map(|p| p.len()).sum::<usize>() + revoked_len + extensions.len();
-    let mut head = Vec::with_capacity(body_len - entries + 12);
-    der::push_header(&mut head, 0x30, body_len);
-    for part in fixed {
-        head.extend_from_slice(part);
+    let mut entries_header = Vec::new();
+    if !revoked.is_empty() {
+        der::push_header(&mut entries_header, 0x30, revoked.der.len());
     }
-    if listed {
-        der::push_header(&mut head, 0x30, entries);
-    }
-    // The TBSCertList is written around the entries in their own buffer: a
-    // second buffer the size of a million entries beside it was the
-    // server's peak memory (docs/performance.md).
-    let mut tbs = revoked.der;
-    tbs.truncate(if listed { entries } else { 0 });
-    tbs.reserve_exact(head.len() + extensions.len());
-    tbs.extend_from_slice(&extensions);
-    tbs.splice(0..0, head);
+    // Written around the entries' DER in its buffer: a second buffer the
+    // size of a million entries beside it was the server's peak memory
+    // (docs/performance.md).
+    let tbs = der::sequence_around(
+        &[
+            &version,
+            algorithm,
+            issuer.subject_raw(),
+            &this,
+            &next,
+            &entries_header,
+        ],
+        revoked.der,
+        &[&extensions],
+    );
     ToBeSigned::new(tbs, signer.public_key_spki(), signer.algorithm())
 }
 
@@ -203,16 +191,6 @@ fn push_digits(out: &mut Vec<u8>, t: DateTime<Utc>, generalized: bool) {
 
 fn push_two(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&[b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8]);
-}
-
-fn header_len(len: usize) -> usize {
-    match len {
-        0..0x80 => 2,
-        0x80..0x100 => 3,
-        0x100..0x1_0000 => 4,
-        0x1_0000..0x100_0000 => 5,
-        _ => 6,
-    }
 }
 
 #[cfg(test)]

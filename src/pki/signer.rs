@@ -195,18 +195,11 @@ impl ToBeSigned {
     /// relying party. Blocking: the signer is.
     pub fn sign(self, signer: &dyn Signer) -> Result<Vec<u8>, PkiError> {
         let signature = der::bit_string(&self.signature(signer)?);
-        let mut head = Vec::with_capacity(6);
-        der::push_header(
-            &mut head,
-            0x30,
-            self.tbs.len() + self.signature_algorithm.len() + signature.len(),
-        );
-        let mut out = self.tbs;
-        out.reserve_exact(head.len() + self.signature_algorithm.len() + signature.len());
-        out.extend_from_slice(&self.signature_algorithm);
-        out.extend_from_slice(&signature);
-        out.splice(0..0, head);
-        Ok(out)
+        Ok(der::sequence_around(
+            &[],
+            self.tbs,
+            &[&self.signature_algorithm, &signature],
+        ))
     }
 
     /// The verified signature alone, for structures that carry more after

@@ -68,8 +68,8 @@ impl Clm {
     /// The CRL of `ca` for relying parties. Served from memory while the
     /// stored number is unchanged; signed on first use.
     pub async fn crl(&self, ca: CaId) -> ServiceResult<Arc<ServedCrl>> {
-        let number = self.secure.latest_crl_number(ca).await?;
-        if let (Some(n), Some(cached)) = (number, self.crl_state.cached(ca))
+        let stored = self.secure.latest_crl_header(ca).await?;
+        if let (Some((n, _)), Some(cached)) = (stored, self.crl_state.cached(ca))
             && cached.number == n
         {
             return Ok(cached);
@@ -113,8 +113,8 @@ impl Clm {
             if self.signing_key(ca.id).await.is_err() {
                 continue;
             }
-            let due = match self.secure.latest_crl_this_update(ca.id).await? {
-                Some(this_update) => Utc::now() >= this_update + half,
+            let due = match self.secure.latest_crl_header(ca.id).await? {
+                Some((_, this_update)) => Utc::now() >= this_update + half,
                 None => true,
             };
             if due {
@@ -143,13 +143,14 @@ impl Clm {
         let idp = pki::PublicUrls::new(&self.settings.public_url, ca_id).crl;
         // Built from what is live, not on top of what earlier bursts left
         // in the allocator: the peak is what the server is judged by.
-        let large = self.crl_size_hint(ca_id) >= LARGE_CRL;
+        let size_hint = self.crl_size_hint(ca_id);
+        let large = size_hint >= LARGE_CRL;
         if large {
             release_freed_memory().await;
         }
         for attempt in 1..=NUMBER_ATTEMPTS {
             let number = self.secure.next_crl_number(ca_id).await?;
-            let mut revoked = pki::RevokedList::with_capacity(self.crl_size_hint(ca_id));
+            let mut revoked = pki::RevokedList::with_capacity(size_hint);
             self.secure
                 .each_revoked_serial(ca_id, |r| {
                     let mut serial = [0u8; 20];

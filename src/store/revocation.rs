@@ -368,21 +368,13 @@ impl SecureDb {
         }
     }
 
-    /// When `ca`'s stored CRL was signed, without its bytes.
-    pub async fn latest_crl_this_update(&self, ca: CaId) -> StoreResult<Option<DateTime<Utc>>> {
-        Ok(ca_crls::Entity::find_by_id(ca.0)
-            .select_only()
-            .column(ca_crls::Column::ThisUpdate)
-            .into_tuple()
-            .one(&self.read)
-            .await?)
-    }
-
-    /// The CRL number of `ca`'s stored CRL, without its bytes.
-    pub async fn latest_crl_number(&self, ca: CaId) -> StoreResult<Option<i64>> {
+    /// The number of `ca`'s stored CRL and when it was signed, without its
+    /// bytes.
+    pub async fn latest_crl_header(&self, ca: CaId) -> StoreResult<Option<(i64, DateTime<Utc>)>> {
         Ok(ca_crls::Entity::find_by_id(ca.0)
             .select_only()
             .column(ca_crls::Column::CrlNumber)
+            .column(ca_crls::Column::ThisUpdate)
             .into_tuple()
             .one(&self.read)
             .await?)
