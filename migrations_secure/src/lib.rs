@@ -13,6 +13,7 @@ mod m20261122_000012_kek_rotation;
 mod m20261123_000001_audit_chain;
 mod m20261201_000001_certificate_list;
 mod m20261206_000001_crl_parts;
+mod m20261206_000002_certificate_search;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_audit_chain::Migration),
             Box::new(m20261201_000001_certificate_list::Migration),
             Box::new(m20261206_000001_crl_parts::Migration),
+            Box::new(m20261206_000002_certificate_search::Migration),
         ]
     }
 

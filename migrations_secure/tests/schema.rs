@@ -152,6 +152,62 @@ async fn scenario(db: DatabaseConnection) {
     count(db, "expiring_certificates").await.unwrap();
 }
 
+/// Certificates stored before m20261206_000002_certificate_search are in
+/// SQLite's new search table after the upgrade, with those stored after
+/// it; the table holds subjects, no longer serials.
+#[tokio::test]
+async fn sqlite_search_is_rebuilt_with_subjects_only() {
+    on_sqlite(|db| async move {
+        let db = &db;
+        migrations_core::Migrator::up(db, None).await.unwrap();
+        let upgrade = migrations_secure::Migrator::migrations()
+            .iter()
+            .position(|m| m.name() == "m20261206_000002_certificate_search")
+            .unwrap();
+        migrations_secure::Migrator::up(db, Some(upgrade as u32))
+            .await
+            .unwrap();
+        let ca = certificate_authority(db, key(db, "active").await).await;
+        let store = |serial: &'static str| {
+            insert(
+                db,
+                "certificates",
+                certificate(Uuid::new_v4(), ca, serial, 30, false),
+            )
+        };
+        for serial in ["4b01", "4b02"] {
+            store(serial).await.unwrap();
+        }
+        migrations_secure::Migrator::up(db, None).await.unwrap();
+        store("4b03").await.unwrap();
+
+        let found = |phrase: &'static str| async move {
+            let sql = format!(
+                "SELECT subject FROM certificate_search \
+                 WHERE certificate_search MATCH '\"{phrase}\"' ORDER BY subject"
+            );
+            rows(db, &sql)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String>("", "subject").unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found("cn=4b").await, ["CN=4b01", "CN=4b02", "CN=4b03"]);
+        let columns: Vec<String> = rows(
+            db,
+            "SELECT name FROM pragma_table_info('certificate_search')",
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("", "name").unwrap())
+        .collect();
+        assert_eq!(columns, ["id", "subject"]);
+    })
+    .await;
+}
+
 async fn insert_key(db: &DatabaseConnection, status: &str) -> Uuid {
     let id = Uuid::new_v4();
     insert(

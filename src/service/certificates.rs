@@ -78,8 +78,9 @@ impl From<&CertificateBrief> for CertificateSummary {
 #[into_params(parameter_in = Query)]
 pub struct CertificateQuery {
     pub status: Option<CertificateStatus>,
-    /// Substring of the subject or of the serial (hex), in any case; `%`
-    /// and `_` are plain characters.
+    /// Substring of the subject, or the beginning of the serial (hex,
+    /// colons between its bytes allowed), in any case; `%` and `_` are
+    /// plain characters.
     #[param(max_length = 200)]
     pub q: Option<String>,
     /// Not yet expired, and `not_after` within this many days; the list is

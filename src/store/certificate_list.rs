@@ -5,12 +5,13 @@
 //!   are then read, and only the columns a listing shows;
 //! - `total` counts at most [`COUNT_HORIZON`] matches past the page's start:
 //!   counting a million matches exactly would cost more than the page;
-//! - `q=` goes through the substring index of migration
-//!   m20261201_000001_certificate_list (FTS5 trigrams on SQLite, pg_trgm on
-//!   PostgreSQL), case-insensitively on both backends.
+//! - `q=` matches a subject by substring, through the trigram index of
+//!   migration m20261206_000002_certificate_search (FTS5 on SQLite, pg_trgm
+//!   on PostgreSQL), case-insensitively on both backends, or a serial by
+//!   its beginning, through a plain index on `serial_hex`.
 
 use sea_orm::sea_query::extension::postgres::PgExpr;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query, SelectStatement};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query, SelectStatement, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, IdenStatic,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
@@ -37,6 +38,9 @@ pub struct Total {
 /// a scan.
 const TRIGRAM: usize = 3;
 
+/// SQLite's subject index, an FTS5 table.
+const SEARCH_TABLE: &str = "certificate_search";
+
 #[derive(FromQueryResult)]
 struct Row {
     id: uuid::Uuid,
@@ -48,6 +52,35 @@ struct Row {
     status: String,
     ca_id: uuid::Uuid,
     profile_id: Option<uuid::Uuid>,
+}
+
+/// What `q=` looks for.
+struct Search<'a> {
+    /// A substring of the subject, any case.
+    subject: &'a str,
+    /// The beginning of a serial: `q` in lower case without colons, when
+    /// that leaves only hex digits.
+    serial: Option<String>,
+}
+
+impl<'a> Search<'a> {
+    fn new(text: &'a str) -> Self {
+        let hex: String = text
+            .chars()
+            .filter(|&c| c != ':')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let serial = (!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex);
+        Search {
+            subject: text,
+            serial,
+        }
+    }
+
+    /// Long enough for the trigram index.
+    fn indexed(&self) -> bool {
+        self.subject.chars().count() >= TRIGRAM
+    }
 }
 
 impl SecureDb {
@@ -134,6 +167,7 @@ fn matching(
     scope: Option<OrganizationId>,
     filter: &CertificateFilter,
 ) -> Select<certificates::Entity> {
+    let search = filter.text.as_deref().map(Search::new);
     // With an FTS5 search the other filters are written `+column`, which
     // SQLite may not use an index for: otherwise, without statistics, it
     // walks a whole index range (a million `is_ca = false` entries)
@@ -141,11 +175,7 @@ fn matching(
     // plan wanted whatever the data. clm keeps no SQLite statistics:
     // connections load them once, so statistics gathered on a young
     // database would mislead every long-lived connection later.
-    let fts = backend == DatabaseBackend::Sqlite
-        && filter
-            .text
-            .as_ref()
-            .is_some_and(|t| t.chars().count() >= TRIGRAM);
+    let fts = backend == DatabaseBackend::Sqlite && search.as_ref().is_some_and(Search::indexed);
     let col = |c: certificates::Column| {
         if fts {
             Expr::cust(format!("+\"certificates\".\"{}\"", c.as_str()))
@@ -169,37 +199,40 @@ fn matching(
     if let Some(after) = filter.not_after_after {
         q = q.filter(col(certificates::Column::NotAfter).gt(after));
     }
-    if let Some(text) = &filter.text {
-        q = q.filter(substring(backend, text));
+    if let Some(search) = search {
+        q = q.filter(matches(backend, &search));
     }
     q
 }
 
-/// Subject or serial contains `text`, ignoring case.
-fn substring(backend: DatabaseBackend, text: &str) -> Expr {
-    let pattern = format!("%{}%", escape_like(text));
-    // Backslash is PostgreSQL's default escape; SQLite has none.
-    let like = || LikeExpr::new(pattern.clone()).escape('\\');
-    match backend {
-        DatabaseBackend::Postgres => Expr::col(certificates::Column::Subject)
-            .ilike(pattern.clone())
-            .or(Expr::col(certificates::Column::SerialHex).ilike(pattern.clone())),
-        _ if text.chars().count() >= TRIGRAM => {
-            Expr::col((certificates::Entity, certificates::Column::Id)).in_subquery(
+/// The subject contains the search's text, ignoring case, or the serial
+/// begins with it.
+fn matches(backend: DatabaseBackend, search: &Search) -> SimpleExpr {
+    let pattern = format!("%{}%", escape_like(search.subject));
+    let subject = match backend {
+        DatabaseBackend::Postgres => Expr::col(certificates::Column::Subject).ilike(pattern),
+        _ if search.indexed() => Expr::col((certificates::Entity, certificates::Column::Id))
+            .in_subquery(
                 Query::select()
                     .column(Alias::new("id"))
-                    .from(Alias::new("certificate_search"))
+                    .from(Alias::new(SEARCH_TABLE))
                     .and_where(Expr::cust_with_values(
-                        "certificate_search MATCH ?",
-                        [fts_phrase(text)],
+                        format!("{SEARCH_TABLE} MATCH ?"),
+                        [fts_phrase(search.subject)],
                     ))
                     .to_owned(),
-            )
-        }
-        // SQLite's LIKE ignores ASCII case, as the trigram index does.
-        _ => certificates::Column::Subject
-            .like(like())
-            .or(certificates::Column::SerialHex.like(like())),
+            ),
+        // SQLite's LIKE ignores ASCII case, as the trigram index does;
+        // backslash is PostgreSQL's default escape, SQLite has none.
+        _ => certificates::Column::Subject.like(LikeExpr::new(pattern).escape('\\')),
+    };
+    match &search.serial {
+        // Serials are lower-case hex: those beginning with `p` are the
+        // range [p, p + "g"), which the index on `serial_hex` serves.
+        Some(p) => subject.or(certificates::Column::SerialHex
+            .gte(p.as_str())
+            .and(certificates::Column::SerialHex.lt(format!("{p}g")))),
+        None => subject,
     }
 }
 
@@ -243,6 +276,17 @@ mod tests {
     fn like_wildcards_are_literal() {
         assert_eq!(escape_like(r"a_b%c\d"), r"a\_b\%c\\d");
         assert_eq!(escape_like("plain.example"), "plain.example");
+    }
+
+    #[test]
+    fn a_search_looks_for_a_serial_only_when_it_is_hex() {
+        let serial = |q| Search::new(q).serial;
+        assert_eq!(serial("4A:1b:00").as_deref(), Some("4a1b00"));
+        assert_eq!(serial("cafe").as_deref(), Some("cafe"));
+        for q in ["team-07.", "4a 1b", ":", "0x4a", "é1"] {
+            assert_eq!(serial(q), None, "{q}");
+        }
+        assert_eq!(Search::new("4A:1b").subject, "4A:1b");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub struct CertificateFilter {
     pub not_after_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Only certificates whose notAfter is after this instant.
     pub not_after_after: Option<chrono::DateTime<chrono::Utc>>,
-    /// Substring of the subject or the serial.
+    /// A substring of the subject, or the beginning of the serial.
     pub text: Option<String>,
     pub order: CertificateOrder,
 }
