@@ -68,6 +68,14 @@ impl CertId {
     pub fn serial(&self) -> &[u8] {
         &self.serial
     }
+
+    /// Bytes it holds on the heap: what a cache of answers counts.
+    pub fn heap_bytes(&self) -> usize {
+        [&self.raw, &self.name_hash, &self.key_hash, &self.serial]
+            .iter()
+            .map(|v| v.capacity())
+            .sum()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,6 +19,7 @@ mod jobs;
 mod keygen;
 mod keys;
 mod ocsp;
+mod ocsp_cache;
 mod organizations;
 mod principal;
 mod profiles;

@@ -5,7 +5,6 @@
 //! a status change drops the serial's cached answers (here at once, on other
 //! instances through a poll of changed certificates).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
@@ -21,10 +20,11 @@ use crate::hsm::HsmKey;
 use crate::pki::{self, ocsp};
 use crate::store::SerialStatus;
 
-/// Cached answers kept at most; beyond that the cache is cleared and
-/// refills from demand (simple, and an attack on the cache costs HSM
-/// signatures, not memory).
-const MAX_CACHED: usize = 200_000;
+use super::ocsp_cache::{BoundedMap, HeapSize};
+
+/// Memory the cached answers may hold, about 50,000 answers of a P-256
+/// responder; beyond it the cache is cleared and refills from demand.
+const CACHE_BYTES: usize = 64 << 20;
 /// Cached answers re-signed per background pass.
 const REFRESH_BATCH: usize = 5_000;
 
@@ -49,12 +49,35 @@ struct Cached {
     cert_id: ocsp::CertId,
 }
 
-#[derive(Default)]
+impl HeapSize for CacheKey {
+    fn heap_bytes(&self) -> usize {
+        self.serial_hex.capacity()
+    }
+}
+
+impl HeapSize for Cached {
+    fn heap_bytes(&self) -> usize {
+        // The answer's bytes are shared with those in flight; counted
+        // here, where they stay.
+        std::mem::size_of::<Vec<u8>>() + self.der.capacity() + self.cert_id.heap_bytes()
+    }
+}
+
 pub(super) struct OcspState {
     responders: RwLock<Vec<Arc<Responder>>>,
-    cache: RwLock<HashMap<CacheKey, Cached>>,
+    cache: RwLock<BoundedMap<CacheKey, Cached>>,
     /// `updated_at` of the newest certificate change already applied.
     watermark: tokio::sync::Mutex<Option<DateTime<Utc>>>,
+}
+
+impl Default for OcspState {
+    fn default() -> Self {
+        Self {
+            responders: RwLock::default(),
+            cache: RwLock::new(BoundedMap::new(CACHE_BYTES)),
+            watermark: tokio::sync::Mutex::default(),
+        }
+    }
 }
 
 /// What `/ocsp` sends back: always an OCSPResponse; `malformed` answers
@@ -173,9 +196,6 @@ impl Clm {
     fn remember_ocsp(&self, responder: &Responder, id: &ocsp::CertId, der: Arc<Vec<u8>>) {
         let refresh_at = Utc::now() + Duration::seconds(self.settings.ocsp_validity_seconds / 2);
         let mut cache = self.ocsp.cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
         cache.insert(
             cache_key(responder.ca_id, id),
             Cached {
