@@ -39,7 +39,7 @@ const LIST_INDEXES: [(&str, &[&str]); 5] = [
 /// The substring index. On SQLite a separate FTS5 table keeps its own copy
 /// of subject and serial keyed by the certificate id: an external-content
 /// table would key on `certificates.rowid`, which VACUUM may renumber.
-fn search(backend: DatabaseBackend) -> Vec<String> {
+pub(crate) fn search(backend: DatabaseBackend) -> Vec<String> {
     match backend {
         DatabaseBackend::Postgres => vec![
             "CREATE EXTENSION IF NOT EXISTS pg_trgm".to_string(),

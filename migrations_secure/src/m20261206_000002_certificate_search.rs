@@ -10,6 +10,8 @@ use migrations_core::sql::{self, index};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
+use crate::m20261201_000001_certificate_list as previous;
+
 const SERIAL_INDEX: &str = "idx_certificates_serial";
 
 fn sqlite_search() -> Vec<String> {
@@ -41,31 +43,6 @@ const SQLITE_DROP: [&str; 4] = [
     "DROP TRIGGER IF EXISTS certificates_search_delete",
     "DROP TABLE IF EXISTS certificate_search",
 ];
-
-/// Migration m20261201_000001_certificate_list's search index, for `down`.
-fn previous_sqlite_search() -> Vec<String> {
-    vec![
-        "CREATE VIRTUAL TABLE certificate_search USING fts5(\
-         id UNINDEXED, subject, serial_hex, tokenize = 'trigram')"
-            .to_string(),
-        "INSERT INTO certificate_search (id, subject, serial_hex) \
-         SELECT id, subject, serial_hex FROM certificates WHERE is_ca = false"
-            .to_string(),
-        "CREATE TRIGGER certificates_search_insert AFTER INSERT ON certificates \
-         WHEN NEW.is_ca = false BEGIN \
-         INSERT INTO certificate_search (id, subject, serial_hex) \
-         VALUES (NEW.id, NEW.subject, NEW.serial_hex); END"
-            .to_string(),
-        "CREATE TRIGGER certificates_search_update AFTER UPDATE OF subject, serial_hex \
-         ON certificates BEGIN \
-         UPDATE certificate_search SET subject = NEW.subject, serial_hex = NEW.serial_hex \
-         WHERE id = NEW.id; END"
-            .to_string(),
-        "CREATE TRIGGER certificates_search_delete AFTER DELETE ON certificates BEGIN \
-         DELETE FROM certificate_search WHERE id = OLD.id; END"
-            .to_string(),
-    ]
-}
 
 const PG_SERIAL_TRGM: &str = "CREATE INDEX idx_certificates_serial_trgm ON certificates \
      USING gin (serial_hex gin_trgm_ops) WITH (gin_pending_list_limit = 256)";
@@ -100,7 +77,8 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let search = match manager.get_database_backend() {
             DatabaseBackend::Postgres => strings(&[PG_SERIAL_TRGM]),
-            _ => [strings(&SQLITE_DROP), previous_sqlite_search()].concat(),
+            // The previous search table, subjects and serials.
+            backend => [strings(&SQLITE_DROP), previous::search(backend)].concat(),
         };
         sql::run(manager, &search).await?;
         manager
