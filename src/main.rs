@@ -462,9 +462,7 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
     // What bursts of requests left in the allocator goes back to the
     // system once a minute (src/memory.rs).
     every(Duration::from_secs(60), "memory release", || async {
-        actix_web::rt::task::spawn_blocking(clm::memory::release_freed)
-            .await
-            .ok();
+        clm::memory::release_freed_in_background().await;
         Ok(0)
     });
     // Other instances' revocations reach this cache through this poll.

@@ -21,3 +21,11 @@ pub fn release_freed() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_freed() {}
+
+/// [`release_freed`] off the async threads, which it would hold up while
+/// it walks every arena.
+pub async fn release_freed_in_background() {
+    crate::logging::spawn_blocking_in_span(release_freed)
+        .await
+        .ok();
+}

@@ -146,7 +146,7 @@ impl Clm {
         let size_hint = self.crl_size_hint(ca_id);
         let large = size_hint >= LARGE_CRL;
         if large {
-            release_freed_memory().await;
+            crate::memory::release_freed_in_background().await;
         }
         for attempt in 1..=NUMBER_ATTEMPTS {
             let number = self.secure.next_crl_number(ca_id).await?;
@@ -195,7 +195,7 @@ impl Clm {
                 Ok(()) => {
                     self.crl_state.remember(ca_id, Arc::new(served(stored)));
                     if large || count >= LARGE_CRL as i64 {
-                        release_freed_memory().await;
+                        crate::memory::release_freed_in_background().await;
                     }
                     return Ok(());
                 }
@@ -215,14 +215,6 @@ impl Clm {
             .cached(ca)
             .map_or(0, |c| usize::try_from(c.entries).unwrap_or(0) + 1024)
     }
-}
-
-/// [`crate::memory::release_freed`] off the async threads: it walks every
-/// allocator arena.
-async fn release_freed_memory() {
-    crate::logging::spawn_blocking_in_span(crate::memory::release_freed)
-        .await
-        .ok();
 }
 
 fn served(c: StoredCrl) -> ServedCrl {
