@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::audit_cursor::{EntryCursor, Hashed};
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal};
 use crate::domain::audit::{
@@ -29,6 +30,10 @@ use crate::store::{AuditFilter, AuditStore};
 
 /// Entries per page when streaming a log (bounds memory).
 const PAGE: u64 = 5_000;
+/// Entries per read while verifying: several reads run at once, and
+/// smaller pages stay in the CPU caches between the read and the check
+/// (1,000 verified a million entries faster than 400 or 5,000).
+const VERIFY_PAGE: u64 = 1_000;
 /// Seals per page when streaming the chain.
 const SEAL_PAGE: u64 = 500;
 /// Most entries one seal covers; a backlog becomes several seals.
@@ -169,63 +174,19 @@ fn bad(e: Option<&AuditEntry>, seal_no: Option<i64>, reason: Reason, detail: Str
 }
 
 /// Reads a log in seq order, one page at a time.
-struct EntryCursor {
-    store: AuditStore,
-    after: i64,
-    page: std::vec::IntoIter<AuditEntry>,
-    peeked: Option<AuditEntry>,
-    done: bool,
-}
-
-impl EntryCursor {
-    fn new(store: AuditStore, after: i64) -> Self {
-        Self {
-            store,
-            after,
-            page: Vec::new().into_iter(),
-            peeked: None,
-            done: false,
-        }
-    }
-
-    async fn peek(&mut self) -> ServiceResult<Option<&AuditEntry>> {
-        if self.peeked.is_none() {
-            self.peeked = self.next_inner().await?;
-        }
-        Ok(self.peeked.as_ref())
-    }
-
-    async fn next(&mut self) -> ServiceResult<Option<AuditEntry>> {
-        match self.peeked.take() {
-            Some(e) => Ok(Some(e)),
-            None => self.next_inner().await,
-        }
-    }
-
-    async fn next_inner(&mut self) -> ServiceResult<Option<AuditEntry>> {
-        if let Some(e) = self.page.next() {
-            return Ok(Some(e));
-        }
-        if self.done {
-            return Ok(None);
-        }
-        let rows = self.store.entries(self.after, None, PAGE).await?;
-        if (rows.len() as u64) < PAGE {
-            self.done = true;
-        }
-        if let Some(last) = rows.last() {
-            self.after = last.seq;
-        }
-        self.page = rows.into_iter();
-        Ok(self.page.next())
-    }
-}
-
 /// Checks an entry's stored hash against its content. `Err` names what is
 /// wrong; a legacy entry (no MAC, written before this scheme) has no stored
 /// hash and passes here — only the first seal may adopt such entries.
 fn check_hash(log: AuditLog, e: &AuditEntry) -> Result<[u8; 32], (Reason, String)> {
-    let h = entry_hash(log, &e.fields());
+    check_computed_hash(log, e, entry_hash(log, &e.fields()))
+}
+
+/// [`check_hash`] with the hash of the entry's content already computed.
+fn check_computed_hash(
+    log: AuditLog,
+    e: &AuditEntry,
+    h: [u8; 32],
+) -> Result<[u8; 32], (Reason, String)> {
     match &e.entry_hash {
         None if e.mac.is_none() => Ok(h),
         None => Err((Reason::Modified, "the entry hash is missing".into())),
@@ -603,13 +564,12 @@ impl Clm {
             )));
         }
         // From the very start: an entry below the log's start is inserted.
-        let mut cursor = EntryCursor::new(store.clone(), i64::MIN);
+        let mut cursor = EntryCursor::new(store.clone(), i64::MIN, VERIFY_PAGE);
         let mut seal_after = tip.seal_no;
         loop {
             let seals = store.seals(seal_after, SEAL_PAGE).await?;
-            if seals.is_empty() {
-                break;
-            }
+            let Some(last) = seals.last() else { break };
+            cursor.announce(last.body.last_seq);
             // Seal MACs, one HSM call per seal.
             for s in &seals {
                 seal_after = s.body.seal_no;
@@ -674,7 +634,7 @@ impl Clm {
                 break;
             }
             let mut checked = Vec::with_capacity(page.len());
-            for e in &page {
+            for Hashed { entry: e, hash } in &page {
                 if e.seq <= tip.last_seq {
                     return Ok(Some(bad(
                         Some(e),
@@ -683,7 +643,7 @@ impl Clm {
                         "the entry lies inside the sealed range but no seal accounts for it".into(),
                     )));
                 }
-                match check_hash(log, e) {
+                match check_computed_hash(log, e, *hash) {
                     Ok(h) => checked.push((e, h)),
                     Err((reason, why)) => return Ok(Some(bad(Some(e), None, reason, why))),
                 }
@@ -771,11 +731,13 @@ impl Clm {
             }
             None
         };
-        while let Some(e) = cursor.peek().await? {
-            if e.seq > b.last_seq {
+        while let Some(next) = cursor.peek().await? {
+            if next.entry.seq > b.last_seq {
                 break;
             }
-            let Some(e) = cursor.next().await? else { break };
+            let Some(Hashed { entry: e, hash }) = cursor.next().await? else {
+                break;
+            };
             if e.seq < expected {
                 return Ok(Some(bad(
                     Some(&e),
@@ -801,7 +763,7 @@ impl Clm {
                     "the seal lists this seq as never written".into(),
                 )));
             }
-            let h = match check_hash(log, &e) {
+            let h = match check_computed_hash(log, &e, hash) {
                 Ok(h) => h,
                 Err((reason, why)) => return Ok(Some(bad(Some(&e), n, reason, why))),
             };
@@ -834,7 +796,7 @@ impl Clm {
         let store = self.audit_store(log);
         let mut after = b.first_seq - 1;
         loop {
-            let page = store.entries(after, Some(b.last_seq), PAGE).await?;
+            let page = store.read_entries(after, Some(b.last_seq), PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             let checked: Vec<(&AuditEntry, [u8; 32])> = page

@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod audit;
+mod audit_cursor;
 pub mod auth;
 mod bootstrap;
 mod cas;

@@ -346,6 +346,10 @@ pub struct AuditFilter {
 #[derive(Clone, Debug)]
 pub struct AuditStore {
     pub(super) db: DatabaseConnection,
+    /// Verification and the auditors' queries: on SQLite the read-only
+    /// connections, so that a long verification neither waits for nor
+    /// holds up the one writer, and reads in parallel.
+    pub(super) read: DatabaseConnection,
     pub(super) log: AuditLog,
 }
 
@@ -488,9 +492,31 @@ impl AuditStore {
         })
     }
 
-    /// Entries with `after < seq <= up_to`, in seq order, at most `limit`.
+    /// Entries with `after < seq <= up_to`, in seq order, at most `limit`,
+    /// read on the writer's connection (the sealer, which works beside
+    /// the writes anyway).
     pub async fn entries(
         &self,
+        after: i64,
+        up_to: Option<i64>,
+        limit: u64,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        self.entries_on(&self.db, after, up_to, limit).await
+    }
+
+    /// [`Self::entries`] on the read connections (verification).
+    pub async fn read_entries(
+        &self,
+        after: i64,
+        up_to: Option<i64>,
+        limit: u64,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        self.entries_on(&self.read, after, up_to, limit).await
+    }
+
+    async fn entries_on(
+        &self,
+        db: &DatabaseConnection,
         after: i64,
         up_to: Option<i64>,
         limit: u64,
@@ -501,12 +527,7 @@ impl AuditStore {
             q.and_where(Expr::col(Alias::new("seq")).lte(hi));
         }
         q.order_by(Alias::new("seq"), Order::Asc).limit(limit);
-        self.db
-            .query_all(&q)
-            .await?
-            .iter()
-            .map(entry_from)
-            .collect()
+        db.query_all(&q).await?.iter().map(entry_from).collect()
     }
 
     /// A page of the auditors' query, in seq order.
@@ -541,7 +562,7 @@ impl AuditStore {
             q.and_where(col("seq").gt(after));
         }
         q.order_by(Alias::new("seq"), Order::Asc).limit(limit);
-        self.db
+        self.read
             .query_all(&q)
             .await?
             .iter()
@@ -555,7 +576,12 @@ impl AuditStore {
         q.and_where(Expr::col(Alias::new("seal_no")).gt(after))
             .order_by(Alias::new("seal_no"), Order::Asc)
             .limit(limit);
-        self.db.query_all(&q).await?.iter().map(seal_from).collect()
+        self.read
+            .query_all(&q)
+            .await?
+            .iter()
+            .map(seal_from)
+            .collect()
     }
 
     pub async fn latest_seal(&self) -> StoreResult<Option<Seal>> {

@@ -72,6 +72,7 @@ impl CoreDb {
     pub fn audit_store(&self) -> audit::AuditStore {
         audit::AuditStore {
             db: self.db.clone(),
+            read: self.read.clone(),
             log: crate::domain::audit::AuditLog::Core,
         }
     }

@@ -41,7 +41,7 @@ impl AuditStore {
         q.from(Alias::new(audit::tables(self.log).log))
             .expr_as(Func::count(Expr::col(Alias::new("seq"))), Alias::new("n"))
             .and_where(Expr::col(Alias::new("seq")).gt(seq));
-        let n = match self.db.query_one(&q).await? {
+        let n = match self.read.query_one(&q).await? {
             Some(row) => row.try_get::<i64>("", "n")?,
             None => 0,
         };

@@ -64,6 +64,7 @@ impl SecureDb {
     pub fn audit_store(&self) -> audit::AuditStore {
         audit::AuditStore {
             db: self.db.clone(),
+            read: self.read.clone(),
             log: crate::domain::audit::AuditLog::Secure,
         }
     }
