@@ -14,6 +14,7 @@ mod m20261123_000001_audit_chain;
 mod m20261201_000001_certificate_list;
 mod m20261206_000001_crl_parts;
 mod m20261206_000002_certificate_search;
+mod m20261206_000003_crl_index;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_certificate_list::Migration),
             Box::new(m20261206_000001_crl_parts::Migration),
             Box::new(m20261206_000002_certificate_search::Migration),
+            Box::new(m20261206_000003_crl_index::Migration),
         ]
     }
 
