@@ -109,7 +109,13 @@ async fn fetch_crl(app: &TestApp, ca: &str, dir: &Path) -> PathBuf {
             .contains("max-age"),
         "CRLs carry caching headers"
     );
+    let length: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let der = r.bytes().await.unwrap();
+    assert_eq!(length, der.len(), "CRLs are sent with their length");
     let path = dir.join("crl.der");
     std::fs::write(&path, &der).unwrap();
     path

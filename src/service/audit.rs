@@ -173,7 +173,6 @@ fn bad(e: Option<&AuditEntry>, seal_no: Option<i64>, reason: Reason, detail: Str
     }
 }
 
-/// Reads a log in seq order, one page at a time.
 /// Checks an entry's stored hash against its content. `Err` names what is
 /// wrong; a legacy entry (no MAC, written before this scheme) has no stored
 /// hash and passes here — only the first seal may adopt such entries.
