@@ -141,15 +141,18 @@ async fn pages_are_newest_first_and_scoped(app: &TestApp) {
 }
 
 /// 10,005 rows copied from one issued certificate, straight into the
-/// database: the count horizon is 10,000 past the page's start.
+/// database: the count horizon is 10,000 past the page's start, 1,000 for
+/// a search.
 async fn totals_stop_counting_far_past_the_page(app: &TestApp) {
     let root = app.admin_token().await;
-    app.issue(&root, &["template.clm.test"]).await;
+    let template = app.issue(&root, &["template.clm.test"]).await;
     app.copy_certificate("template.clm.test", 10_005, "b0", &[]);
 
     let (total, exact, page) = found(app, &root, "q=bulk-").await;
-    assert_eq!((total, exact, page.len()), (10_000, false, 50));
-    // Unfiltered, the same horizon.
+    assert_eq!((total, exact, page.len()), (1_000, false, 50));
+    let (total, exact, _) = found(app, &root, "q=bulk-&page=21").await;
+    assert_eq!((total, exact), (2_000, false));
+    // Unfiltered, the list's horizon.
     let (total, exact, _) = found(app, &root, "").await;
     assert_eq!((total, exact), (10_000, false));
     // From page 201 on (10,000 past) the count reaches the end: exact.
@@ -158,6 +161,31 @@ async fn totals_stop_counting_far_past_the_page(app: &TestApp) {
     // A narrow search is exact however many rows the table holds.
     let (total, exact, _) = found(app, &root, "q=bulk-4242.").await;
     assert_eq!((total, exact), (1, true));
+
+    // A common substring's page is the list's own order (on SQLite it is
+    // found by walking the list), a rarer one's its matches sorted (on
+    // SQLite from the trigram index): the same order either way. The
+    // copies share one creation time, so the id orders them.
+    let (_, _, listed) = found(app, &root, "per_page=200").await;
+    let copies: Vec<&String> = listed.iter().filter(|id| **id != template["id"]).collect();
+    let (_, _, common) = found(app, &root, "q=bulk-&per_page=100").await;
+    assert_eq!(common.iter().collect::<Vec<_>>(), copies[..100]);
+    let rare = list(app, &root, "q=bulk-42&per_page=200").await;
+    assert_eq!(
+        (rare["total"].as_u64(), rare["total_exact"].as_bool()),
+        (Some(111), Some(true))
+    );
+    let rare_ids = ids(&rare);
+    let mut newest_first = rare_ids.clone();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(rare_ids, newest_first);
+    assert!(
+        rare["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| { c["subject"].as_str().unwrap().contains("bulk-42") })
+    );
 }
 
 async fn what_expires_soon_comes_soonest_first(app: &TestApp) {

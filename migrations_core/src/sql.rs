@@ -81,6 +81,20 @@ pub fn index(
     i.to_owned()
 }
 
+/// `new` created, then the index `old` of `table` dropped: a query never
+/// finds itself without one of them.
+pub async fn replace_index(
+    manager: &SchemaManager<'_>,
+    table: &'static str,
+    old: &'static str,
+    new: IndexCreateStatement,
+) -> Result<(), DbErr> {
+    manager.create_index(new).await?;
+    manager
+        .drop_index(Index::drop().name(old).table(table).to_owned())
+        .await
+}
+
 /// A unique index `name` on `table (columns…)`.
 pub fn unique(
     name: &'static str,

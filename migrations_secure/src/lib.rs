@@ -15,6 +15,7 @@ mod m20261201_000001_certificate_list;
 mod m20261206_000001_crl_parts;
 mod m20261206_000002_certificate_search;
 mod m20261206_000003_crl_index;
+mod m20261206_000004_search_scan;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_crl_parts::Migration),
             Box::new(m20261206_000002_certificate_search::Migration),
             Box::new(m20261206_000003_crl_index::Migration),
+            Box::new(m20261206_000004_search_scan::Migration),
         ]
     }
 

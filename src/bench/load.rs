@@ -1,6 +1,9 @@
-//! The load generator: prepared inputs handed to a fixed number of
-//! concurrent clients, each sending its next request as soon as the last
-//! one was answered (closed loop), every latency recorded in a histogram.
+//! The load generator, two ways, every latency recorded in a histogram:
+//! - [`drive`]: a fixed number of concurrent clients, each sending its next
+//!   request as soon as the last one was answered (closed loop): the most
+//!   the server can do, and its latency when saturated;
+//! - [`paced`]: requests sent at a fixed rate whatever the answers (open
+//!   loop): the latency at that rate.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +42,39 @@ impl Stats {
                 self.first_error.as_deref().unwrap_or("?")
             )
         })
+    }
+}
+
+impl Stats {
+    fn empty() -> Self {
+        Stats {
+            requests: 0,
+            errors: 0,
+            first_error: None,
+            seconds: 0.0,
+            hist: histogram(),
+        }
+    }
+
+    fn record(&mut self, outcome: Result<Duration, String>) {
+        match outcome {
+            Ok(took) => {
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                self.hist.saturating_record(us.max(1));
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Stats) {
+        let _ = self.hist.add(&other.hist);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
     }
 }
 
@@ -90,9 +126,8 @@ where
     for _ in 0..clients.max(1) {
         let (queue, f) = (queue.clone(), f.clone());
         workers.push(tokio::spawn(async move {
-            let mut hist = histogram();
+            let mut stats = Stats::empty();
             let mut results = Vec::new();
-            let (mut errors, mut first_error) = (0u64, None);
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -100,46 +135,88 @@ where
                 let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                 let Some(item) = next else { break };
                 let sent = Instant::now();
-                match f(item).await {
-                    Ok(r) => {
-                        let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        hist.saturating_record(us.max(1));
-                        results.push(r);
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
-                    }
-                }
+                let outcome = f(item).await.map(|r| results.push(r));
+                stats.record(outcome.map(|()| sent.elapsed()));
             }
-            (hist, results, errors, first_error)
+            (stats, results)
         }));
     }
-    let mut stats = Stats {
-        requests: 0,
-        errors: 0,
-        first_error: None,
-        seconds: 0.0,
-        hist: histogram(),
-    };
+    let mut stats = Stats::empty();
     let mut all = Vec::new();
     for w in workers {
         match w.await {
-            Ok((hist, results, errors, first_error)) => {
-                let _ = stats.hist.add(&hist);
+            Ok((part, results)) => {
+                stats.merge(part);
                 all.extend(results);
-                stats.errors += errors;
-                if stats.first_error.is_none() {
-                    stats.first_error = first_error;
-                }
             }
-            Err(e) => {
-                stats.errors += 1;
-                stats.first_error.get_or_insert(format!("client task: {e}"));
-            }
+            Err(e) => stats.record(Err(format!("client task: {e}"))),
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
     stats.requests = stats.hist.len();
     (stats, all)
+}
+
+/// Sends `items` at `rate` per second (open loop): item `i` is due
+/// `i / rate` seconds after the start, however the answers before it went.
+/// Its latency counts from when it was due, so time lost behind a slow
+/// answer, or behind the generator itself, is counted rather than hidden
+/// (no coordinated omission). At most `max_in_flight` requests are
+/// outstanding; a request due beyond that waits, and its wait counts.
+///
+/// Requests are released by a thread of their own with the operating
+/// system's sleep: tokio's timer ticks in milliseconds, which at 20,000
+/// requests per second would release them in bursts of twenty.
+pub async fn paced<T, F, Fut>(rate: f64, max_in_flight: usize, items: Vec<T>, f: F) -> Stats
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let stats = Arc::new(Mutex::new(Stats::empty()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+    let f = Arc::new(f);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let shared = stats.clone();
+    let dispatcher = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let due = started + interval.mul_f64(i as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let Ok(slot) = runtime.block_on(slots.clone().acquire_owned()) else {
+                break;
+            };
+            let (f, stats) = (f.clone(), shared.clone());
+            tasks.push(runtime.spawn(async move {
+                let outcome = f(item).await.map(|()| due.elapsed());
+                drop(slot);
+                if let Ok(mut s) = stats.lock() {
+                    s.record(outcome);
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = runtime.block_on(t);
+        }
+        started.elapsed()
+    });
+    let elapsed = tokio::task::spawn_blocking(move || dispatcher.join())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let mut stats = match Arc::try_unwrap(stats).map(Mutex::into_inner) {
+        Ok(Ok(s)) => s,
+        _ => {
+            let mut s = Stats::empty();
+            s.record(Err("the paced load did not finish".into()));
+            s
+        }
+    };
+    stats.seconds = elapsed.map_or(0.0, |e| e.as_secs_f64());
+    stats.requests = stats.hist.len();
+    stats
 }

@@ -92,6 +92,20 @@ impl Run<'_> {
         Ok((secure, core))
     }
 
+    /// After a bulk fill: both databases settled as a server that had
+    /// stored the rows one by one would be ([`SecureDb::bench_settle`]),
+    /// and the written pages flushed to disk, so that the next timing does
+    /// not include the kernel writing back the fill.
+    pub async fn settle(&mut self) -> BenchResult<()> {
+        let (secure, core) = self.stores().await?;
+        secure.bench_settle().await?;
+        core.bench_settle().await?;
+        tokio::task::spawn_blocking(|| std::process::Command::new("sync").status())
+            .await
+            .map_err(|e| BenchError::Check(format!("sync: {e}")))??;
+        Ok(())
+    }
+
     /// Writes a sample output for outside tools.
     pub fn artifact(&self, name: &str, bytes: &[u8]) -> BenchResult<()> {
         if let Some(dir) = &self.artifacts {

@@ -11,10 +11,12 @@
 //!   its beginning, through a plain index on `serial_hex`.
 
 use sea_orm::sea_query::extension::postgres::PgExpr;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query, SelectStatement, SimpleExpr};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement, SimpleExpr,
+};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, IdenStatic,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::entity::secure::certificates;
@@ -26,6 +28,13 @@ use crate::domain::{CaId, CertificateId, OrganizationId, ProfileId};
 
 /// How far past the start of the requested page matches are counted.
 pub const COUNT_HORIZON: u64 = 10_000;
+/// The same for a `q=` search. Counting a common substring's matches costs
+/// more than listing them, and "1,000 or more" answers a search as well.
+pub const SEARCH_COUNT_HORIZON: u64 = 1_000;
+/// On SQLite a search whose matches are more than this walks the list
+/// (`Via::Like`) rather than sorting them (`Via::Fts`): about where the two
+/// cost the same with a million certificates (docs/performance.md).
+const FTS_SORTS_AT_MOST: u64 = 1_000;
 
 /// How many certificates matched: exact, or at least `count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,13 +100,52 @@ impl SecureDb {
         filter: &CertificateFilter,
         page: Page,
     ) -> StoreResult<(Vec<CertificateBrief>, Total)> {
-        let matching = matching(self.read.get_database_backend(), scope, filter);
-        let ids = ordered(matching.clone().select_only(), filter.order)
-            .column(certificates::Column::Id)
-            .offset(page.offset())
-            .limit(page.per_page)
-            .into_query();
-        let rows = ordered(certificates::Entity::find().select_only(), filter.order)
+        let backend = self.read.get_database_backend();
+        let search = filter.text.as_deref().map(Search::new);
+        let horizon = match search {
+            Some(_) => SEARCH_COUNT_HORIZON,
+            None => COUNT_HORIZON,
+        };
+        let limit = page.offset().saturating_add(horizon);
+        let via = Via::first(backend, search.as_ref());
+        let ids = |via| {
+            let mut q = matching(via, scope, filter, search.as_ref());
+            order(&mut q, filter.order);
+            q.column((certificates::Entity, certificates::Column::Id))
+                .offset(page.offset())
+                .limit(page.per_page);
+            q
+        };
+        let count =
+            |via| self.count_up_to(matching(via, scope, filter, search.as_ref()), limit + 1);
+        let (rows, counted) = if via == Via::Fts {
+            // The count comes first: it says whether sorting the matches
+            // or walking the list finds the page sooner.
+            let counted = count(via).await?;
+            let via = if counted > FTS_SORTS_AT_MOST {
+                Via::Like
+            } else {
+                via
+            };
+            (self.page(ids(via), filter.order).await?, counted)
+        } else {
+            tokio::try_join!(self.page(ids(via), filter.order), count(via))?
+        };
+        let total = Total {
+            count: Ord::min(counted, limit),
+            exact: counted <= limit,
+        };
+        let items = rows.into_iter().map(brief).collect::<StoreResult<_>>()?;
+        Ok((items, total))
+    }
+
+    /// The listing's columns of the certificates `ids` selects.
+    async fn page(&self, ids: SelectStatement, order: CertificateOrder) -> StoreResult<Vec<Row>> {
+        let mut rows = certificates::Entity::find().select_only();
+        for (expr, o) in order_columns(order) {
+            rows = rows.order_by(expr, o);
+        }
+        Ok(rows
             .columns([
                 certificates::Column::Id,
                 certificates::Column::SerialHex,
@@ -111,31 +159,16 @@ impl SecureDb {
             ])
             .filter(certificates::Column::Id.in_subquery(ids))
             .into_model::<Row>()
-            .all(&self.read);
-        let limit = page.offset().saturating_add(COUNT_HORIZON);
-        let (rows, counted) = tokio::try_join!(rows, self.count_up_to(matching, limit + 1))?;
-        let total = Total {
-            count: Ord::min(counted, limit),
-            exact: counted <= limit,
-        };
-        let items = rows.into_iter().map(brief).collect::<StoreResult<_>>()?;
-        Ok((items, total))
+            .all(&self.read)
+            .await?)
     }
 
     /// `SELECT COUNT(*) FROM (… LIMIT n)`: stops after `n` matches.
-    async fn count_up_to(
-        &self,
-        matching: Select<certificates::Entity>,
-        n: u64,
-    ) -> Result<u64, sea_orm::DbErr> {
-        let inner: SelectStatement = matching
-            .select_only()
-            .expr(Expr::val(1))
-            .limit(n)
-            .into_query();
+    async fn count_up_to(&self, mut matching: SelectStatement, n: u64) -> StoreResult<u64> {
+        matching.expr(Expr::val(1)).limit(n);
         let count = Query::select()
             .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
-            .from_subquery(inner, Alias::new("m"))
+            .from_subquery(matching, Alias::new("m"))
             .to_owned();
         let row = self.read.query_one(&count).await?;
         let n: i64 = match row {
@@ -146,94 +179,145 @@ impl SecureDb {
     }
 }
 
-/// `q` in the list's order; the id breaks ties, so pages never overlap.
-fn ordered(
-    q: Select<certificates::Entity>,
-    order: CertificateOrder,
-) -> Select<certificates::Entity> {
-    match order {
-        CertificateOrder::Newest => q
-            .order_by_desc(certificates::Column::CreatedAt)
-            .order_by_desc(certificates::Column::Id),
-        CertificateOrder::SoonestExpiry => q
-            .order_by_asc(certificates::Column::NotAfter)
-            .order_by_asc(certificates::Column::Id),
+/// How a search's subject is matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// No search, or PostgreSQL's `ILIKE`, which the planner serves from
+    /// the pg_trgm index or by walking a list index, as it estimates.
+    Plain,
+    /// SQLite: the matches of the FTS5 trigram index, looked up and sorted.
+    /// Its cost grows with the number of matches.
+    Fts,
+    /// SQLite: `LIKE` on the subject in the list indexes, walked in the
+    /// list's order until the page is full. Its cost grows with how rare
+    /// the matches are; a substring shorter than a trigram is always
+    /// matched this way.
+    Like,
+}
+
+impl Via {
+    /// The plan to count with.
+    fn first(backend: DatabaseBackend, search: Option<&Search>) -> Self {
+        match search {
+            Some(s) if backend == DatabaseBackend::Sqlite && s.indexed() => Via::Fts,
+            Some(_) if backend == DatabaseBackend::Sqlite => Via::Like,
+            _ => Via::Plain,
+        }
     }
 }
 
-/// The end-entity certificates `scope` may see that pass `filter`.
+/// The list's order; the id breaks ties, so pages never overlap.
+fn order_columns(order: CertificateOrder) -> [(SimpleExpr, Order); 2] {
+    let col = |c: certificates::Column| Expr::col((certificates::Entity, c)).into();
+    match order {
+        CertificateOrder::Newest => [
+            (col(certificates::Column::CreatedAt), Order::Desc),
+            (col(certificates::Column::Id), Order::Desc),
+        ],
+        CertificateOrder::SoonestExpiry => [
+            (col(certificates::Column::NotAfter), Order::Asc),
+            (col(certificates::Column::Id), Order::Asc),
+        ],
+    }
+}
+
+fn order(q: &mut SelectStatement, order: CertificateOrder) {
+    for (expr, o) in order_columns(order) {
+        q.order_by_expr(expr, o);
+    }
+}
+
+/// The end-entity certificates `scope` may see that pass `filter`, as a
+/// `SELECT` without columns.
 fn matching(
-    backend: DatabaseBackend,
+    via: Via,
     scope: Option<OrganizationId>,
     filter: &CertificateFilter,
-) -> Select<certificates::Entity> {
-    let search = filter.text.as_deref().map(Search::new);
-    // With an FTS5 search the other filters are written `+column`, which
+    search: Option<&Search>,
+) -> SelectStatement {
+    // With the FTS5 index the other filters are written `+column`, which
     // SQLite may not use an index for: otherwise, without statistics, it
     // walks a whole index range (a million `is_ca = false` entries)
     // probing the search's few ids, where looking those ids up is the
     // plan wanted whatever the data. clm keeps no SQLite statistics:
     // connections load them once, so statistics gathered on a young
     // database would mislead every long-lived connection later.
-    let fts = backend == DatabaseBackend::Sqlite && search.as_ref().is_some_and(Search::indexed);
     let col = |c: certificates::Column| {
-        if fts {
+        if via == Via::Fts {
             Expr::cust(format!("+\"certificates\".\"{}\"", c.as_str()))
         } else {
             Expr::col((certificates::Entity, c))
         }
     };
-    let mut q = certificates::Entity::find().filter(col(certificates::Column::IsCa).eq(false));
+    let mut q = Query::select();
+    q.from(certificates::Entity)
+        .and_where(col(certificates::Column::IsCa).eq(false));
     if let Some(org) = scope {
-        q = q.filter(col(certificates::Column::OrganizationId).eq(org.0));
+        q.and_where(col(certificates::Column::OrganizationId).eq(org.0));
     }
     if let Some(status) = filter.status {
-        q = q.filter(col(certificates::Column::Status).eq(status.as_str()));
+        q.and_where(col(certificates::Column::Status).eq(status.as_str()));
     }
     if let Some(ca) = filter.ca_id {
-        q = q.filter(col(certificates::Column::CaId).eq(ca.0));
+        q.and_where(col(certificates::Column::CaId).eq(ca.0));
     }
     if let Some(before) = filter.not_after_before {
-        q = q.filter(col(certificates::Column::NotAfter).lte(before));
+        q.and_where(col(certificates::Column::NotAfter).lte(before));
     }
     if let Some(after) = filter.not_after_after {
-        q = q.filter(col(certificates::Column::NotAfter).gt(after));
+        q.and_where(col(certificates::Column::NotAfter).gt(after));
     }
     if let Some(search) = search {
-        q = q.filter(matches(backend, &search));
+        matches(&mut q, via, search);
     }
     q
 }
 
 /// The subject contains the search's text, ignoring case, or the serial
 /// begins with it.
-fn matches(backend: DatabaseBackend, search: &Search) -> SimpleExpr {
+fn matches(q: &mut SelectStatement, via: Via, search: &Search) {
     let pattern = format!("%{}%", escape_like(search.subject));
-    let subject = match backend {
-        DatabaseBackend::Postgres => Expr::col(certificates::Column::Subject).ilike(pattern),
-        _ if search.indexed() => Expr::col((certificates::Entity, certificates::Column::Id))
-            .in_subquery(
-                Query::select()
-                    .column(Alias::new("id"))
-                    .from(Alias::new(SEARCH_TABLE))
-                    .and_where(Expr::cust_with_values(
-                        format!("{SEARCH_TABLE} MATCH ?"),
-                        [fts_phrase(search.subject)],
-                    ))
-                    .to_owned(),
-            ),
-        // SQLite's LIKE ignores ASCII case, as the trigram index does;
-        // backslash is PostgreSQL's default escape, SQLite has none.
-        _ => certificates::Column::Subject.like(LikeExpr::new(pattern).escape('\\')),
+    let phrase = || {
+        Expr::cust_with_values(
+            format!("{SEARCH_TABLE} MATCH ?"),
+            [fts_phrase(search.subject)],
+        )
     };
-    match &search.serial {
+    let subject = match via {
+        Via::Plain => {
+            Expr::col((certificates::Entity, certificates::Column::Subject)).ilike(pattern)
+        }
+        // Joined, the matches stream: a count stops at its limit. A serial
+        // is another way to match, which a join cannot say.
+        Via::Fts if search.serial.is_none() => {
+            q.inner_join(
+                Alias::new(SEARCH_TABLE),
+                Expr::col((Alias::new(SEARCH_TABLE), Alias::new("id")))
+                    .equals((certificates::Entity, certificates::Column::Id)),
+            )
+            .and_where(phrase());
+            return;
+        }
+        Via::Fts => Expr::col((certificates::Entity, certificates::Column::Id)).in_subquery(
+            Query::select()
+                .column(Alias::new("id"))
+                .from(Alias::new(SEARCH_TABLE))
+                .and_where(phrase())
+                .to_owned(),
+        ),
+        // SQLite's LIKE ignores ASCII case (the trigram index any case);
+        // backslash is PostgreSQL's default escape, SQLite has none.
+        Via::Like => Expr::col((certificates::Entity, certificates::Column::Subject))
+            .like(LikeExpr::new(pattern).escape('\\')),
+    };
+    q.and_where(match &search.serial {
         // Serials are lower-case hex: those beginning with `p` are the
         // range [p, p + "g"), which the index on `serial_hex` serves.
         Some(p) => subject.or(certificates::Column::SerialHex
             .gte(p.as_str())
             .and(certificates::Column::SerialHex.lt(format!("{p}g")))),
         None => subject,
-    }
+    });
 }
 
 /// LIKE's wildcards and its escape character, taken literally.
@@ -287,6 +371,54 @@ mod tests {
             assert_eq!(serial(q), None, "{q}");
         }
         assert_eq!(Search::new("4A:1b").subject, "4A:1b");
+    }
+
+    /// The plans each way of matching is chosen for, whatever the data:
+    /// SQLite plans from the schema alone (clm keeps no statistics).
+    #[tokio::test]
+    async fn each_way_of_searching_has_the_plan_it_is_chosen_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::sqlite_secure_for_plans(dir.path()).await;
+        let plan = |via, scope, text: &str, order| {
+            let filter = CertificateFilter {
+                text: Some(text.to_string()),
+                order,
+                ..CertificateFilter::default()
+            };
+            let search = Search::new(text);
+            let mut q = matching(via, scope, &filter, Some(&search));
+            super::order(&mut q, order);
+            q.column((certificates::Entity, certificates::Column::Id))
+                .limit(50);
+            let db = db.clone();
+            async move { crate::store::sqlite_plan(&db, &q).await }
+        };
+        let newest = CertificateOrder::Newest;
+        let org = Some(OrganizationId::new());
+
+        // The matches stream out of the trigram index, each looked up once.
+        let fts = plan(Via::Fts, None, "team-07.", newest).await;
+        assert_eq!(
+            fts[..2],
+            [
+                "SCAN certificate_search VIRTUAL TABLE INDEX 0:M2",
+                "SEARCH certificates USING INDEX sqlite_autoindex_certificates_1 (id=?)",
+            ],
+            "{fts:?}"
+        );
+        // The walk reads the subject from the list index, in its order
+        // (no sort step), with or without an organisation.
+        assert_eq!(
+            plan(Via::Like, None, "team-07.", newest).await,
+            ["SEARCH certificates USING COVERING INDEX idx_certificates_list_subject (is_ca=?)"]
+        );
+        assert_eq!(
+            plan(Via::Like, org, "team-07.", newest).await,
+            [
+                "SEARCH certificates USING COVERING INDEX idx_certificates_org_list_subject \
+                 (organization_id=? AND is_ca=?)"
+            ]
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub use audit::{AuditFilter, AuditSigner, AuditStore};
-pub use certificate_list::{COUNT_HORIZON, Total};
+pub use certificate_list::{COUNT_HORIZON, SEARCH_COUNT_HORIZON, Total};
 pub use client_cert::IssuerState;
 pub use core_db::{CoreDb, NewUser};
 pub use error::{StoreError, StoreResult};
@@ -253,6 +253,37 @@ fn parse_all<T: std::str::FromStr>(v: &serde_json::Value) -> StoreResult<Vec<T>>
 fn parse_one<T: std::str::FromStr>(s: &str) -> StoreResult<T> {
     s.parse()
         .map_err(|_| error::corrupt(format!("unknown value `{s}`")))
+}
+
+/// For plan tests: a fresh, migrated clm_secure on SQLite in `dir`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn sqlite_secure_for_plans(dir: &std::path::Path) -> SecureDb {
+    let url = format!("sqlite://{}/secure.db?mode=rwc", dir.display());
+    let db = SecureDb::connect(&crate::domain::Secret::new(url))
+        .await
+        .unwrap();
+    db.migrate().await.unwrap();
+    db
+}
+
+/// For plan tests: SQLite's `EXPLAIN QUERY PLAN` of `q`, one line per step.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn sqlite_plan(db: &SecureDb, q: &impl sea_orm::StatementBuilder) -> Vec<String> {
+    let q = sea_orm::DbBackend::Sqlite.build(q);
+    let explain = sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Sqlite,
+        format!("EXPLAIN QUERY PLAN {}", q.sql),
+        q.values.map(|v| v.0).unwrap_or_default(),
+    );
+    db.read
+        .query_all_raw(explain)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("", "detail").unwrap())
+        .collect()
 }
 
 #[cfg(test)]

@@ -489,31 +489,15 @@ fn revoked_serials(ca: CaId) -> sea_orm::Select<certificate_revocations::Entity>
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+    use sea_orm::QueryTrait;
 
     use super::*;
-    use crate::domain::Secret;
 
     #[tokio::test]
     async fn a_crl_is_read_from_the_covering_index_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/secure.db?mode=rwc", dir.path().display());
-        let db = SecureDb::connect(&Secret::new(url)).await.unwrap();
-        db.migrate().await.unwrap();
-        let q = revoked_serials(CaId::new()).build(DbBackend::Sqlite);
-        let explain = Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            format!("EXPLAIN QUERY PLAN {}", q.sql),
-            q.values.map(|v| v.0).unwrap_or_default(),
-        );
-        let plan: Vec<String> = db
-            .read
-            .query_all_raw(explain)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get("", "detail").unwrap())
-            .collect();
+        let db = crate::store::sqlite_secure_for_plans(dir.path()).await;
+        let plan = crate::store::sqlite_plan(&db, &revoked_serials(CaId::new()).into_query()).await;
         assert_eq!(
             plan,
             ["SEARCH certificate_revocations USING COVERING INDEX idx_revocations_crl (ca_id=?)"]
