@@ -57,31 +57,69 @@ impl Http1 {
         .into_bytes();
         request.extend_from_slice(body);
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        let mut stream = match idle {
-            Some(s) => s,
-            None => {
-                let s = TcpStream::connect(&self.authority)
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                s.set_nodelay(true).map_err(|e| e.to_string())?;
-                s
-            }
+        let (mut stream, reused) = match idle {
+            Some(s) => (s, true),
+            None => (self.connect().await?, false),
         };
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let (answer, keep_alive) = read_answer(&mut stream).await?;
+        let (answer, keep_alive) = match exchange(&mut stream, &request).await {
+            Ok(done) => done,
+            // The server closes a connection left idle for its keep-alive
+            // time; one taken from the pool may have been. Sent again on a
+            // new one, as HTTP clients do when nothing came back.
+            Err(Failure::Unanswered(_)) if reused => {
+                stream = self.connect().await?;
+                exchange(&mut stream, &request)
+                    .await
+                    .map_err(Failure::into_message)?
+            }
+            Err(e) => return Err(e.into_message()),
+        };
         if keep_alive && let Ok(mut v) = self.idle.lock() {
             v.push(stream);
         }
         Ok(answer)
     }
+
+    async fn connect(&self) -> Result<TcpStream, String> {
+        let s = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+}
+
+enum Failure {
+    /// The request could not be written, or the connection closed before
+    /// any of an answer arrived.
+    Unanswered(String),
+    Broken(String),
+}
+
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Failure::Unanswered(m) | Failure::Broken(m) => m,
+        }
+    }
+}
+
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<(Answer, bool), Failure> {
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| Failure::Unanswered(format!("write: {e}")))?;
+    let mut buf = Vec::with_capacity(4096);
+    match stream.read_buf(&mut buf).await {
+        Ok(0) => return Err(Failure::Unanswered("connection closed unanswered".into())),
+        Ok(_) => {}
+        Err(e) => return Err(Failure::Unanswered(format!("read: {e}"))),
+    }
+    read_answer(stream, buf).await.map_err(Failure::Broken)
 }
 
 /// Reads one answer; also says whether the connection may be used again.
-async fn read_answer(stream: &mut TcpStream) -> Result<(Answer, bool), String> {
-    let mut buf = Vec::with_capacity(4096);
+async fn read_answer(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<(Answer, bool), String> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -206,6 +244,36 @@ mod tests {
             let a = client.post("/ocsp", "application/x", b"abc").await.unwrap();
             assert_eq!(a.status, 200);
             assert_eq!(a.body, vec![n; 5000]);
+        }
+        server.await.unwrap();
+    }
+
+    /// A pooled connection the server has since closed: the request goes
+    /// out again on a new one.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for n in 0..2u8 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut seen = Vec::new();
+                while !seen.ends_with(b"\r\n\r\nabc") {
+                    let mut b = [0u8; 256];
+                    let k = s.read(&mut b).await.unwrap();
+                    seen.extend_from_slice(&b[..k]);
+                }
+                s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{n}").as_bytes())
+                    .await
+                    .unwrap();
+                // Closed as a keep-alive timeout would close it.
+            }
+        });
+        let client = Http1::new(&format!("http://{addr}")).unwrap();
+        for n in [b'0', b'1'] {
+            let a = client.post("/ocsp", "application/x", b"abc").await.unwrap();
+            assert_eq!(a.body, vec![n]);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         server.await.unwrap();
     }

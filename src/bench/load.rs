@@ -220,3 +220,33 @@ where
     stats.requests = stats.hist.len();
     stats
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// One answer stalls for 50 ms while requests keep falling due, one a
+    /// millisecond: each of those counts its wait from when it was due,
+    /// where a closed-loop client would have sent them late and measured
+    /// them as fast.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn latency_counts_from_when_a_request_was_due() {
+        let items: Vec<u32> = (0..100).collect();
+        let stats = paced(1_000.0, 1, items, |i| async move {
+            if i == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        })
+        .await;
+        assert_eq!((stats.requests, stats.errors), (100, 0));
+        // Item 0 and items 1..=30, due at least 20 ms before they could
+        // go, are the slowest 31 %; items 51..=99 went when due.
+        let (p40, p70) = (stats.percentile_ms(0.4), stats.percentile_ms(0.7));
+        assert!(p70 >= 20.0 && p40 < 5.0, "p40 {p40} ms, p70 {p70} ms");
+        // The last was due at 99 ms: the run cannot have been shorter.
+        assert!(stats.seconds >= 0.099, "{}", stats.seconds);
+    }
+}

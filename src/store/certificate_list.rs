@@ -86,6 +86,12 @@ impl<'a> Search<'a> {
         }
     }
 
+    /// Where SQLite's `LIKE`, which ignores ASCII case only, finds what the
+    /// trigram index, which ignores any case, finds.
+    fn ascii(&self) -> bool {
+        self.subject.is_ascii()
+    }
+
     /// Long enough for the trigram index.
     fn indexed(&self) -> bool {
         self.subject.chars().count() >= TRIGRAM
@@ -122,11 +128,8 @@ impl SecureDb {
             // The count comes first: it says whether sorting the matches
             // or walking the list finds the page sooner.
             let counted = count(via).await?;
-            let via = if counted > FTS_SORTS_AT_MOST {
-                Via::Like
-            } else {
-                via
-            };
+            let walk = counted > FTS_SORTS_AT_MOST && search.as_ref().is_some_and(Search::ascii);
+            let via = if walk { Via::Like } else { via };
             (self.page(ids(via), filter.order).await?, counted)
         } else {
             tokio::try_join!(self.page(ids(via), filter.order), count(via))?
@@ -191,7 +194,8 @@ enum Via {
     /// SQLite: `LIKE` on the subject in the list indexes, walked in the
     /// list's order until the page is full. Its cost grows with how rare
     /// the matches are; a substring shorter than a trigram is always
-    /// matched this way.
+    /// matched this way, one with other than ASCII characters never
+    /// (unless it is that short).
     Like,
 }
 
@@ -208,7 +212,7 @@ impl Via {
 
 /// The list's order; the id breaks ties, so pages never overlap.
 fn order_columns(order: CertificateOrder) -> [(SimpleExpr, Order); 2] {
-    let col = |c: certificates::Column| Expr::col((certificates::Entity, c)).into();
+    let col = |c: certificates::Column| Expr::col((certificates::Entity, c));
     match order {
         CertificateOrder::Newest => [
             (col(certificates::Column::CreatedAt), Order::Desc),
