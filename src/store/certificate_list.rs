@@ -128,8 +128,7 @@ impl SecureDb {
             // The count comes first: it says whether sorting the matches
             // or walking the list finds the page sooner.
             let counted = count(via).await?;
-            let walk = counted > FTS_SORTS_AT_MOST && search.as_ref().is_some_and(Search::ascii);
-            let via = if walk { Via::Like } else { via };
+            let via = search.as_ref().map_or(via, |s| Via::for_page(counted, s));
             (self.page(ids(via), filter.order).await?, counted)
         } else {
             tokio::try_join!(self.page(ids(via), filter.order), count(via))?
@@ -206,6 +205,15 @@ impl Via {
             Some(s) if backend == DatabaseBackend::Sqlite && s.indexed() => Via::Fts,
             Some(_) if backend == DatabaseBackend::Sqlite => Via::Like,
             _ => Via::Plain,
+        }
+    }
+
+    /// On SQLite, once the trigram index has counted `counted` matches.
+    fn for_page(counted: u64, search: &Search) -> Self {
+        if counted > FTS_SORTS_AT_MOST && search.ascii() {
+            Via::Like
+        } else {
+            Via::Fts
         }
     }
 }
@@ -422,6 +430,22 @@ mod tests {
                 "SEARCH certificates USING COVERING INDEX idx_certificates_org_list_subject \
                  (organization_id=? AND is_ca=?)"
             ]
+        );
+    }
+
+    #[test]
+    fn many_matches_walk_the_list_unless_case_folding_would_differ() {
+        let via = |counted, text| Via::for_page(counted, &Search::new(text));
+        assert_eq!(via(1_000, "team-07."), Via::Fts);
+        assert_eq!(via(1_001, "team-07."), Via::Like);
+        assert_eq!(via(1_001, "ärzte"), Via::Fts);
+        assert_eq!(
+            Via::first(DatabaseBackend::Sqlite, Some(&Search::new("ab"))),
+            Via::Like
+        );
+        assert_eq!(
+            Via::first(DatabaseBackend::Postgres, Some(&Search::new("team"))),
+            Via::Plain
         );
     }
 
