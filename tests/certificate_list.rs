@@ -161,6 +161,17 @@ async fn totals_stop_counting_far_past_the_page(app: &TestApp) {
     // A narrow search is exact however many rows the table holds.
     let (total, exact, _) = found(app, &root, "q=bulk-4242.").await;
     assert_eq!((total, exact), (1, true));
+    // CA certificates are never listed, nor counted, whichever way.
+    let cas = app.sql(
+        "secure",
+        "SELECT count(*) FROM certificates WHERE is_ca AND subject LIKE '%Root CA%'",
+    );
+    assert_eq!(cas, "1");
+    assert_eq!(found(app, &root, "q=root%20ca").await, (0, true, vec![]));
+    assert_eq!(
+        found(app, &root, "q=root%20ca&status=valid").await,
+        (0, true, vec![])
+    );
 
     // A common substring's page is the list's own order (on SQLite it is
     // found by walking the list), a rarer one's its matches sorted (on

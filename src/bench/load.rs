@@ -43,9 +43,7 @@ impl Stats {
             )
         })
     }
-}
 
-impl Stats {
     fn empty() -> Self {
         Stats {
             requests: 0,

@@ -140,6 +140,8 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
     run.check(
         Stage::Ocsp,
         format!("every OCSP request at {rate}/s answered 200, at the pace offered"),
+        // The pace is judged over a second or more: a smoke run's few
+        // requests end within the first answers' latency.
         match paced.failure() {
             Some(e) => Err(e),
             None if paced.rate() < 0.95 * OCSP_RATE && offered as f64 > OCSP_RATE => Err(format!(

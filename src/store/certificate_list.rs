@@ -3,12 +3,16 @@
 //! - a page is chosen by ids alone, so the ordered index range is walked
 //!   (and OFFSET skipped) without reading a row; only the page's own rows
 //!   are then read, and only the columns a listing shows;
-//! - `total` counts at most [`COUNT_HORIZON`] matches past the page's start:
-//!   counting a million matches exactly would cost more than the page;
+//! - `total` counts at most [`COUNT_HORIZON`] matches past the page's start
+//!   ([`SEARCH_COUNT_HORIZON`] for a search): counting a million matches
+//!   exactly would cost more than the page;
 //! - `q=` matches a subject by substring, through the trigram index of
 //!   migration m20261206_000002_certificate_search (FTS5 on SQLite, pg_trgm
 //!   on PostgreSQL), case-insensitively on both backends, or a serial by
-//!   its beginning, through a plain index on `serial_hex`.
+//!   its beginning, through a plain index on `serial_hex`;
+//! - on SQLite a search with many matches is found by walking the list in
+//!   its order instead, testing the subject the list indexes carry
+//!   (migration m20261206_000004_search_scan; `Via` says when).
 
 use sea_orm::sea_query::extension::postgres::PgExpr;
 use sea_orm::sea_query::{
@@ -122,8 +126,17 @@ impl SecureDb {
                 .limit(page.per_page);
             q
         };
-        let count =
-            |via| self.count_up_to(matching(via, scope, filter, search.as_ref()), limit + 1);
+        let count = |via| {
+            let q = match &search {
+                Some(s)
+                    if via == Via::Fts && s.serial.is_none() && only_searched(scope, filter) =>
+                {
+                    index_matches(s)
+                }
+                _ => matching(via, scope, filter, search.as_ref()),
+            };
+            self.count_up_to(q, limit + 1)
+        };
         let (rows, counted) = if via == Via::Fts {
             // The count comes first: it says whether sorting the matches
             // or walking the list finds the page sooner.
@@ -285,16 +298,37 @@ fn matching(
     q
 }
 
+/// Nothing but the search (and the end-entity rule) narrows the list.
+fn only_searched(scope: Option<OrganizationId>, filter: &CertificateFilter) -> bool {
+    scope.is_none()
+        && filter.status.is_none()
+        && filter.ca_id.is_none()
+        && filter.not_after_before.is_none()
+        && filter.not_after_after.is_none()
+}
+
+/// The FTS5 index's own matches. It holds exactly the end-entity
+/// certificates (its triggers add no CA), so with nothing else to filter
+/// by these are the list's matches, counted without a lookup each (1,001
+/// matches of a common substring: 2–6 ms, against 5–44 ms joined).
+fn index_matches(search: &Search) -> SelectStatement {
+    Query::select()
+        .from(Alias::new(SEARCH_TABLE))
+        .and_where(fts_match(search))
+        .to_owned()
+}
+
+fn fts_match(search: &Search) -> Expr {
+    Expr::cust_with_values(
+        format!("{SEARCH_TABLE} MATCH ?"),
+        [fts_phrase(search.subject)],
+    )
+}
+
 /// The subject contains the search's text, ignoring case, or the serial
 /// begins with it.
 fn matches(q: &mut SelectStatement, via: Via, search: &Search) {
     let pattern = format!("%{}%", escape_like(search.subject));
-    let phrase = || {
-        Expr::cust_with_values(
-            format!("{SEARCH_TABLE} MATCH ?"),
-            [fts_phrase(search.subject)],
-        )
-    };
     let subject = match via {
         Via::Plain => {
             Expr::col((certificates::Entity, certificates::Column::Subject)).ilike(pattern)
@@ -307,14 +341,14 @@ fn matches(q: &mut SelectStatement, via: Via, search: &Search) {
                 Expr::col((Alias::new(SEARCH_TABLE), Alias::new("id")))
                     .equals((certificates::Entity, certificates::Column::Id)),
             )
-            .and_where(phrase());
+            .and_where(fts_match(search));
             return;
         }
         Via::Fts => Expr::col((certificates::Entity, certificates::Column::Id)).in_subquery(
             Query::select()
                 .column(Alias::new("id"))
                 .from(Alias::new(SEARCH_TABLE))
-                .and_where(phrase())
+                .and_where(fts_match(search))
                 .to_owned(),
         ),
         // SQLite's LIKE ignores ASCII case (the trigram index any case);
@@ -417,6 +451,13 @@ mod tests {
                 "SEARCH certificates USING INDEX sqlite_autoindex_certificates_1 (id=?)",
             ],
             "{fts:?}"
+        );
+        // With nothing else to filter by, the count reads the index alone.
+        let mut count = index_matches(&Search::new("team-07."));
+        count.expr(Expr::val(1));
+        assert_eq!(
+            crate::store::sqlite_plan(&db, &count).await,
+            ["SCAN certificate_search VIRTUAL TABLE INDEX 0:M2"]
         );
         // The walk reads the subject from the list index, in its order
         // (no sort step), with or without an organisation.
