@@ -236,7 +236,8 @@ pub struct Listing<T> {
     /// Matches in all pages; a lower bound when `total_exact` is false.
     pub total: u64,
     /// False when counting stopped early: the certificate list counts at
-    /// most 10,000 matches past the start of the page asked for.
+    /// most 10,000 matches past the start of the page asked for, 1,000 for
+    /// a search (`q=`).
     pub total_exact: bool,
 }
 
