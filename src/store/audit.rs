@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Order, Query, SelectStatement};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QueryResult, Set,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -147,8 +146,7 @@ pub(crate) async fn append(
     signer: &AuditSigner,
     e: &AuditEvent,
 ) -> StoreResult<()> {
-    let txn = db.begin().await?;
-    lock_sqlite_writer(&txn, log).await?;
+    let txn = super::begin_write(db).await?;
     match log {
         AuditLog::Core => insert_core(&txn, signer, e).await?,
         AuditLog::Secure => insert_secure(&txn, signer, e).await?,
@@ -274,18 +272,6 @@ pub(super) async fn insert_many<C: ConnectionTrait>(
     Ok(())
 }
 
-/// SQLite: takes the write lock now (an UPDATE that matches nothing still
-/// does, and fires no trigger), for a transaction that has not written yet,
-/// so that the seq it reads next cannot be taken by another connection
-/// (that would only fail the insert, but failing is worse than waiting).
-async fn lock_sqlite_writer<C: ConnectionTrait>(db: &C, log: AuditLog) -> StoreResult<()> {
-    if db.get_database_backend() != DatabaseBackend::Postgres {
-        db.execute_unprepared(&format!("UPDATE {} SET seq = seq WHERE 0", tables(log).log))
-            .await?;
-    }
-    Ok(())
-}
-
 /// The next `n` seqs of `log`, drawn inside the caller's transaction, in
 /// ascending order.
 async fn next_seqs<C: ConnectionTrait>(db: &C, log: AuditLog, n: usize) -> StoreResult<Vec<i64>> {
@@ -310,7 +296,9 @@ async fn next_seqs<C: ConnectionTrait>(db: &C, log: AuditLog, n: usize) -> Store
         seqs.sort_unstable();
         return Ok(seqs);
     }
-    // One writer: the numbers after the high-water mark are ours.
+    // One writer, whose transactions hold the write lock from BEGIN
+    // IMMEDIATE on (`begin_write`): the numbers after the high-water mark
+    // are ours.
     // sqlite_sequence remembers numbers of deleted rows too, so a seq is
     // never handed out twice.
     let sql = format!(
@@ -474,7 +462,7 @@ impl AuditStore {
     /// transaction; it simply tries again at the next tick.
     /// SQLite has one writer: whatever is visible is all there is.
     pub async fn committed_high_water(&self) -> StoreResult<Option<i64>> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         if self.is_postgres() {
             txn.execute_unprepared("SET LOCAL lock_timeout = '200ms'")
                 .await?;
@@ -654,7 +642,7 @@ impl AuditStore {
         event: &AuditEvent,
     ) -> StoreResult<u64> {
         let t = self.t();
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         for (table, up_to) in [
             (t.log, through.body.last_seq),
@@ -725,8 +713,7 @@ impl AuditStore {
     ) -> StoreResult<()> {
         // Bounded by the backends' limits on bound parameters per statement.
         for chunk in events.chunks(batch.clamp(1, 1000)) {
-            let txn = self.db.begin().await?;
-            lock_sqlite_writer(&txn, self.log).await?;
+            let txn = super::begin_write(&self.db).await?;
             insert_many(&txn, self.log, signer, chunk).await?;
             txn.commit().await?;
         }

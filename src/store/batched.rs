@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use sea_orm::sea_query::{CaseStatement, Expr};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::entity::core::certificate_metadata;
 use super::entity::secure::{certificate_requests, certificates};
@@ -102,7 +102,7 @@ impl SecureDb {
                 IssuanceWrite::Issued { request, cert, .. } => issued.push((*request, cert)),
             }
         }
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         if !requests.is_empty() {
             certificate_requests::Entity::insert_many(
                 requests.into_iter().map(request_active_model),
@@ -203,7 +203,7 @@ impl CoreDb {
     }
 
     async fn write_mirrors(&self, jobs: &[Job<Mirror>]) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let present: Vec<uuid::Uuid> = certificate_metadata::Entity::find()
             .select_only()
             .column(certificate_metadata::Column::Id)

@@ -5,7 +5,7 @@
 //! creates for itself and drops afterwards. Nothing here writes audit
 //! entries: the rows stand for certificates issued before the benchmark.
 
-use sea_orm::{ConnectionTrait, Database, EntityTrait, Set, TransactionTrait};
+use sea_orm::{ConnectionTrait, Database, EntityTrait, Set};
 use uuid::Uuid;
 
 use super::entity::core::certificate_metadata;
@@ -31,7 +31,7 @@ impl SecureDb {
         revoked_by: Option<UserId>,
     ) -> StoreResult<()> {
         for txn_rows in certs.chunks(ROWS_PER_TRANSACTION) {
-            let txn = self.db.begin().await?;
+            let txn = super::begin_write(&self.db).await?;
             for rows in txn_rows.chunks(ROWS_PER_STATEMENT) {
                 certificates::Entity::insert_many(rows.iter().map(certificate_active_model))
                     .exec_without_returning(&txn)
@@ -108,7 +108,7 @@ impl CoreDb {
         certs: &[Certificate],
     ) -> StoreResult<()> {
         for txn_rows in certs.chunks(ROWS_PER_TRANSACTION) {
-            let txn = self.db.begin().await?;
+            let txn = super::begin_write(&self.db).await?;
             for rows in txn_rows.chunks(ROWS_PER_STATEMENT) {
                 certificate_metadata::Entity::insert_many(rows.iter().map(|c| {
                     certificate_metadata::ActiveModel {

@@ -5,9 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 
 use super::entity::core::client_certificate_bindings as bindings;
 use super::entity::secure::{certificate_authorities, certificates};
@@ -95,7 +93,7 @@ impl CoreDb {
         b: &ClientCertBinding,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         bindings::ActiveModel {
             id: Set(b.id),
             certificate_id: Set(b.certificate_id.0),
@@ -130,7 +128,7 @@ impl CoreDb {
         certificate: CertificateId,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = bindings::Entity::delete_many()
             .filter(bindings::Column::CertificateId.eq(certificate.0))
             .exec(&txn)

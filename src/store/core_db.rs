@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, Set, TransactionTrait,
+    QueryOrder, Set,
 };
 
 use super::entity::core::{
@@ -122,7 +122,7 @@ impl CoreDb {
         slug: &str,
         event: &AuditEvent,
     ) -> StoreResult<Organization> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         let row = organizations::ActiveModel {
             id: Set(new_row_id()),
@@ -231,7 +231,7 @@ impl CoreDb {
     /// Creates a user with its roles and organisation membership, audited,
     /// in one transaction. A duplicate e-mail is a [`StoreError::Conflict`].
     pub async fn insert_user(&self, new: NewUser<'_>, event: &AuditEvent) -> StoreResult<User> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         let id = new_row_id();
         users::ActiveModel {
@@ -296,7 +296,7 @@ impl CoreDb {
     // ---- sessions --------------------------------------------------------
 
     pub async fn insert_session(&self, s: &Session, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         sessions::ActiveModel {
             id: Set(s.id.0),
             user_id: Set(s.user_id.0),
@@ -319,7 +319,7 @@ impl CoreDb {
 
     /// Compare-and-set: only a session that is not yet revoked is revoked.
     pub async fn revoke_session(&self, id: SessionId, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = sessions::Entity::update_many()
             .col_expr(sessions::Column::RevokedAt, Expr::value(Some(Utc::now())))
             .filter(sessions::Column::Id.eq(id.0))
@@ -337,7 +337,7 @@ impl CoreDb {
     // ---- profiles --------------------------------------------------------
 
     pub async fn insert_profile(&self, p: &Profile, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let r = &p.rules;
         policies::ActiveModel {
             id: Set(p.id.0),
@@ -378,7 +378,7 @@ impl CoreDb {
         to: CaId,
         event: &AuditEvent,
     ) -> StoreResult<u64> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = policies::Entity::update_many()
             .col_expr(policies::Column::CaId, Expr::value(to.0))
             .filter(policies::Column::CaId.eq(from.0))

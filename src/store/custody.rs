@@ -4,9 +4,7 @@
 
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use uuid::Uuid;
 
 use super::entity::secure::{key_recoveries, private_keys};
@@ -20,7 +18,7 @@ pub const WRAP_MECHANISM: &str = "CKM_AES_KEY_WRAP_PAD";
 impl SecureDb {
     /// Archives a wrapped key with its audit entry, one transaction.
     pub async fn insert_private_key(&self, k: &WrappedKey, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         private_keys::ActiveModel {
             id: Set(new_row_id()),
@@ -77,7 +75,7 @@ impl SecureDb {
         r: &KeyRecovery,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         key_recoveries::ActiveModel {
             id: Set(r.id),
             certificate_id: Set(r.certificate_id.0),
@@ -133,7 +131,7 @@ impl SecureDb {
         to: RecoveryStatus,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let mut update = key_recoveries::Entity::update_many()
             .col_expr(key_recoveries::Column::Status, Expr::value(to.as_str()))
             .col_expr(key_recoveries::Column::UpdatedAt, Expr::value(Utc::now()));

@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
 };
 
 use super::entity::core::{certificate_expiry_notices, certificate_metadata};
@@ -97,7 +96,7 @@ impl CoreDb {
     ) -> StoreResult<()> {
         let days = i32::try_from(days_before)
             .map_err(|_| StoreError::Corrupt("notice days out of range".into()))?;
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         certificate_expiry_notices::ActiveModel {
             certificate_id: Set(id.0),
             days_before: Set(days),

@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
 };
 
 use super::core_db::with_user;
@@ -84,7 +83,7 @@ impl CoreDb {
         max_failures: i32,
         lock_until: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         users::Entity::update_many()
             .col_expr(
                 users::Column::FailedLoginCount,
@@ -108,7 +107,7 @@ impl CoreDb {
 
     /// Clears a lockout (administrator action), audited.
     pub async fn unlock_user(&self, user: UserId, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         users::Entity::update_many()
             .col_expr(
                 users::Column::LockedUntil,
@@ -126,7 +125,7 @@ impl CoreDb {
     /// `active → disabled` (compare-and-set); every session and API key of
     /// the user ends in the same transaction.
     pub async fn deactivate_user(&self, user: UserId, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = users::Entity::update_many()
             .col_expr(users::Column::Status, Expr::value("disabled"))
             .filter(users::Column::Id.eq(user.0))
@@ -149,7 +148,7 @@ impl CoreDb {
         hash: &str,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, Expr::value(hash))
@@ -180,7 +179,7 @@ impl CoreDb {
     }
 
     pub async fn insert_api_key(&self, k: &ApiKey, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         api_keys::ActiveModel {
             id: Set(k.id.0),
             organization_id: Set(k.organization_id.0),
@@ -248,7 +247,7 @@ impl CoreDb {
 
     /// Compare-and-set: only a key that is not yet revoked is revoked.
     pub async fn revoke_api_key(&self, id: ApiKeyId, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = api_keys::Entity::update_many()
             .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(Utc::now())))
             .filter(api_keys::Column::Id.eq(id.0))

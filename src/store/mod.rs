@@ -34,7 +34,10 @@ mod bench_fill;
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
 
 pub use audit::{AuditFilter, AuditSigner, AuditStore};
 pub use certificate_list::{COUNT_HORIZON, SEARCH_COUNT_HORIZON, Total};
@@ -192,6 +195,22 @@ async fn open(url: &str, connections: u32, read_only: bool) -> StoreResult<Datab
     })
 }
 
+/// Starts a transaction on a write connection. On SQLite it is `BEGIN
+/// IMMEDIATE`: the write lock is taken at once, waiting out the busy timeout
+/// if another process (`clm bench keys-fill`, a CLI command beside the
+/// server) holds it. A deferred transaction would take it only at its first
+/// write, and one whose snapshot another process has committed past by then
+/// fails at once with SQLITE_BUSY, which no busy timeout waits out.
+/// PostgreSQL ignores the mode.
+async fn begin_write(db: &DatabaseConnection) -> StoreResult<DatabaseTransaction> {
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?)
+}
+
 fn redact_url(message: &str, url: &str) -> String {
     message.replace(url, "[database url]")
 }
@@ -313,6 +332,49 @@ mod tests {
             options.iter().any(|o| o == "ENABLE_QPSG"),
             "SQLite built without SQLITE_ENABLE_QPSG: {options:?}"
         );
+    }
+
+    /// Two processes writing one SQLite file (`clm bench keys-fill` or a
+    /// CLI command beside the server): a transaction that reads, sees the
+    /// other commit, then writes must wait for the lock, not fail.
+    #[tokio::test]
+    async fn sqlite_write_transactions_wait_for_another_process() {
+        use sea_orm::TransactionTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let ours = super::open(&url, 1, false).await.unwrap();
+        let theirs = super::open(&url, 1, false).await.unwrap();
+        let run = |db: &sea_orm::DatabaseConnection, sql: &str| {
+            let (db, sql) = (db.clone(), sql.to_string());
+            async move { db.execute_unprepared(&sql).await }
+        };
+        run(&ours, "CREATE TABLE t (x INTEGER)").await.unwrap();
+
+        // A deferred transaction's snapshot is overtaken: SQLITE_BUSY at once.
+        let txn = ours.begin().await.unwrap();
+        txn.execute_unprepared("SELECT count(*) FROM t").await.unwrap();
+        run(&theirs, "INSERT INTO t VALUES (1)").await.unwrap();
+        let err = txn.execute_unprepared("INSERT INTO t VALUES (2)").await;
+        assert!(err.is_err_and(|e| e.to_string().contains("locked")));
+        txn.rollback().await.unwrap();
+
+        // `begin_write` holds the lock from BEGIN on: the other process waits.
+        let txn = super::begin_write(&ours).await.unwrap();
+        txn.execute_unprepared("SELECT count(*) FROM t").await.unwrap();
+        let other = tokio::spawn(run(&theirs, "INSERT INTO t VALUES (3)"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        txn.execute_unprepared("INSERT INTO t VALUES (4)").await.unwrap();
+        txn.commit().await.unwrap();
+        other.await.unwrap().unwrap();
+        let rows = ours
+            .query_one_raw(Statement::from_string(
+                ours.get_database_backend(),
+                "SELECT group_concat(x) AS xs FROM (SELECT x FROM t ORDER BY x)",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.try_get::<String>("", "xs").unwrap(), "1,3,4");
     }
 
     #[test]

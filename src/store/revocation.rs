@@ -7,7 +7,7 @@ use futures_util::TryStreamExt;
 use sea_orm::sea_query::{Expr, JoinType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    RelationTrait, Set, TransactionTrait,
+    RelationTrait, Set,
 };
 use uuid::Uuid;
 
@@ -71,7 +71,7 @@ impl SecureDb {
         } else {
             CertificateStatus::Revoked
         };
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = certificates::Entity::update_many()
             .col_expr(certificates::Column::Status, Expr::value(to.as_str()))
             .col_expr(certificates::Column::RevokedAt, Expr::value(Some(r.at)))
@@ -122,7 +122,7 @@ impl SecureDb {
         id: CertificateId,
         event: &AuditEvent,
     ) -> StoreResult<Certificate> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = certificates::Entity::update_many()
             .col_expr(
                 certificates::Column::Status,
@@ -269,7 +269,7 @@ impl SecureDb {
     /// set on the CA's counter, so numbers only grow even with several
     /// writers); otherwise [`StoreError::Conflict`] and nothing changes.
     pub async fn store_crl(&self, crl: &StoredCrl, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = certificate_authorities::Entity::update_many()
             .col_expr(
                 certificate_authorities::Column::CrlNumber,
@@ -409,7 +409,7 @@ impl SecureDb {
         cert: &Certificate,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         super::secure_db::certificate_active_model(cert)
             .insert(&txn)
             .await?;
@@ -452,7 +452,7 @@ impl SecureDb {
     /// `valid → expired`, compare-and-set, audited.
     pub async fn mark_expired(&self, id: CertificateId, event: &AuditEvent) -> StoreResult<()> {
         let from = CertificateStatus::Valid;
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = certificates::Entity::update_many()
             .col_expr(
                 certificates::Column::Status,

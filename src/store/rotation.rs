@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -33,7 +33,7 @@ impl SecureDb {
         by: Option<UserId>,
         event: &AuditEvent,
     ) -> StoreResult<KeyRotation> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         let total = private_keys::Entity::find()
             .filter(private_keys::Column::KekId.eq(old.id.0))
@@ -137,7 +137,7 @@ impl SecureDb {
         rows: &[(Uuid, Vec<u8>)],
         event: &AuditEvent,
     ) -> StoreResult<u64> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let mut moved = 0;
         for (id, wrapped) in rows {
             moved += private_keys::Entity::update_many()
@@ -179,7 +179,7 @@ impl SecureDb {
         rollback_until: DateTime<Utc>,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         move_rotation(
             &txn,
             rotation.id,
@@ -218,7 +218,7 @@ impl SecureDb {
         let old = completed
             .old_key_id
             .ok_or_else(|| StoreError::Corrupt("rotation without an old key".into()))?;
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         move_rotation(
             &txn,
             completed.id,
@@ -315,7 +315,7 @@ impl SecureDb {
         to: KeyStatus,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         set_key_status(&txn, id, from, to).await?;
         if to == KeyStatus::Destroyed {
             encryption_keys::Entity::update_many()

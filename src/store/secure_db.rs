@@ -7,7 +7,7 @@ use chrono::Utc;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 use super::entity::secure::{
@@ -99,7 +99,7 @@ impl SecureDb {
         org: Option<OrganizationId>,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         encryption_keys::ActiveModel {
             id: Set(k.id.0),
@@ -134,7 +134,7 @@ impl SecureDb {
         new: &KeyReference,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let now = Utc::now();
         let res = encryption_keys::Entity::update_many()
             .col_expr(
@@ -216,7 +216,7 @@ impl SecureDb {
         cert: &Certificate,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         insert_ca_rows(&txn, ca, cert).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
@@ -237,7 +237,7 @@ impl SecureDb {
         link: Option<&Certificate>,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let res = certificate_authorities::Entity::update_many()
             .col_expr(
                 certificate_authorities::Column::Status,
@@ -381,7 +381,7 @@ impl SecureDb {
         r: &CertificateRequest,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         request_active_model(r).insert(&txn).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
@@ -395,7 +395,7 @@ impl SecureDb {
         cert: &Certificate,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         certificate_active_model(cert).insert(&txn).await?;
         move_request(
             &txn,
@@ -471,7 +471,7 @@ impl SecureDb {
         also: Option<(certificate_requests::Column, Expr)>,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         move_request(&txn, request, from, to, also).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;

@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -62,7 +61,7 @@ impl CoreDb {
         created_by: Uuid,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         webhooks::ActiveModel {
             id: Set(w.id),
             organization_id: Set(w.organization_id.0),
@@ -103,7 +102,7 @@ impl CoreDb {
     }
 
     pub async fn disable_webhook(&self, id: Uuid, event: &AuditEvent) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         webhooks::Entity::update_many()
             .col_expr(webhooks::Column::Status, Expr::value("disabled"))
             .filter(webhooks::Column::Id.eq(id))

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -99,7 +99,7 @@ impl CoreDb {
         notify: &[Notification],
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         workflow_instances::ActiveModel {
             id: Set(w.id),
             workflow_id: Set(None),
@@ -158,7 +158,7 @@ impl CoreDb {
         comment: Option<&str>,
         event: &AuditEvent,
     ) -> StoreResult<Approval> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         insert_step(&txn, instance, actor, "approve", comment).await?;
         let counted = workflow_instances::Entity::update_many()
             .col_expr(
@@ -219,7 +219,7 @@ impl CoreDb {
         reason: &str,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         insert_step(&txn, instance, actor, "reject", Some(reason)).await?;
         move_workflow(
             &txn,
@@ -242,7 +242,7 @@ impl CoreDb {
         notify: &[Notification],
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         move_workflow(&txn, instance, from, to).await?;
         insert_notifications(&txn, notify).await?;
         audit::insert_core(&txn, &self.audit, event).await?;
