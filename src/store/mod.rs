@@ -352,7 +352,9 @@ mod tests {
 
         // A deferred transaction's snapshot is overtaken: SQLITE_BUSY at once.
         let txn = ours.begin().await.unwrap();
-        txn.execute_unprepared("SELECT count(*) FROM t").await.unwrap();
+        txn.execute_unprepared("SELECT count(*) FROM t")
+            .await
+            .unwrap();
         run(&theirs, "INSERT INTO t VALUES (1)").await.unwrap();
         let err = txn.execute_unprepared("INSERT INTO t VALUES (2)").await;
         assert!(err.is_err_and(|e| e.to_string().contains("locked")));
@@ -360,10 +362,14 @@ mod tests {
 
         // `begin_write` holds the lock from BEGIN on: the other process waits.
         let txn = super::begin_write(&ours).await.unwrap();
-        txn.execute_unprepared("SELECT count(*) FROM t").await.unwrap();
+        txn.execute_unprepared("SELECT count(*) FROM t")
+            .await
+            .unwrap();
         let other = tokio::spawn(run(&theirs, "INSERT INTO t VALUES (3)"));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        txn.execute_unprepared("INSERT INTO t VALUES (4)").await.unwrap();
+        txn.execute_unprepared("INSERT INTO t VALUES (4)")
+            .await
+            .unwrap();
         txn.commit().await.unwrap();
         other.await.unwrap().unwrap();
         let rows = ours
