@@ -225,7 +225,7 @@ mod tests {
 
     use super::*;
 
-    /// One answer stalls for 50 ms while requests keep falling due, one a
+    /// One answer stalls for 200 ms while requests keep falling due, one a
     /// millisecond: each of those counts its wait from when it was due,
     /// where a closed-loop client would have sent them late and measured
     /// them as fast.
@@ -234,16 +234,17 @@ mod tests {
         let items: Vec<u32> = (0..100).collect();
         let stats = paced(1_000.0, 1, items, |i| async move {
             if i == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(())
         })
         .await;
         assert_eq!((stats.requests, stats.errors), (100, 0));
-        // Item 0 and items 1..=30, due at least 20 ms before they could
-        // go, are the slowest 31 %; items 51..=99 went when due.
-        let (p40, p70) = (stats.percentile_ms(0.4), stats.percentile_ms(0.7));
-        assert!(p70 >= 20.0 && p40 < 5.0, "p40 {p40} ms, p70 {p70} ms");
+        // Every other item was due (at i ms) while item 0 stalled the only
+        // slot for 200 ms: each waited at least 200 - 99 ms, however
+        // quickly it was answered once sent. A busy machine only adds.
+        let fastest = stats.percentile_ms(0.0);
+        assert!(fastest >= 100.0, "fastest {fastest} ms");
         // The last was due at 99 ms: the run cannot have been shorter.
         assert!(stats.seconds >= 0.099, "{}", stats.seconds);
     }
