@@ -16,6 +16,7 @@ mod m20261206_000001_crl_parts;
 mod m20261206_000002_certificate_search;
 mod m20261206_000003_crl_index;
 mod m20261206_000004_search_scan;
+mod m20261206_000005_folded_subject;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_certificate_search::Migration),
             Box::new(m20261206_000003_crl_index::Migration),
             Box::new(m20261206_000004_search_scan::Migration),
+            Box::new(m20261206_000005_folded_subject::Migration),
         ]
     }
 

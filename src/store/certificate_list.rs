@@ -10,11 +10,12 @@
 //!   migration m20261206_000002_certificate_search (FTS5 on SQLite, pg_trgm
 //!   on PostgreSQL), case-insensitively on both backends, or a serial by
 //!   its beginning, through a plain index on `serial_hex`;
-//! - on SQLite a search with many matches is found by walking the list in
-//!   its order instead, testing the subject the list indexes carry
-//!   (migration m20261206_000004_search_scan; `Via` says when).
+//! - a search with many matches is found by walking the list in its order
+//!   instead, testing the subject the list indexes carry (on SQLite as
+//!   stored, migration m20261206_000004_search_scan, `Via` says when; on
+//!   PostgreSQL lowered, m20261206_000005_folded_subject, the planner
+//!   says when).
 
-use sea_orm::sea_query::extension::postgres::PgExpr;
 use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement, SimpleExpr,
 };
@@ -133,7 +134,18 @@ impl SecureDb {
                 {
                     index_matches(s)
                 }
-                _ => matching(via, scope, filter, search.as_ref()),
+                _ => {
+                    let mut q = matching(via, scope, filter, search.as_ref());
+                    // PostgreSQL counts a common substring fastest by
+                    // walking a list index until the limit; asked in the
+                    // list's order its planner weighs that walk against
+                    // the trigram bitmap, where it would otherwise take a
+                    // limited sequential scan of the table.
+                    if via == Via::Plain && search.is_some() {
+                        order(&mut q, filter.order);
+                    }
+                    q
+                }
             };
             self.count_up_to(q, limit + 1)
         };
@@ -197,8 +209,9 @@ impl SecureDb {
 /// How a search's subject is matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
-    /// No search, or PostgreSQL's `ILIKE`, which the planner serves from
-    /// the pg_trgm index or by walking a list index, as it estimates.
+    /// No search, or PostgreSQL's `LIKE` on the lowered subject, which the
+    /// planner serves from the pg_trgm index or by walking a list index,
+    /// as it estimates.
     Plain,
     /// SQLite: the matches of the FTS5 trigram index, looked up and sorted.
     /// Its cost grows with the number of matches.
@@ -330,9 +343,14 @@ fn fts_match(search: &Search) -> Expr {
 fn matches(q: &mut SelectStatement, via: Via, search: &Search) {
     let pattern = format!("%{}%", escape_like(search.subject));
     let subject = match via {
-        Via::Plain => {
-            Expr::col((certificates::Entity, certificates::Column::Subject)).ilike(pattern)
-        }
+        // PostgreSQL: `ILIKE` on the subject, as `LIKE` on the subject
+        // lowered once when stored (migration
+        // m20261206_000005_folded_subject), which the trigram index and
+        // the list indexes carry.
+        Via::Plain => Expr::cust_with_values(
+            "\"certificates\".\"subject_folded\" LIKE lower($1)",
+            [pattern],
+        ),
         // Joined, the matches stream: a count stops at its limit. A serial
         // is another way to match, which a join cannot say.
         Via::Fts if search.serial.is_none() => {
