@@ -575,14 +575,12 @@ async fn shutdown_under_load(backend: Backend) {
                 for n in 0..PER_CLIENT_AT_MOST {
                     let cn = format!("load-{tag}-{c}-{n}.clm.test");
                     let outcome = issue_once(&client, &url, &token, &profile, cn).await;
-                    let stop = matches!(outcome, Outcome::Unanswered { .. });
-                    if !stop {
-                        answered.fetch_add(1, Ordering::SeqCst);
-                    }
+                    let was_answered = matches!(outcome, Outcome::Answered { .. });
                     outcomes.push(outcome);
-                    if stop {
+                    if !was_answered {
                         break;
                     }
+                    answered.fetch_add(1, Ordering::SeqCst);
                 }
                 outcomes
             })
