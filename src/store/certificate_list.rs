@@ -127,28 +127,8 @@ impl SecureDb {
                 .limit(page.per_page);
             q
         };
-        let count = |via| {
-            let q = match &search {
-                Some(s)
-                    if via == Via::Fts && s.serial.is_none() && only_searched(scope, filter) =>
-                {
-                    index_matches(s)
-                }
-                _ => {
-                    let mut q = matching(via, scope, filter, search.as_ref());
-                    // PostgreSQL counts a common substring fastest by
-                    // walking a list index until the limit; asked in the
-                    // list's order its planner weighs that walk against
-                    // the trigram bitmap, where it would otherwise take a
-                    // limited sequential scan of the table.
-                    if via == Via::Plain && search.is_some() {
-                        order(&mut q, filter.order);
-                    }
-                    q
-                }
-            };
-            self.count_up_to(q, limit + 1)
-        };
+        let count =
+            |via| self.count_up_to(to_count(via, scope, filter, search.as_ref()), limit + 1);
         let (rows, counted) = if via == Via::Fts {
             // The count comes first: it says whether sorting the matches
             // or walking the list finds the page sooner.
@@ -309,6 +289,33 @@ fn matching(
         matches(&mut q, via, search);
     }
     q
+}
+
+/// What a page's `total` counts: the matches, in the list's order when a
+/// PostgreSQL search counts them, or the FTS5 index's own matches when
+/// they are the same.
+fn to_count(
+    via: Via,
+    scope: Option<OrganizationId>,
+    filter: &CertificateFilter,
+    search: Option<&Search>,
+) -> SelectStatement {
+    match search {
+        Some(s) if via == Via::Fts && s.serial.is_none() && only_searched(scope, filter) => {
+            index_matches(s)
+        }
+        _ => {
+            let mut q = matching(via, scope, filter, search);
+            // PostgreSQL counts a common substring fastest by walking a
+            // list index until the limit; asked in the list's order its
+            // planner weighs that walk against the trigram bitmap, where it
+            // would otherwise take a limited sequential scan of the table.
+            if via == Via::Plain && search.is_some() {
+                order(&mut q, filter.order);
+            }
+            q
+        }
+    }
 }
 
 /// Nothing but the search (and the end-entity rule) narrows the list.
