@@ -3,7 +3,8 @@
 //! request id (the same one the audit entries and the response carry);
 //! SIGTERM under load loses nothing and half-writes nothing; `/metrics`
 //! names route patterns and the use cases' series; issuance is rate
-//! limited per principal.
+//! limited per principal; PostgreSQL connections dropped while idle are
+//! replaced before they fail a request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,6 +40,39 @@ on_both! {
     no_secret_reaches_the_logs => secrets_stay_out_of_the_logs;
     sigterm_under_load_loses_nothing => shutdown_under_load;
     metrics_and_issuance_rate_limits => metrics_and_rate_limits;
+}
+
+/// PostgreSQL drops the server's connections while they sit in the pool (a
+/// restart, an administrator, an idle timeout). The pool checks a
+/// connection only after it has been idle for a second (a busy pool would
+/// otherwise pay a round trip per query), so once that second has passed
+/// the next requests get fresh connections, on both databases, instead of
+/// errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_dropped_while_idle_are_replaced() {
+    let Some(app) = TestApp::start(Backend::Postgres).await else {
+        return;
+    };
+    let token = app.admin_token().await;
+    app.issue(&token, &["before-drop.clm.test"]).await;
+    for db in app.pg_databases() {
+        let dropped = app
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+                ),
+            )
+            .unwrap();
+        assert_ne!(dropped, "0", "the server held no connection to {db}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Reads and writes on clm_secure, the mirror on clm_core.
+    let after = app.issue(&token, &["after-drop.clm.test"]).await;
+    assert_eq!(after["status"], "valid", "{after}");
+    let r = app.get(&token, "/api/v1/audit/verify").await;
+    assert_eq!(r.status(), 200, "{}", app.server_log());
 }
 
 /// A graceful shutdown ends within this (the load test's

@@ -169,9 +169,27 @@ async fn connect(url: &Secret) -> StoreResult<Connections> {
     })
 }
 
+/// How long a pooled PostgreSQL connection may sit idle before it is
+/// checked (a round trip) on its next checkout.
+const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 async fn open(url: &str, connections: u32, read_only: bool) -> StoreResult<DatabaseConnection> {
     use sea_orm::sqlx::sqlite::SqliteJournalMode;
     let mut opts = ConnectOptions::new(url.to_string());
+    if url.starts_with("sqlite:") {
+        // sqlx checks a pooled connection before every checkout; for
+        // SQLite that is a round trip to the connection's worker thread
+        // (two thread wake-ups per query) that can never find anything: a
+        // file has no server that could drop the connection.
+        opts.test_before_acquire(false);
+    } else {
+        // Only a connection idle long enough for a restart, a proxy or
+        // the server to have dropped it is checked before use; a busy pool
+        // no longer pays a round trip to PostgreSQL per checkout. A
+        // connection that breaks while in use fails its query and is
+        // discarded when returned (sqlx checks every connection then).
+        opts.test_before_acquire_if_idle_for(CHECK_IF_IDLE_FOR);
+    }
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
         .max_connections(connections)
