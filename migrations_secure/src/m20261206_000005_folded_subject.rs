@@ -14,6 +14,8 @@ use migrations_core::sql;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
 
+use crate::m20261201_000001_certificate_list::trigram_index;
+
 /// (index replaced, its columns, index with the lowered subject).
 const LISTS: [(&str, &str, &str); 2] = [
     (
@@ -27,15 +29,6 @@ const LISTS: [(&str, &str, &str); 2] = [
         "idx_certificates_org_list_subject",
     ),
 ];
-
-fn trigram(name: &str, column: &str) -> String {
-    // The pending list as in m20261201_000001_certificate_list: every
-    // search reads through it.
-    format!(
-        "CREATE INDEX {name} ON certificates USING gin ({column} gin_trgm_ops) \
-         WITH (gin_pending_list_limit = 256)"
-    )
-}
 
 pub struct Migration;
 
@@ -55,7 +48,7 @@ impl MigrationTrait for Migration {
             "ALTER TABLE certificates ADD COLUMN subject_folded text \
              GENERATED ALWAYS AS (lower(subject)) STORED"
                 .to_string(),
-            trigram("idx_certificates_subject_folded_trgm", "subject_folded"),
+            trigram_index("idx_certificates_subject_folded_trgm", "subject_folded"),
             "DROP INDEX idx_certificates_subject_trgm".to_string(),
         ];
         for (narrow, columns, wide) in LISTS {
@@ -77,7 +70,7 @@ impl MigrationTrait for Migration {
             statements.push(format!("DROP INDEX {wide}"));
         }
         statements.extend([
-            trigram("idx_certificates_subject_trgm", "subject"),
+            trigram_index("idx_certificates_subject_trgm", "subject"),
             // Dropping the column drops its trigram index.
             "ALTER TABLE certificates DROP COLUMN subject_folded".to_string(),
         ]);
