@@ -86,16 +86,18 @@ impl<K: Eq + Hash, V: Clone> Recent<K, V> {
         }
     }
 
-    /// The cached value of `key`, or `read`'s (remembered).
-    pub async fn get_or_read<E, F>(&self, key: K, read: F) -> Result<V, E>
+    /// The cached value of `key`, or `read`'s (remembered). `read` is
+    /// called only on a miss, so a hit builds no query.
+    pub async fn get_or_read<E, F, R>(&self, key: K, read: R) -> Result<V, E>
     where
+        R: FnOnce() -> F,
         F: Future<Output = Result<V, E>>,
     {
         if let Some(v) = self.get(&key) {
             return Ok(v);
         }
         let ticket = self.ticket();
-        let v = read.await?;
+        let v = read().await?;
         self.put(key, v.clone(), ticket);
         Ok(v)
     }
@@ -112,7 +114,7 @@ mod tests {
         cache.clear(); // a write lands while the read is in flight
         cache.put(1, "old", ticket);
         assert_eq!(cache.get(&1), None);
-        let v: Result<_, ()> = cache.get_or_read(1, async { Ok("new") }).await;
+        let v: Result<_, ()> = cache.get_or_read(1, || async { Ok("new") }).await;
         assert_eq!(v, Ok("new"));
         assert_eq!(cache.get(&1), Some("new"));
         cache.clear();

@@ -412,7 +412,9 @@ impl CoreDb {
 
     /// A profile (a copy at most a second old, see `store::cache`).
     pub async fn find_profile(&self, id: ProfileId) -> StoreResult<Option<Profile>> {
-        self.profiles.get_or_read(id, self.read_profile(id)).await
+        self.profiles
+            .get_or_read(id, || self.read_profile(id))
+            .await
     }
 
     async fn read_profile(&self, id: ProfileId) -> StoreResult<Option<Profile>> {

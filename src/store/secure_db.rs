@@ -283,7 +283,7 @@ impl SecureDb {
     /// [`SecureDb::find_ca`] for the issuance path: a copy at most a second
     /// old, and none older than this process's last change to any CA.
     pub async fn find_issuing_ca(&self, id: CaId) -> StoreResult<Option<CertificateAuthority>> {
-        self.issuing_cas.get_or_read(id, self.find_ca(id)).await
+        self.issuing_cas.get_or_read(id, || self.find_ca(id)).await
     }
 
     pub async fn find_ca(&self, id: CaId) -> StoreResult<Option<CertificateAuthority>> {

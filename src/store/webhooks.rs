@@ -121,14 +121,11 @@ impl CoreDb {
         event: &str,
         payload: &serde_json::Value,
     ) -> StoreResult<usize> {
-        // An async block, so that the query is built only on a cache miss
-        // (two events per issuance, nearly always a hit).
-        let read = async {
+        let read = || {
             webhooks::Entity::find()
                 .filter(webhooks::Column::OrganizationId.eq(org.0))
                 .filter(webhooks::Column::Status.eq("active"))
                 .all(&self.read)
-                .await
         };
         let hooks = self.webhooks.get_or_read(org, read).await?;
         let now = Utc::now();
