@@ -1,7 +1,8 @@
 //! A registered CA key deleted from the token (by `pkcs11-tool`, an outside
 //! tool): issuance with that CA is refused with a clear 503 while the server
-//! runs and after a restart, everything else keeps working, and
-//! `clm hsm check` names the missing key.
+//! runs and after a restart, webhooks hear of the request that failed,
+//! everything else keeps working, and `clm hsm check` names the missing
+//! key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -126,6 +127,20 @@ async fn missing_ca_key(app: &mut TestApp) {
         .unwrap()
         .to_string();
     let default_profile = app.default_profile_id(&admin).await;
+    // Subscribers hear of each request that fails. Nothing listens on the
+    // address: the deliveries wait in the queue, where they are counted.
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/webhooks",
+            &json!({ "url": "http://127.0.0.1:9/hook", "events": ["request.failed"] }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let deliveries = format!(
+        "/api/v1/webhooks/{}/deliveries",
+        r.json::<Value>().await.unwrap()["id"].as_str().unwrap()
+    );
     // The doomed CA signs once, so the server holds its key's handle.
     assert_eq!(
         request(app, &admin, &doomed_profile, "first.doomed.test")
@@ -157,10 +172,16 @@ async fn missing_ca_key(app: &mut TestApp) {
             .all(|r| r["status"] == "issued" || r["status"] == "failed"),
         "{requests}"
     );
-    assert!(
-        items.iter().filter(|r| r["status"] == "failed").count() <= 2,
-        "{requests}"
+    let failed = items.iter().filter(|r| r["status"] == "failed").count();
+    assert!((1..=2).contains(&failed), "{requests}");
+    let queued: Value = app.get(&admin, &deliveries).await.json().await.unwrap();
+    let queued = queued.as_array().unwrap();
+    assert_eq!(
+        queued.len(),
+        failed,
+        "one event per failed request: {queued:?}"
     );
+    assert!(queued.iter().all(|d| d["event"] == "request.failed"));
 
     // Everything else keeps working.
     let r = request(app, &admin, &default_profile, "other.ca.test").await;

@@ -390,10 +390,15 @@ impl Clm {
                     .target("certificate_request", request.id)
                     .outcome(Outcome::Failure)
                     .details(serde_json::json!({ "ca_id": ca.id, "reason": reason }));
-                if let Err(store_err) = self.secure.fail_request(request.id, reason, &event).await {
-                    tracing::error!(request = %request.id, error = %store_err, "could not mark request failed");
-                }
                 request.status = RequestStatus::Failed;
+                match self.secure.fail_request(request.id, reason, &event).await {
+                    Ok(()) => self.emit_failed(request, reason).await,
+                    // Still `approved` with its serial reserved: reconciliation
+                    // fails it later, and tells the webhooks then.
+                    Err(store_err) => {
+                        tracing::error!(request = %request.id, error = %store_err, "could not mark request failed")
+                    }
+                }
                 return Err(match ServiceError::from(e) {
                     ServiceError::Invalid { .. } => ServiceError::internal("signing failed"),
                     other => other,
@@ -507,6 +512,15 @@ impl Clm {
             approvals: self.approvals_of(id).await?,
             ..request_view(&request, required)
         })
+    }
+
+    /// Tells the organisation's webhooks that `request` failed, and why.
+    pub(super) async fn emit_failed(&self, request: &CertificateRequest, reason: &str) {
+        let mut data = event_data(request);
+        data["status"] = serde_json::json!(RequestStatus::Failed);
+        data["failure_reason"] = serde_json::json!(reason);
+        self.emit(request.organization_id, "request.failed", data)
+            .await;
     }
 }
 

@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use super::Clm;
 use super::error::ServiceResult;
+use crate::domain::CertificateId;
 use crate::domain::model::{Actor, AuditEvent, Outcome, RequestContext};
-use crate::domain::{CertificateId, RequestStatus};
 use crate::store::StoreError;
 
 /// Rows read per round trip.
@@ -149,10 +149,7 @@ impl Clm {
                     Err(StoreError::Conflict(_)) => report.interrupted_requests.repaired += 1,
                     Err(e) => return Err(e.into()),
                 }
-                let mut data = super::issuance::event_data(r);
-                data["status"] = serde_json::json!(RequestStatus::Failed);
-                data["failure_reason"] = serde_json::json!(reason);
-                self.emit(r.organization_id, "request.failed", data).await;
+                self.emit_failed(r, reason).await;
             }
             // A dry run fails nothing, so the same rows would come back.
             if !full || opts.dry_run {

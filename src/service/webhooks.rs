@@ -28,6 +28,7 @@ pub const EVENTS: &[&str] = &[
     "request.approved",
     "request.rejected",
     "request.issued",
+    "request.failed",
     "certificate.revoked",
     "certificate.expiring",
 ];
@@ -39,8 +40,9 @@ pub struct NewWebhook {
     /// `http://` or `https://`, at most 2000 characters.
     pub url: String,
     /// Events to receive (`request.created`, `request.approved`,
-    /// `request.rejected`, `request.issued`, `certificate.revoked`,
-    /// `certificate.expiring`); empty or absent means all.
+    /// `request.rejected`, `request.issued`, `request.failed`,
+    /// `certificate.revoked`, `certificate.expiring`); empty or absent
+    /// means all.
     #[serde(default)]
     pub events: Vec<String>,
 }

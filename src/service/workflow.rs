@@ -291,7 +291,7 @@ impl Clm {
                 "Issuing your certificate failed",
             ),
         };
-        if outcome.is_err()
+        if let Err(e) = &outcome
             && from == RequestStatus::PendingApproval
             && request.status != RequestStatus::Failed
         {
@@ -301,12 +301,15 @@ impl Clm {
                 .org(Some(request.organization_id))
                 .target("certificate_request", request.id)
                 .outcome(Outcome::Failure);
-            if let Err(e) = self
+            match self
                 .secure
                 .move_request(request.id, from, RequestStatus::Failed, &event)
                 .await
             {
-                tracing::warn!(request = %request.id, error = %e, "could not mark request failed");
+                Ok(()) => self.emit_failed(&request, &e.to_string()).await,
+                Err(store_err) => {
+                    tracing::warn!(request = %request.id, error = %store_err, "could not mark request failed")
+                }
             }
         }
         if workflow_from != to {
