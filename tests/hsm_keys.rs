@@ -149,6 +149,48 @@ async fn missing_ca_key(app: &mut TestApp) {
         201
     );
 
+    // A request on the same CA that waits for its approver meanwhile.
+    let me: Value = app.get(&admin, "/api/v1/me").await.json().await.unwrap();
+    let (_, approver) = app
+        .create_user(
+            &admin,
+            me["organization_id"].as_str().unwrap(),
+            "approver@doomed.test",
+            &["approver"],
+        )
+        .await;
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/profiles",
+            &json!({
+                "name": "doomed-approved", "ca_id": doomed_id, "key_algorithms": ["ecdsa-p256"],
+                "allowed_dns_suffixes": ["doomed.test"], "max_validity_days": 30,
+                "extended_key_usages": ["serverAuth"], "required_approvals": 1
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let approved_profile = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = request(app, &admin, &approved_profile, "waiting.doomed.test").await;
+    assert_eq!(r.status(), 201);
+    let waiting = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.get(&admin, &deliveries)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!([]),
+        "nothing has failed yet"
+    );
+
     let label = format!("clm-ca-{doomed_id}");
     let id = private_key_id(app, &label);
     app.pkcs11_tool(&["--delete-object", "--type", "privkey", "--id", &id]);
@@ -157,6 +199,16 @@ async fn missing_ca_key(app: &mut TestApp) {
     for cn in ["second.doomed.test", "third.doomed.test"] {
         expect_ca_unavailable(request(app, &admin, &doomed_profile, cn).await).await;
     }
+    // The final approval finds the CA unable to sign: that request fails.
+    expect_ca_unavailable(
+        app.post(
+            &approver,
+            &format!("/api/v1/certificate-requests/{waiting}/approve"),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
     // Nothing is left half-done: no request holds a reserved serial
     // without a certificate or a recorded failure.
     let requests: Value = app
@@ -173,7 +225,13 @@ async fn missing_ca_key(app: &mut TestApp) {
         "{requests}"
     );
     let failed = items.iter().filter(|r| r["status"] == "failed").count();
-    assert!((1..=2).contains(&failed), "{requests}");
+    assert!((2..=3).contains(&failed), "{requests}");
+    assert!(
+        items
+            .iter()
+            .any(|r| r["id"] == waiting.as_str() && r["status"] == "failed"),
+        "{requests}"
+    );
     let queued: Value = app.get(&admin, &deliveries).await.json().await.unwrap();
     let queued = queued.as_array().unwrap();
     assert_eq!(
