@@ -34,6 +34,21 @@ async fn request(app: &TestApp, token: &str, profile: &str, cn: &str) -> reqwest
     .await
 }
 
+/// A profile of `ca` for names under `doomed.test`; returns its id.
+async fn profile(app: &TestApp, token: &str, ca: &str, approvals: u8) -> String {
+    app.create_profile(
+        token,
+        &json!({
+            "name": format!("doomed-{approvals}"), "ca_id": ca,
+            "key_algorithms": ["ecdsa-p256"], "allowed_dns_suffixes": ["doomed.test"],
+            "allow_ip_sans": false, "max_validity_days": 30,
+            "extended_key_usages": ["serverAuth"], "required_approvals": approvals,
+            "allow_server_keygen": false
+        }),
+    )
+    .await
+}
+
 /// 503 `ca_unavailable` that says what is wrong in words, not return codes.
 async fn expect_ca_unavailable(r: reqwest::Response) {
     assert_eq!(r.status(), 503);
@@ -109,23 +124,7 @@ async fn missing_ca_key(app: &mut TestApp) {
     assert_eq!(r.status(), 201);
     let doomed: Value = r.json().await.unwrap();
     let doomed_id = doomed["id"].as_str().unwrap().to_string();
-    let r = app
-        .post(
-            &admin,
-            "/api/v1/profiles",
-            &json!({
-                "name": "doomed", "ca_id": doomed_id, "key_algorithms": ["ecdsa-p256"],
-                "allowed_dns_suffixes": ["doomed.test"], "allow_ip_sans": false,
-                "max_validity_days": 30, "extended_key_usages": ["serverAuth"],
-                "required_approvals": 0, "allow_server_keygen": false
-            }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let doomed_profile = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let doomed_profile = profile(app, &admin, &doomed_id, 0).await;
     let default_profile = app.default_profile_id(&admin).await;
     // Subscribers hear of each request that fails. Nothing listens on the
     // address: the deliveries wait in the queue, where they are counted.
@@ -159,22 +158,7 @@ async fn missing_ca_key(app: &mut TestApp) {
             &["approver"],
         )
         .await;
-    let r = app
-        .post(
-            &admin,
-            "/api/v1/profiles",
-            &json!({
-                "name": "doomed-approved", "ca_id": doomed_id, "key_algorithms": ["ecdsa-p256"],
-                "allowed_dns_suffixes": ["doomed.test"], "max_validity_days": 30,
-                "extended_key_usages": ["serverAuth"], "required_approvals": 1
-            }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let approved_profile = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let approved_profile = profile(app, &admin, &doomed_id, 1).await;
     let r = request(app, &admin, &approved_profile, "waiting.doomed.test").await;
     assert_eq!(r.status(), 201);
     let waiting = r.json::<Value>().await.unwrap()["id"]

@@ -171,26 +171,19 @@ async fn keygen_profile(app: &TestApp, token: &str) -> String {
         .find(|c| c["kind"] == "intermediate")
         .unwrap()["id"]
         .clone();
-    let r = app
-        .post(
-            token,
-            "/api/v1/profiles",
-            &json!({
-                "name": "ops-keygen",
-                "ca_id": intermediate,
-                "key_algorithms": ["ecdsa-p256"],
-                "allowed_dns_suffixes": ["clm.test"],
-                "max_validity_days": 90,
-                "extended_key_usages": ["clientAuth"],
-                "allow_server_keygen": true
-            }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    app.create_profile(
+        token,
+        &json!({
+            "name": "ops-keygen",
+            "ca_id": intermediate,
+            "key_algorithms": ["ecdsa-p256"],
+            "allowed_dns_suffixes": ["clm.test"],
+            "max_validity_days": 90,
+            "extended_key_usages": ["clientAuth"],
+            "allow_server_keygen": true
+        }),
+    )
+    .await
 }
 
 /// Each line parsed as a JSON object, or a failure naming the line.

@@ -589,6 +589,16 @@ impl TestApp {
         (id, self.login(email, password).await)
     }
 
+    /// Creates the profile `body` describes and returns its id.
+    pub async fn create_profile(&self, token: &str, body: &Value) -> String {
+        let r = self.post(token, "/api/v1/profiles", body).await;
+        assert_eq!(r.status(), 201, "create profile {body}");
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The system-wide profile `clm init` creates.
     pub async fn default_profile_id(&self, token: &str) -> String {
         let profiles: Value = self
