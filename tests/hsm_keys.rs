@@ -1,6 +1,6 @@
 //! A registered CA key deleted from the token (by `pkcs11-tool`, an outside
 //! tool): issuance with that CA is refused with a clear 503 while the server
-//! runs and after a restart, webhooks hear of the request that failed,
+//! runs and after a restart, webhooks hear of each request that failed,
 //! everything else keeps working, and `clm hsm check` names the missing
 //! key.
 
