@@ -163,14 +163,7 @@ fn forms(secret: &[u8]) -> Vec<String> {
 }
 
 async fn keygen_profile(app: &TestApp, token: &str) -> String {
-    let cas: Value = app.get(token, "/api/v1/cas").await.json().await.unwrap();
-    let intermediate = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "intermediate")
-        .unwrap()["id"]
-        .clone();
+    let intermediate = app.intermediate_ca_id(token).await;
     app.create_profile(
         token,
         &json!({

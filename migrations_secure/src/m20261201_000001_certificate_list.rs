@@ -36,9 +36,6 @@ const LIST_INDEXES: [(&str, &[&str]); 5] = [
     ),
 ];
 
-/// The substring index. On SQLite a separate FTS5 table keeps its own copy
-/// of subject and serial keyed by the certificate id: an external-content
-/// table would key on `certificates.rowid`, which VACUUM may renumber.
 /// PostgreSQL's substring index on `column` of `certificates`.
 pub(crate) fn trigram_index(name: &str, column: &str) -> String {
     // New entries wait in a GIN's pending list, which every search reads
@@ -50,6 +47,9 @@ pub(crate) fn trigram_index(name: &str, column: &str) -> String {
     )
 }
 
+/// The substring index. On SQLite a separate FTS5 table keeps its own copy
+/// of subject and serial keyed by the certificate id: an external-content
+/// table would key on `certificates.rowid`, which VACUUM may renumber.
 pub(crate) fn search(backend: DatabaseBackend) -> Vec<String> {
     match backend {
         DatabaseBackend::Postgres => vec![
