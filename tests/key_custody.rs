@@ -39,12 +39,7 @@ async fn keygen_profile(app: &TestApp, token: &str, extra: Value) -> String {
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
-    let r = app.post(token, "/api/v1/profiles", &body).await;
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    app.create_profile(token, &body).await
 }
 
 fn openssl(args: &[&str], dir: &std::path::Path) -> (bool, String) {

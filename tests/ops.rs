@@ -815,18 +815,10 @@ async fn metrics_and_rate_limits(backend: Backend) {
     };
     let admin = app.admin_token().await;
     let default = app.default_profile_id(&admin).await;
-    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
-    let intermediate = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "intermediate")
-        .unwrap()["id"]
-        .clone();
-    let r = app
-        .post(
+    let intermediate = app.intermediate_ca_id(&admin).await;
+    let approved_profile = json!(
+        app.create_profile(
             &admin,
-            "/api/v1/profiles",
             &json!({
                 "name": "ops-approved",
                 "ca_id": intermediate,
@@ -837,9 +829,8 @@ async fn metrics_and_rate_limits(backend: Backend) {
                 "required_approvals": 1
             }),
         )
-        .await;
-    assert_eq!(r.status(), 201);
-    let approved_profile = r.json::<Value>().await.unwrap()["id"].clone();
+        .await
+    );
     // Three requests a minute for this principal: two issued, one pending.
     let first = submit(&app, &json!(default), "m1.clm.test", &admin).await;
     assert_eq!(first.status(), 201);
