@@ -2,13 +2,14 @@
 //! tool): issuance with that CA is refused with a clear 503 while the server
 //! runs and after a restart, webhooks hear of each request that failed,
 //! everything else keeps working, and `clm hsm check` names the missing
-//! key.
+//! key. Rolling the CA over replaces the key, and the failed request's
+//! retry is issued from the new one (judged by `openssl verify`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{Backend, TestApp, ec_csr};
+use common::{Backend, TestApp, ec_csr, write};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,11 +211,13 @@ async fn missing_ca_key(app: &mut TestApp) {
     );
     let failed = items.iter().filter(|r| r["status"] == "failed").count();
     assert!((2..=3).contains(&failed), "{requests}");
+    let waited = items.iter().find(|r| r["id"] == waiting.as_str()).unwrap();
+    assert_eq!(waited["status"], "failed", "{waited}");
     assert!(
-        items
-            .iter()
-            .any(|r| r["id"] == waiting.as_str() && r["status"] == "failed"),
-        "{requests}"
+        waited["failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("key is missing from the HSM")),
+        "{waited}"
     );
     let queued: Value = app.get(&admin, &deliveries).await.json().await.unwrap();
     let queued = queued.as_array().unwrap();
@@ -281,5 +284,82 @@ async fn missing_ca_key(app: &mut TestApp) {
             .unwrap()
             .iter()
             .any(|c| c["id"] == doomed_id.as_str())
+    );
+
+    // A retry cannot help while the key is gone; the request stays failed.
+    let retry = format!("/api/v1/certificate-requests/{waiting}/retry");
+    expect_ca_unavailable(app.post(&approver, &retry, &json!({})).await).await;
+    let still: Value = app
+        .get(&admin, &format!("/api/v1/certificate-requests/{waiting}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["status"], "failed", "{still}");
+    assert!(still["failure_reason"].is_string(), "{still}");
+
+    // The lost key is replaced by a rollover: the root certifies a new key
+    // under the CA's name, and the CA's profiles follow it.
+    let r = app
+        .post(
+            &admin,
+            &format!("/api/v1/cas/{doomed_id}/rollover"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", app.server_log());
+    let rolled: Value = r.json().await.unwrap();
+    let new_ca = rolled["ca"]["id"].clone();
+    assert_eq!(rolled["retired_ca_id"], doomed_id.as_str());
+
+    // The retry is issued from the new key, and the old reason is gone.
+    let r = app.post(&approver, &retry, &json!({})).await;
+    assert_eq!(r.status(), 200, "{}", app.server_log());
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(retried["status"], "issued", "{retried}");
+    assert_eq!(retried["ca_id"], new_ca, "{retried}");
+    assert!(retried["failure_reason"].is_null(), "{retried}");
+    let cert: Value = app
+        .get(
+            &admin,
+            &format!(
+                "/api/v1/certificates/{}",
+                retried["certificate_id"].as_str().unwrap()
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cert["ca_id"], new_ca);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(write(dir.path(), "root.pem", &app.root_pem()))
+        .arg("-untrusted")
+        .arg(write(
+            dir.path(),
+            "chain.pem",
+            cert["chain_pem"].as_str().unwrap(),
+        ))
+        .arg(write(
+            dir.path(),
+            "leaf.pem",
+            cert["certificate_pem"].as_str().unwrap(),
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the CA's profile issues again.
+    assert_eq!(
+        request(app, &admin, &doomed_profile, "fifth.doomed.test")
+            .await
+            .status(),
+        201
     );
 }

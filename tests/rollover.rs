@@ -1,5 +1,6 @@
 //! CA rollover: new key and certificate under the same name; leaves under
-//! the old and the new key both verify with openssl, the retired key keeps
+//! the old and the new key both verify with openssl, a request approved
+//! after the rollover is signed by the new key, the retired key keeps
 //! answering for what it issued, and a root rollover's link certificate lets
 //! chains to the new root validate for those who trust only the old one.
 
@@ -85,6 +86,37 @@ async fn intermediate_rollover(app: &TestApp) {
     let old = ca_of_kind(app, &token, "intermediate").await;
     let before = issue_with(app, &token, &profile, "before.clm.test").await;
     assert_eq!(before["ca_id"], old["id"]);
+    // A request that waits for its approver across the rollover.
+    let approval_profile = app
+        .create_profile(
+            &token,
+            &json!({
+                "name": "approved", "ca_id": old["id"],
+                "key_algorithms": ["ecdsa-p256"], "allowed_dns_suffixes": ["clm.test"],
+                "allow_ip_sans": false, "max_validity_days": 30,
+                "extended_key_usages": ["serverAuth"], "required_approvals": 1,
+                "allow_server_keygen": false
+            }),
+        )
+        .await;
+    let r = app
+        .post(
+            &token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": approval_profile, "csr_pem": ec_csr(&["waiting.clm.test"]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let waiting = pem(&r.json().await.unwrap(), "id");
+    let me: Value = app.get(&token, "/api/v1/me").await.json().await.unwrap();
+    let (_, approver) = app
+        .create_user(
+            &token,
+            &pem(&me, "organization_id"),
+            "approver@clm.test",
+            &["approver"],
+        )
+        .await;
 
     let r = app
         .post(
@@ -116,6 +148,28 @@ async fn intermediate_rollover(app: &TestApp) {
     // intermediate, and not with the other.
     let after = issue_with(app, &token, &profile, "after.clm.test").await;
     assert_eq!(after["ca_id"], new["id"]);
+    // Approved now, the waiting request is signed by the new key too.
+    let r = app
+        .post(
+            &approver,
+            &format!("/api/v1/certificate-requests/{waiting}/approve"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", app.server_log());
+    let approved: Value = r.json().await.unwrap();
+    assert_eq!(approved["status"], "issued", "{approved}");
+    assert_eq!(approved["ca_id"], new["id"], "{approved}");
+    let late: Value = app
+        .get(
+            &token,
+            &format!("/api/v1/certificates/{}", pem(&approved, "certificate_id")),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(late["ca_id"], new["id"]);
     let dir = tempfile::tempdir().unwrap();
     let root = app.root_pem();
     let (ok, text) = verify(
@@ -132,6 +186,13 @@ async fn intermediate_rollover(app: &TestApp) {
         &pem(&after, "certificate_pem"),
     );
     assert!(ok, "new leaf: {text}");
+    let (ok, text) = verify(
+        dir.path(),
+        &root,
+        &pem(new, "certificate_pem"),
+        &pem(&late, "certificate_pem"),
+    );
+    assert!(ok, "leaf approved after the rollover: {text}");
     let (ok, _) = verify(
         dir.path(),
         &root,

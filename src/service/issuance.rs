@@ -345,7 +345,7 @@ impl Clm {
                 Reservation::Existing { from } => {
                     let serial_hex = pki::serial_hex(&serial);
                     self.secure
-                        .approve_request(request.id, from, &serial_hex, &event)
+                        .approve_request(request.id, from, ca.id, &serial_hex, &event)
                         .await
                 }
             };
@@ -391,7 +391,11 @@ impl Clm {
                     .outcome(Outcome::Failure)
                     .details(serde_json::json!({ "ca_id": ca.id, "reason": reason }));
                 request.status = RequestStatus::Failed;
-                match self.secure.fail_request(request.id, reason, &event).await {
+                match self
+                    .secure
+                    .fail_request(request.id, RequestStatus::Approved, reason, &event)
+                    .await
+                {
                     Ok(()) => self.emit_failed(request, reason).await,
                     // Still `approved` with its serial reserved: reconciliation
                     // fails it later, and tells the webhooks then.

@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use super::Clm;
 use super::error::ServiceResult;
-use crate::domain::CertificateId;
 use crate::domain::model::{Actor, AuditEvent, Outcome, RequestContext};
+use crate::domain::{CertificateId, RequestStatus};
 use crate::store::StoreError;
 
 /// Rows read per round trip.
@@ -143,7 +143,11 @@ impl Clm {
                         "reason": reason,
                         "by": "reconciliation",
                     }));
-                match self.secure.fail_request(r.id, reason, &event).await {
+                match self
+                    .secure
+                    .fail_request(r.id, RequestStatus::Approved, reason, &event)
+                    .await
+                {
                     Ok(()) => report.interrupted_requests.repaired += 1,
                     // Issued or failed meanwhile: nothing left to repair.
                     Err(StoreError::Conflict(_)) => report.interrupted_requests.repaired += 1,

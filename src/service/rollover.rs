@@ -49,7 +49,13 @@ impl Clm {
                 "only an active CA can be rolled over",
             ));
         }
-        let old_key = self.signing_key(old.id).await?;
+        // Only a root's old key signs anything here: the link certificate.
+        // An intermediate whose key is lost is replaced all the same, its
+        // parent certifying the new key.
+        let old_key = match old.kind {
+            CaKind::Root => Some(self.signing_key(old.id).await?),
+            CaKind::Intermediate => None,
+        };
         let old_der = old
             .certificate_der
             .clone()
@@ -79,11 +85,11 @@ impl Clm {
             ));
         }
 
-        let link = match old.kind {
-            CaKind::Root => Some(
+        let link = match &old_key {
+            Some(old_key) => Some(
                 self.link_certificate(
                     &old,
-                    &old_key,
+                    old_key,
                     &old_der,
                     &new.key,
                     &common_name,
@@ -91,7 +97,7 @@ impl Clm {
                 )
                 .await?,
             ),
-            CaKind::Intermediate => None,
+            None => None,
         };
         let retired_name = old.retired_name();
         let event = AuditEvent::new(p.actor(), "ca.rolled_over", ctx)

@@ -258,11 +258,15 @@ impl Clm {
         } else {
             RequestStatus::Approved
         };
+        // The profile's CA, not the one the request was filed under: a
+        // rollover meanwhile moved the profile to the CA's new key, and the
+        // retired key signs nothing new.
         let outcome = match (
-            self.usable_ca(request.ca_id).await,
-            self.signing_key(request.ca_id).await,
+            self.usable_ca(profile.ca_id).await,
+            self.signing_key(profile.ca_id).await,
         ) {
             (Ok(ca), Ok(key)) => {
+                request.ca_id = ca.id;
                 self.issue(
                     &mut request,
                     &approved,
@@ -297,16 +301,18 @@ impl Clm {
         {
             // Signing never started (the CA cannot sign): record the failure
             // so that an approver can retry later.
+            let reason = e.to_string();
             let event = AuditEvent::new(actor.clone(), "certificate.issuance_failed", ctx)
                 .org(Some(request.organization_id))
                 .target("certificate_request", request.id)
-                .outcome(Outcome::Failure);
+                .outcome(Outcome::Failure)
+                .details(serde_json::json!({ "ca_id": request.ca_id, "reason": reason }));
             match self
                 .secure
-                .move_request(request.id, from, RequestStatus::Failed, &event)
+                .fail_request(request.id, from, &reason, &event)
                 .await
             {
-                Ok(()) => self.emit_failed(&request, &e.to_string()).await,
+                Ok(()) => self.emit_failed(&request, &reason).await,
                 Err(store_err) => {
                     tracing::warn!(request = %request.id, error = %store_err, "could not mark request failed")
                 }

@@ -402,10 +402,10 @@ impl SecureDb {
             request,
             RequestStatus::Approved,
             RequestStatus::Issued,
-            Some((
+            vec![(
                 certificate_requests::Column::CertificateId,
                 Expr::value(Some(cert.id.0)),
-            )),
+            )],
         )
         .await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
@@ -413,20 +413,30 @@ impl SecureDb {
         Ok(())
     }
 
-    /// Moves a request `from → approved` and reserves its serial in the same
-    /// compare-and-set: of concurrent callers exactly one wins.
+    /// Moves a request `from → approved`, with the CA that will sign it,
+    /// and reserves its serial in the same compare-and-set: of concurrent
+    /// callers exactly one wins. The reason of an earlier failure (this is
+    /// a retry) goes: it no longer describes the request.
     pub async fn approve_request(
         &self,
         request: RequestId,
         from: RequestStatus,
+        ca: CaId,
         serial_hex: &str,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let serial = (
-            certificate_requests::Column::ReservedSerialHex,
-            Expr::value(Some(serial_hex.to_string())),
-        );
-        self.transition(request, from, RequestStatus::Approved, Some(serial), event)
+        let also = vec![
+            (
+                certificate_requests::Column::ReservedSerialHex,
+                Expr::value(Some(serial_hex.to_string())),
+            ),
+            (certificate_requests::Column::CaId, Expr::value(ca.0)),
+            (
+                certificate_requests::Column::FailureReason,
+                Expr::value(None::<String>),
+            ),
+        ];
+        self.transition(request, from, RequestStatus::Approved, also, event)
             .await
     }
 
@@ -438,28 +448,23 @@ impl SecureDb {
         to: RequestStatus,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        self.transition(request, from, to, None, event).await
+        self.transition(request, from, to, Vec::new(), event).await
     }
 
-    /// `approved → failed` with the reason, audited.
+    /// `from → failed` with the reason, audited.
     pub async fn fail_request(
         &self,
         request: RequestId,
+        from: RequestStatus,
         reason: &str,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        let why = (
+        let why = vec![(
             certificate_requests::Column::FailureReason,
             Expr::value(Some(reason.to_string())),
-        );
-        self.transition(
-            request,
-            RequestStatus::Approved,
-            RequestStatus::Failed,
-            Some(why),
-            event,
-        )
-        .await
+        )];
+        self.transition(request, from, RequestStatus::Failed, why, event)
+            .await
     }
 
     /// One audited compare-and-set of a request, in its own transaction.
@@ -468,7 +473,7 @@ impl SecureDb {
         request: RequestId,
         from: RequestStatus,
         to: RequestStatus,
-        also: Option<(certificate_requests::Column, Expr)>,
+        also: Vec<(certificate_requests::Column, Expr)>,
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
@@ -578,14 +583,14 @@ async fn insert_ca_rows<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Compare-and-set of a request's status (and one more column): zero rows
+/// Compare-and-set of a request's status (and the columns in `also`): zero rows
 /// means somebody else moved it first, a [`StoreError::Conflict`].
 async fn move_request<C: ConnectionTrait>(
     db: &C,
     id: RequestId,
     from: RequestStatus,
     to: RequestStatus,
-    also: Option<(certificate_requests::Column, Expr)>,
+    also: Vec<(certificate_requests::Column, Expr)>,
 ) -> StoreResult<()> {
     // `updated_at` set here: left alone, the touch trigger (SQLite) sets it
     // with a second UPDATE of the row.
@@ -598,7 +603,7 @@ async fn move_request<C: ConnectionTrait>(
             certificate_requests::Column::UpdatedAt,
             Expr::value(Utc::now()),
         );
-    if let Some((column, value)) = also {
+    for (column, value) in also {
         update = update.col_expr(column, value);
     }
     let res = update
