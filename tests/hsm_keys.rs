@@ -184,6 +184,27 @@ async fn missing_ca_key(app: &mut TestApp) {
     for cn in ["second.doomed.test", "third.doomed.test"] {
         expect_ca_unavailable(request(app, &admin, &doomed_profile, cn).await).await;
     }
+    // Nor does it certify a CA of its own, and no key is made for one.
+    let private_keys = app
+        .pkcs11_tool(&["--list-objects", "--type", "privkey"])
+        .matches("label:")
+        .count();
+    expect_ca_unavailable(
+        app.post(
+            &admin,
+            "/api/v1/cas",
+            &json!({ "name": "doomed-child", "kind": "intermediate", "parent_id": doomed_id,
+                     "subject": "Doomed Child CA", "key_algorithm": "ecdsa-p256", "validity_days": 30 }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        app.pkcs11_tool(&["--list-objects", "--type", "privkey"])
+            .matches("label:")
+            .count(),
+        private_keys
+    );
     // The final approval finds the CA unable to sign: that request fails.
     expect_ca_unavailable(
         app.post(

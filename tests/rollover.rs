@@ -18,6 +18,7 @@ on_both_backends! {
     intermediate_rollover_keeps_old_and_new_leaves_valid => intermediate_rollover;
     root_rollover_links_old_trust_to_the_new_key => root_rollover;
     repeated_rollovers_sign_with_the_parents_current_key => repeated_rollovers;
+    concurrent_rollovers_leave_no_unused_key => concurrent_rollovers;
 }
 
 async fn issue_with(app: &TestApp, token: &str, profile: &str, name: &str) -> Value {
@@ -430,4 +431,70 @@ async fn repeated_rollovers(app: &TestApp) {
         &pem(&leaf, "certificate_pem"),
     );
     assert!(!ok, "the first root key did not sign the new intermediate");
+}
+
+/// The CA signing keys: registered and not destroyed (clm_secure), and
+/// private keys labelled as CA keys in the token (as OpenSC lists them).
+fn ca_keys(app: &TestApp) -> (usize, usize) {
+    let registered = app.sql(
+        "secure",
+        "SELECT count(*) FROM encryption_keys WHERE purpose = 'ca_signing' AND status <> 'destroyed'",
+    );
+    let listing = app.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    let in_token = listing
+        .lines()
+        .filter(|l| l.trim().starts_with("label:") && l.contains("clm-ca-"))
+        .count();
+    (registered.parse().unwrap(), in_token)
+}
+
+/// Several rollovers of one CA at once (a double click, two operators):
+/// exactly one wins, and the keys the others generated leave the token and
+/// are marked destroyed in the registry, audited.
+async fn concurrent_rollovers(app: &TestApp) {
+    let token = app.admin_token().await;
+    let old = ca_of_kind(app, &token, "intermediate").await;
+    let path = format!("/api/v1/cas/{}/rollover", pem(&old, "id"));
+    let body = json!({});
+    let answers =
+        futures_util::future::join_all((0..4).map(|_| app.post(&token, &path, &body))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409], "{}", app.server_log());
+
+    let cas: usize = app
+        .sql("secure", "SELECT count(*) FROM certificate_authorities")
+        .parse()
+        .unwrap();
+    assert_eq!(ca_keys(app), (cas, cas), "one key per CA, in both places");
+    let destroyed: usize = app
+        .sql(
+            "secure",
+            "SELECT count(*) FROM encryption_keys WHERE purpose = 'ca_signing' AND status = 'destroyed'",
+        )
+        .parse()
+        .unwrap();
+    // The requests overlap (each generates its key before any is stored),
+    // so the losers made keys to destroy.
+    assert!(destroyed >= 1, "no rollover lost after making its key");
+    let audit: Value = app
+        .get(
+            &token,
+            "/api/v1/audit?log=secure&action=key.destroyed&limit=100",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit["items"].as_array().map(Vec::len),
+        Some(destroyed),
+        "{audit}"
+    );
+    let out = app.clm(&["hsm", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -270,6 +270,26 @@ impl Hsm {
         })
     }
 
+    /// Destroys both halves of the key pair with `cka_id`; a half already
+    /// gone is not an error.
+    pub fn destroy_key_pair_blocking(&self, cka_id: &[u8]) -> HsmResult<()> {
+        self.with_session(Op::Destroy, |s| {
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                match find_one(s, class, cka_id) {
+                    Ok(object) => s.destroy_object(object)?,
+                    Err(HsmError::KeyNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub async fn destroy_key_pair(&self, cka_id: &[u8]) -> HsmResult<()> {
+        let id = cka_id.to_vec();
+        self.run(move |h| h.destroy_key_pair_blocking(&id)).await
+    }
+
     pub async fn generate_key_pair(&self, alg: KeyAlgorithm, label: &str) -> HsmResult<HsmKey> {
         let label = label.to_string();
         self.run(move |h| h.generate_key_pair_blocking(alg, &label))

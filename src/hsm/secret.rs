@@ -150,7 +150,6 @@ impl Hsm {
             .map_err(|_| HsmError::Encoding("HMAC of unexpected length".into()))
     }
 
-    /// Whether a private or secret key with this `CKA_ID` exists in the token.
     /// Destroys the secret key with `cka_id` (a retired KEK after its
     /// rollback window).
     pub fn destroy_secret_key_blocking(&self, cka_id: &[u8]) -> HsmResult<()> {
@@ -165,6 +164,7 @@ impl Hsm {
         self.run(move |h| h.destroy_secret_key_blocking(&id)).await
     }
 
+    /// Whether a private or secret key with this `CKA_ID` exists in the token.
     pub fn key_exists_blocking(&self, cka_id: &[u8]) -> HsmResult<bool> {
         match self.with_session(Op::Find, |s| find_key(s, cka_id)) {
             Ok(_) => Ok(true),

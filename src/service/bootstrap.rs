@@ -23,7 +23,7 @@ use crate::domain::{
 };
 use crate::hsm::Hsm;
 use crate::pki;
-use crate::store::{CoreDb, NewUser, SecureDb};
+use crate::store::{CoreDb, NewUser, SecureDb, StoreError};
 
 pub const ROOT_CA_NAME: &str = "clm-root";
 pub const INTERMEDIATE_CA_NAME: &str = "clm-intermediate";
@@ -273,7 +273,18 @@ impl Clm {
                 "serial": new.cert.serial_hex,
                 "key_id": new.ca.key.id,
             }));
-        self.secure.insert_ca(&new.ca, &new.cert, &event).await?;
+        match self.secure.insert_ca(&new.ca, &new.cert, &event).await {
+            Ok(()) => {}
+            // A concurrent creation took the name: the key is nobody's.
+            Err(StoreError::Duplicate(_) | StoreError::Conflict(_)) => {
+                self.discard_ca_key(&new.ca.key, ctx).await;
+                return Err(ServiceError::conflict(
+                    "duplicate_ca",
+                    "a CA with this name already exists",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
         // The certificate was just signed for this very key: usable at once.
         self.ca_keys.write().await.insert(new.ca.id, new.key);
         Ok(new.ca)
@@ -281,7 +292,8 @@ impl Clm {
 
     /// A new CA's key (generated in the token and registered) and its
     /// certificate, signed by itself or by `parent`'s current key; nothing
-    /// of the CA is stored yet.
+    /// of the CA is stored yet. A caller that does not store it hands the
+    /// key to [`Clm::discard_ca_key`].
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn prepare_ca(
         &self,
@@ -293,6 +305,17 @@ impl Clm {
         organization_id: Option<crate::domain::OrganizationId>,
         ctx: &RequestContext,
     ) -> ServiceResult<PreparedCa> {
+        // The parent must be able to sign before a key is made for it.
+        let parent_signer = match parent {
+            Some(parent) => Some((
+                self.signing_key(parent.id).await?,
+                parent
+                    .certificate_der
+                    .clone()
+                    .ok_or_else(|| ServiceError::internal("parent CA has no certificate"))?,
+            )),
+            None => None,
+        };
         let id = CaId::new();
         let label = format!("clm-ca-{id}");
         let key = std::sync::Arc::new(self.hsm.generate_key_pair(algorithm, &label).await?);
@@ -310,7 +333,12 @@ impl Clm {
         let event = AuditEvent::new(Actor::SYSTEM, "key.generated", ctx)
             .target("encryption_key", key_ref.id)
             .details(serde_json::json!({ "purpose": KeyPurpose::CaSigning, "algorithm": algorithm, "ca_id": id }));
-        self.secure.insert_key(&key_ref, None, &event).await?;
+        if let Err(e) = self.secure.insert_key(&key_ref, None, &event).await {
+            if let Err(gone) = self.hsm.destroy_key_pair(key.cka_id()).await {
+                tracing::error!(label = %key_ref.label, error = %gone, "an unregistered CA key is left in the token");
+            }
+            return Err(e.into());
+        }
 
         let serial = pki::new_serial();
         let subject = pki::CaSubject {
@@ -318,41 +346,32 @@ impl Clm {
             organization: Some("clm".to_string()),
         };
         let urls = parent.map(|p| pki::PublicUrls::new(&self.settings.public_url, p.id));
-        let der = match parent {
-            None => {
-                let k = key.clone();
-                let s = serial.clone();
-                tokio::task::spawn_blocking(move || {
-                    pki::build_root_ca(k.as_ref(), &subject, validity_days, &s)
-                })
-                .await
-                .map_err(ServiceError::internal)??
+        let k = key.clone();
+        let spki = crate::domain::Signer::public_key_spki(key.as_ref()).to_vec();
+        let s = serial.clone();
+        let signed = tokio::task::spawn_blocking(move || match parent_signer {
+            Some((parent_key, parent_der)) => {
+                let issuer = pki::Issuer::new(parent_key.as_ref(), &parent_der)?;
+                pki::build_intermediate_ca(
+                    &subject,
+                    &spki,
+                    algorithm,
+                    &issuer,
+                    validity_days,
+                    &s,
+                    urls.as_ref(),
+                )
             }
-            Some(parent) => {
-                let parent_key = self
-                    .signing_key(parent.id)
-                    .await
-                    .or(Err(ServiceError::internal("parent CA key not loaded")))?;
-                let parent_der = parent
-                    .certificate_der
-                    .clone()
-                    .ok_or_else(|| ServiceError::internal("parent CA has no certificate"))?;
-                let spki = crate::domain::Signer::public_key_spki(key.as_ref()).to_vec();
-                let s = serial.clone();
-                tokio::task::spawn_blocking(move || {
-                    let issuer = pki::Issuer::new(parent_key.as_ref(), &parent_der)?;
-                    pki::build_intermediate_ca(
-                        &subject,
-                        &spki,
-                        algorithm,
-                        &issuer,
-                        validity_days,
-                        &s,
-                        urls.as_ref(),
-                    )
-                })
-                .await
-                .map_err(ServiceError::internal)??
+            None => pki::build_root_ca(k.as_ref(), &subject, validity_days, &s),
+        })
+        .await
+        .map_err(ServiceError::internal)
+        .and_then(|built| built.map_err(ServiceError::from));
+        let der = match signed {
+            Ok(der) => der,
+            Err(e) => {
+                self.discard_ca_key(&key_ref, ctx).await;
+                return Err(e);
             }
         };
         let info = pki::CertInfo::from_der(&der)?;
@@ -398,6 +417,31 @@ impl Clm {
             created_at: Utc::now(),
         };
         Ok(PreparedCa { ca, cert, key })
+    }
+
+    /// Undoes [`Clm::prepare_ca`]'s key for a CA that is not stored (its
+    /// certificate could not be signed, or a concurrent creation or rollover
+    /// won): the key leaves the token and the registry marks it destroyed,
+    /// so no unused CA key lingers. The caller reports its own error; a
+    /// failure here is logged.
+    pub(super) async fn discard_ca_key(&self, key: &KeyReference, ctx: &RequestContext) {
+        let discarded = async {
+            let cka_id = hex::decode(&key.ckaid_hex).map_err(ServiceError::internal)?;
+            self.hsm.destroy_key_pair(&cka_id).await?;
+            let event = AuditEvent::new(Actor::SYSTEM, "key.destroyed", ctx)
+                .target("encryption_key", key.id)
+                .details(serde_json::json!({
+                    "purpose": key.purpose,
+                    "reason": "the CA it was generated for was not created",
+                }));
+            self.secure
+                .move_key(key.id, key.status, KeyStatus::Destroyed, &event)
+                .await?;
+            ServiceResult::Ok(())
+        };
+        if let Err(e) = discarded.await {
+            tracing::error!(key = %key.id, label = %key.label, error = %e.log_message(), "an unused CA key is left in the token");
+        }
     }
 
     async fn ensure_default_profile(

@@ -79,25 +79,35 @@ impl Clm {
                 ctx,
             )
             .await?;
-        if new.ca.subject != old.subject {
-            return Err(ServiceError::internal(
-                "the new CA certificate's subject differs from the old one's",
-            ));
-        }
-
-        let link = match &old_key {
-            Some(old_key) => Some(
-                self.link_certificate(
-                    &old,
-                    old_key,
-                    &old_der,
-                    &new.key,
-                    &common_name,
-                    validity_days,
-                )
-                .await?,
-            ),
-            None => None,
+        // Until the rollover is stored the new key is nobody's: if a step
+        // fails, or a concurrent rollover wins, it leaves the token again.
+        let linked = async {
+            if new.ca.subject != old.subject {
+                return Err(ServiceError::internal(
+                    "the new CA certificate's subject differs from the old one's",
+                ));
+            }
+            match &old_key {
+                Some(old_key) => self
+                    .link_certificate(
+                        &old,
+                        old_key,
+                        &old_der,
+                        &new.key,
+                        &common_name,
+                        validity_days,
+                    )
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let link = match linked.await {
+            Ok(link) => link,
+            Err(e) => {
+                self.discard_ca_key(&new.ca.key, ctx).await;
+                return Err(e);
+            }
         };
         let retired_name = old.retired_name();
         let event = AuditEvent::new(p.actor(), "ca.rolled_over", ctx)
@@ -110,7 +120,8 @@ impl Clm {
                 "serial": new.cert.serial_hex,
                 "link_serial": link.as_ref().map(|l| l.serial_hex.clone()),
             }));
-        self.secure
+        let stored = self
+            .secure
             .rollover_ca(
                 old.id,
                 &retired_name,
@@ -119,11 +130,17 @@ impl Clm {
                 link.as_ref(),
                 &event,
             )
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict(m) => ServiceError::conflict("ca_inactive", m),
-                other => other.into(),
-            })?;
+            .await;
+        match stored {
+            Ok(()) => {}
+            Err(StoreError::Conflict(m)) => {
+                self.discard_ca_key(&new.ca.key, ctx).await;
+                return Err(ServiceError::conflict("ca_inactive", m));
+            }
+            // Whether it was stored is unknown (a commit whose answer was
+            // lost): the key stays, where `clm hsm check` lists it.
+            Err(e) => return Err(e.into()),
+        }
         self.ca_keys
             .write()
             .await
