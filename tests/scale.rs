@@ -1,7 +1,8 @@
 //! Several instances on one pair of databases, and what a crash leaves
 //! behind: serials never reused, each background job run by one instance
 //! once per period through its lease, kill -9 under load repaired and
-//! proven consistent by `clm reconcile`.
+//! proven consistent by `clm reconcile`, which also announces to webhooks
+//! the certificates a crash kept from being announced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -66,8 +67,46 @@ fn found(report: &Value, what: &str) -> (u64, u64) {
     )
 }
 
+/// The certificates announced by `request.issued` deliveries of `hook`.
+async fn announced(app: &TestApp, token: &str, hook: &str) -> Vec<String> {
+    let queued: Value = app
+        .get(token, &format!("/api/v1/webhooks/{hook}/deliveries"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = queued
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["event"] == "request.issued")
+        .map(|d| {
+            d["payload"]["data"]["certificate_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 async fn reconcile_repairs(app: &TestApp) {
     let admin = app.admin_token().await;
+    // Nothing listens there: deliveries wait in the queue, where they are
+    // counted.
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/webhooks",
+            &json!({ "url": "http://127.0.0.1:9/hook", "events": ["request.issued"] }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let hook = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let kept = app.issue(&admin, &["kept.clm.test"]).await;
     let revoked = app.issue(&admin, &["revoked.clm.test"]).await;
     let revoked_id = revoked["id"].as_str().unwrap();
@@ -80,6 +119,10 @@ async fn reconcile_repairs(app: &TestApp) {
         .await;
     assert_eq!(r.status(), 200);
     let revoked = certificate(app, &admin, revoked_id).await;
+    let kept_id = kept["id"].as_str().unwrap();
+    let mut both = vec![kept_id.to_string(), revoked_id.to_string()];
+    both.sort();
+    assert_eq!(announced(app, &admin, &hook).await, both);
 
     // A request that waits for an approval, to play an issuance cut off
     // between reserving its serial and storing the certificate.
@@ -109,10 +152,20 @@ async fn reconcile_repairs(app: &TestApp) {
         kept["serial"].as_str().unwrap(),
         revoked["serial"].as_str().unwrap(),
     );
+    // Killed before step 4: neither the mirror nor its announcement, which
+    // are stored together.
+    let about_kept = match app.backend {
+        Backend::Sqlite => format!("json_extract(payload, '$.data.certificate_id') = '{kept_id}'"),
+        Backend::Postgres => format!("payload->'data'->>'certificate_id' = '{kept_id}'"),
+    };
     app.sql(
         "core",
-        &format!("DELETE FROM certificate_metadata WHERE serial_hex = '{kept_serial}'"),
+        &format!(
+            "DELETE FROM certificate_metadata WHERE serial_hex = '{kept_serial}'; \
+             DELETE FROM webhook_deliveries WHERE {about_kept}"
+        ),
     );
+    assert_eq!(announced(app, &admin, &hook).await, [revoked_id]);
     // The mirror as it was before the revocation's step in clm_core (the
     // trigger that keeps revoked rows revoked would refuse the rewind).
     let on_table = match app.backend {
@@ -159,6 +212,8 @@ async fn reconcile_repairs(app: &TestApp) {
     assert_eq!(done["audit"]["ok"], true, "{done}");
     assert_eq!(mirrored(kept_serial), "valid");
     assert_eq!(mirrored(revoked_serial), "revoked");
+    // Copied over and announced once, as step 4 would have.
+    assert_eq!(announced(app, &admin, &hook).await, both);
     let request: Value = app
         .get(
             &admin,

@@ -419,6 +419,17 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
+/// One event for an organisation's webhooks, before it is queued for each
+/// that subscribes to it.
+#[derive(Clone, Debug)]
+pub struct WebhookEvent {
+    pub organization_id: OrganizationId,
+    /// Its name, e.g. `request.issued`.
+    pub event: &'static str,
+    /// The body every subscriber receives.
+    pub payload: serde_json::Value,
+}
+
 /// One event on its way to one webhook.
 #[derive(Clone, Debug, Serialize)]
 pub struct WebhookDelivery {

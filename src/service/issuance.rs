@@ -16,7 +16,7 @@ use super::workflow::ApprovalView;
 use super::{Clm, Listing, Principal, rfc3339};
 use crate::domain::model::{
     Actor, AuditEvent, Certificate, CertificateAuthority, CertificateRequest, Outcome, Profile,
-    RequestContext,
+    RequestContext, WebhookEvent,
 };
 use crate::domain::{
     ApprovedCertificate, CaId, CertificateId, CertificateStatus, KeyAlgorithm, Permission,
@@ -449,16 +449,16 @@ impl Clm {
             .await?;
         request.status = RequestStatus::Issued;
         request.certificate_id = Some(cert.id);
-        let mut data = event_data(request);
-        data["certificate_id"] = serde_json::json!(cert.id);
-        data["serial"] = serde_json::json!(cert.serial_hex);
-        data["not_after"] = serde_json::json!(rfc3339(cert.not_after));
-        self.emit(request.organization_id, "request.issued", data)
-            .await;
 
-        // Step 4: clm_core follows. If this fails the certificate exists all
-        // the same; reconciliation copies it over later.
-        if let Err(e) = self.core.record_certificate(&cert, &event).await {
+        // Step 4: clm_core follows, announcing the certificate to webhooks
+        // in the same transaction. If this fails the certificate exists all
+        // the same; reconciliation copies it over, and announces it, later.
+        let notice = issued_event(request, &cert);
+        if let Err(e) = self
+            .core
+            .record_certificate(&cert, &event, Some(notice))
+            .await
+        {
             tracing::warn!(certificate = %cert.id, error = %e, "certificate metadata not yet mirrored to clm_core");
         }
         if request.supersede_replaced
@@ -526,6 +526,15 @@ impl Clm {
         self.emit(request.organization_id, "request.failed", data)
             .await;
     }
+}
+
+/// `request.issued` for `request`, now issued as `cert`.
+pub(super) fn issued_event(request: &CertificateRequest, cert: &Certificate) -> WebhookEvent {
+    let mut data = event_data(request);
+    data["certificate_id"] = serde_json::json!(cert.id);
+    data["serial"] = serde_json::json!(cert.serial_hex);
+    data["not_after"] = serde_json::json!(rfc3339(cert.not_after));
+    super::webhooks::webhook_event(request.organization_id, "request.issued", data)
 }
 
 /// What webhook events say about a request (names, never keys or CSRs).

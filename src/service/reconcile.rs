@@ -3,7 +3,8 @@
 //! that clm_secure is always ahead), found and repaired.
 //!
 //! - a certificate in clm_secure that clm_core's mirror lacks (the process
-//!   died between steps 3 and 4 of issuance): copied over;
+//!   died between steps 3 and 4 of issuance): copied over, and announced to
+//!   the webhooks subscribed to `request.issued` as step 4 would have;
 //! - a mirror whose status lags clm_secure's (a revocation or expiry whose
 //!   mirroring was cut off): brought up to date;
 //! - a request left in `approved` with its serial reserved and nothing
@@ -213,7 +214,17 @@ impl Clm {
                 "serial": cert.serial_hex,
                 "by": "reconciliation",
             }));
-        match self.core.record_certificate(&cert, &event).await {
+        // Issuance announces a certificate with its mirror, so a missing
+        // mirror means it was never announced either.
+        let notice = match cert.request_id {
+            Some(request) => self
+                .secure
+                .find_request(request)
+                .await?
+                .map(|r| super::issuance::issued_event(&r, &cert)),
+            None => None,
+        };
+        match self.core.record_certificate(&cert, &event, notice).await {
             // Issuance's own step 4 got there at the same moment.
             Ok(()) | Err(StoreError::Duplicate(_)) => {}
             Err(e) => return Err(e.into()),

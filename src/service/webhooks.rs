@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
 use super::{Clm, Principal, rfc3339};
-use crate::domain::model::{AuditEvent, RequestContext, Webhook, WebhookDelivery};
+use crate::domain::model::{AuditEvent, RequestContext, Webhook, WebhookDelivery, WebhookEvent};
 use crate::domain::{KeyPurpose, OrganizationId, Permission, Secret, new_row_id};
 use crate::store::AttemptResult;
 
@@ -82,6 +82,9 @@ pub struct CreatedWebhook {
 pub struct DeliveryView {
     pub id: uuid::Uuid,
     pub event: String,
+    /// The JSON document the endpoint receives.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
     pub status: String,
     pub attempts: i32,
     #[schema(format = DateTime)]
@@ -99,6 +102,7 @@ impl From<&WebhookDelivery> for DeliveryView {
         Self {
             id: d.id,
             event: d.event.clone(),
+            payload: d.payload.clone(),
             status: d.status.clone(),
             attempts: d.attempts,
             next_attempt_at: rfc3339(d.next_attempt_at),
@@ -235,15 +239,17 @@ impl Clm {
 
     /// Queues an event for the organisation's endpoints. Failure to queue
     /// is logged, never turned into a failure of the action it reports.
-    pub(super) async fn emit(&self, org: OrganizationId, event: &str, data: serde_json::Value) {
-        let payload = serde_json::json!({
-            "id": uuid::Uuid::new_v4(),
-            "type": event,
-            "organization_id": org,
-            "occurred_at": rfc3339(Utc::now()),
-            "data": data,
-        });
-        if let Err(e) = self.core.enqueue_webhook_event(org, event, &payload).await {
+    pub(super) async fn emit(
+        &self,
+        org: OrganizationId,
+        event: &'static str,
+        data: serde_json::Value,
+    ) {
+        if let Err(e) = self
+            .core
+            .enqueue_webhook_event(&webhook_event(org, event, data))
+            .await
+        {
             tracing::warn!(event, error = %e, "webhook event not queued");
         }
     }
@@ -311,6 +317,26 @@ impl Clm {
             self.core.record_attempt(d.id, result).await?;
         }
         Ok(delivered)
+    }
+}
+
+/// `event` of `org` as its subscribers receive it: `data` in an envelope
+/// with the event's own id and time.
+pub(super) fn webhook_event(
+    org: OrganizationId,
+    event: &'static str,
+    data: serde_json::Value,
+) -> WebhookEvent {
+    WebhookEvent {
+        organization_id: org,
+        event,
+        payload: serde_json::json!({
+            "id": uuid::Uuid::new_v4(),
+            "type": event,
+            "organization_id": org,
+            "occurred_at": rfc3339(Utc::now()),
+            "data": data,
+        }),
     }
 }
 

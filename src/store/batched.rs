@@ -1,8 +1,9 @@
 //! The issuance writes that concurrent requests commit together
 //! ([`super::group`]): in clm_secure the intent (request with its reserved
 //! serial) and the issued certificate with its request's compare-and-set
-//! `approved → issued`; in clm_core the certificate's metadata mirror. Each
-//! with its audit entry, in the same transaction as the rows it records.
+//! `approved → issued`; in clm_core the certificate's metadata mirror and
+//! the webhook deliveries that announce it. Each with its audit entry, in
+//! the same transaction as the rows it records.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,9 +14,9 @@ use super::entity::core::certificate_metadata;
 use super::entity::secure::{certificate_requests, certificates};
 use super::group::{Batcher, Job};
 use super::secure_db::{certificate_active_model, request_active_model};
-use super::{CoreDb, SecureDb, StoreError, StoreResult, audit};
+use super::{CoreDb, SecureDb, StoreError, StoreResult, audit, webhooks};
 use crate::domain::audit::AuditLog;
-use crate::domain::model::{AuditEvent, Certificate, CertificateRequest};
+use crate::domain::model::{AuditEvent, Certificate, CertificateRequest, WebhookEvent};
 use crate::domain::{RequestId, RequestStatus};
 
 /// A lazily started writer task; handles that differ in their audit signer
@@ -45,6 +46,7 @@ impl IssuanceWrite {
 pub(super) struct Mirror {
     pub cert: Certificate,
     pub event: AuditEvent,
+    pub notice: Option<WebhookEvent>,
 }
 
 impl SecureDb {
@@ -159,14 +161,22 @@ impl SecureDb {
 
 impl CoreDb {
     /// Mirrors an issued certificate's metadata into clm_core (decision 3,
-    /// step 4) with its audit entry; nothing happens if it is there
-    /// already (reconciliation may get there first). Concurrent calls share
+    /// step 4) with its audit entry and the deliveries of `notice` to the
+    /// webhooks subscribed to it: a certificate is announced exactly when
+    /// its mirror is stored. Nothing happens if the mirror is there already
+    /// (reconciliation may get there first). Concurrent calls share
     /// transactions.
-    pub async fn record_certificate(&self, c: &Certificate, event: &AuditEvent) -> StoreResult<()> {
+    pub async fn record_certificate(
+        &self,
+        c: &Certificate,
+        event: &AuditEvent,
+        notice: Option<WebhookEvent>,
+    ) -> StoreResult<()> {
         self.mirror_writes()
             .submit(Mirror {
                 cert: c.clone(),
                 event: event.clone(),
+                notice,
             })
             .await
     }
@@ -227,6 +237,9 @@ impl CoreDb {
             .await?;
         let events: Vec<AuditEvent> = missing.iter().map(|m| m.event.clone()).collect();
         audit::insert_many(&txn, AuditLog::Core, &self.audit, &events).await?;
+        let notices: Vec<WebhookEvent> = missing.iter().filter_map(|m| m.notice.clone()).collect();
+        let deliveries = self.deliveries_of(&notices).await?;
+        webhooks::insert_deliveries(&txn, deliveries).await?;
         txn.commit().await?;
         Ok(())
     }

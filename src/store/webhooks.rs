@@ -5,13 +5,14 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use uuid::Uuid;
 
 use super::entity::core::{webhook_deliveries, webhooks};
 use super::{CoreDb, StoreResult, audit, json_strings, strings_from_json};
-use crate::domain::model::{AuditEvent, Webhook, WebhookDelivery};
+use crate::domain::model::{AuditEvent, Webhook, WebhookDelivery, WebhookEvent};
 use crate::domain::{OrganizationId, new_row_id};
 
 fn webhook_from(r: webhooks::Model) -> StoreResult<Webhook> {
@@ -39,6 +40,23 @@ fn delivery_from(r: webhook_deliveries::Model) -> WebhookDelivery {
         delivered_at: r.delivered_at,
         created_at: r.created_at,
     }
+}
+
+/// Deliveries per INSERT: 13 parameters each stay far below the backends'
+/// limits on one statement's parameters.
+const DELIVERIES_PER_INSERT: usize = 500;
+
+/// Stores `deliveries` through `db` (a transaction or the connection).
+pub(super) async fn insert_deliveries<C: ConnectionTrait>(
+    db: &C,
+    deliveries: Vec<webhook_deliveries::ActiveModel>,
+) -> StoreResult<()> {
+    for chunk in deliveries.chunks(DELIVERIES_PER_INSERT) {
+        webhook_deliveries::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The outcome of one delivery attempt.
@@ -114,47 +132,53 @@ impl CoreDb {
         Ok(())
     }
 
-    /// Queues `event` for every active webhook of `org` subscribed to it.
-    pub async fn enqueue_webhook_event(
-        &self,
-        org: OrganizationId,
-        event: &str,
-        payload: &serde_json::Value,
-    ) -> StoreResult<usize> {
-        let read = || {
-            webhooks::Entity::find()
-                .filter(webhooks::Column::OrganizationId.eq(org.0))
-                .filter(webhooks::Column::Status.eq("active"))
-                .all(&self.read)
-        };
-        let hooks = self.webhooks.get_or_read(org, read).await?;
-        let now = Utc::now();
-        let mut n = 0;
-        for hook in hooks {
-            let events = strings_from_json(&hook.events)?;
-            if !events.is_empty() && !events.iter().any(|e| e == event) {
-                continue;
-            }
-            webhook_deliveries::ActiveModel {
-                id: Set(new_row_id()),
-                webhook_id: Set(hook.id),
-                organization_id: Set(org.0),
-                event: Set(event.to_string()),
-                payload: Set(payload.clone()),
-                status: Set("pending".into()),
-                attempts: Set(0),
-                next_attempt_at: Set(now),
-                last_status_code: Set(None),
-                last_error: Set(None),
-                delivered_at: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-            }
-            .insert(&self.db)
-            .await?;
-            n += 1;
-        }
+    /// Queues `e` for every active webhook of its organisation subscribed
+    /// to it. Returns how many deliveries were queued.
+    pub async fn enqueue_webhook_event(&self, e: &WebhookEvent) -> StoreResult<usize> {
+        let deliveries = self.deliveries_of(std::slice::from_ref(e)).await?;
+        let n = deliveries.len();
+        insert_deliveries(&self.db, deliveries).await?;
         Ok(n)
+    }
+
+    /// One pending delivery of each event to each webhook subscribed to it.
+    pub(super) async fn deliveries_of(
+        &self,
+        events: &[WebhookEvent],
+    ) -> StoreResult<Vec<webhook_deliveries::ActiveModel>> {
+        let now = Utc::now();
+        let mut deliveries = Vec::new();
+        for e in events {
+            let org = e.organization_id;
+            let read = || {
+                webhooks::Entity::find()
+                    .filter(webhooks::Column::OrganizationId.eq(org.0))
+                    .filter(webhooks::Column::Status.eq("active"))
+                    .all(&self.read)
+            };
+            for hook in self.webhooks.get_or_read(org, read).await? {
+                let events = strings_from_json(&hook.events)?;
+                if !events.is_empty() && !events.iter().any(|name| name == e.event) {
+                    continue;
+                }
+                deliveries.push(webhook_deliveries::ActiveModel {
+                    id: Set(new_row_id()),
+                    webhook_id: Set(hook.id),
+                    organization_id: Set(org.0),
+                    event: Set(e.event.to_string()),
+                    payload: Set(e.payload.clone()),
+                    status: Set("pending".into()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    last_status_code: Set(None),
+                    last_error: Set(None),
+                    delivered_at: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                });
+            }
+        }
+        Ok(deliveries)
     }
 
     /// Pending deliveries that are due, with their endpoint URL.
