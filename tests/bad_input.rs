@@ -198,6 +198,24 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
         .unwrap();
     expect_problem(r, 400, "invalid_body").await;
 
+    // Text PostgreSQL cannot hold (NUL), where the URL parser would have
+    // taken it.
+    let r = app
+        .post(
+            &token,
+            "/api/v1/webhooks",
+            &json!({ "url": "https://hooks.clm.test/\u{0}" }),
+        )
+        .await;
+    expect_problem(r, 400, "invalid_webhook").await;
+    let hooks: Value = app
+        .get(&token, "/api/v1/webhooks")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hooks, json!([]), "nothing stored");
+
     // A malformed UUID in a path.
     for path in [
         "/api/v1/certificates/12345",
@@ -260,11 +278,13 @@ async fn missing_or_wrong_tokens_are_401(app: &TestApp) {
             .unwrap();
         expect_problem(r, 401, "unauthenticated").await;
     }
-    // Wrong password and unknown user answer alike.
+    // Wrong password and unknown user answer alike, and so does an address
+    // no user can have (PostgreSQL cannot even compare text holding NUL).
     let mut bodies = Vec::new();
     for (email, pw) in [
         (common::ADMIN_EMAIL, "wrong-password-123"),
         ("nobody@clm.test", "wrong-password-123"),
+        ("\u{0}\u{d0}@clm.test", "wrong-password-123"),
     ] {
         let r = app
             .client
@@ -276,6 +296,7 @@ async fn missing_or_wrong_tokens_are_401(app: &TestApp) {
         bodies.push(expect_problem(r, 401, "unauthenticated").await);
     }
     assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[0], bodies[2]);
 
     // Logout invalidates the token at once.
     let token = app.admin_token().await;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Backend, TestApp, ec_csr, write};
+use common::{Backend, TestApp, ec_csr, openssl_verify};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,28 +354,13 @@ async fn missing_ca_key(app: &mut TestApp) {
         .unwrap();
     assert_eq!(cert["ca_id"], new_ca);
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(write(dir.path(), "root.pem", &app.root_pem()))
-        .arg("-untrusted")
-        .arg(write(
-            dir.path(),
-            "chain.pem",
-            cert["chain_pem"].as_str().unwrap(),
-        ))
-        .arg(write(
-            dir.path(),
-            "leaf.pem",
-            cert["certificate_pem"].as_str().unwrap(),
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = openssl_verify(
+        dir.path(),
+        &app.root_pem(),
+        cert["chain_pem"].as_str().unwrap(),
+        cert["certificate_pem"].as_str().unwrap(),
     );
+    assert!(ok, "{text}");
     // And the CA's profile issues again.
     assert_eq!(
         request(app, &admin, &doomed_profile, "fifth.doomed.test")

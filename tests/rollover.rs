@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{TestApp, ec_csr, write};
+use common::{TestApp, ec_csr, openssl_verify as verify, write};
 use serde_json::{Value, json};
 
 on_both_backends! {
@@ -51,30 +50,6 @@ async fn ca_of_kind(app: &TestApp, token: &str, kind: &str) -> Value {
         .find(|c| c["kind"] == kind && c["status"] == "active")
         .unwrap()
         .clone()
-}
-
-/// `openssl verify` of `leaf` trusting `trusted` with `untrusted` as
-/// intermediates.
-fn verify(dir: &Path, trusted: &str, untrusted: &str, leaf: &str) -> (bool, String) {
-    let t = write(dir, "trusted.pem", trusted);
-    let u = write(dir, "untrusted.pem", untrusted);
-    let l = write(dir, "leaf.pem", leaf);
-    let out = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&t)
-        .arg("-untrusted")
-        .arg(&u)
-        .arg(&l)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn pem(v: &Value, field: &str) -> String {

@@ -137,7 +137,10 @@ impl Clm {
             self.core.append_audit(&event).await?;
             return Err(limited);
         }
-        let user = if email.len() <= 320 {
+        // An address no user can have (stored addresses are validated) is
+        // an unknown user, without asking the database: PostgreSQL cannot
+        // even compare text holding NUL.
+        let user = if email.len() <= 320 && !email.chars().any(char::is_control) {
             self.core.find_user_by_email(email).await?
         } else {
             None

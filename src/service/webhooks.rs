@@ -151,13 +151,16 @@ impl Clm {
     ) -> ServiceResult<CreatedWebhook> {
         p.require(Permission::ManageUsers)?;
         let url = body.url.trim();
+        // The URL parser would percent-encode control characters; the URL
+        // stored is the one given, so they are refused.
         if url.len() > 2000
             || !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.chars().any(char::is_control)
             || reqwest::Url::parse(url).is_err()
         {
             return Err(ServiceError::invalid(
                 "invalid_webhook",
-                "url must be an http:// or https:// URL of at most 2000 characters",
+                "url must be an http:// or https:// URL of at most 2000 printable characters",
             ));
         }
         if let Some(bad) = body.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {

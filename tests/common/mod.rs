@@ -735,3 +735,27 @@ pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     std::fs::write(&p, content).unwrap();
     p
 }
+
+/// `openssl verify` of `leaf` against `trusted` with `untrusted` as the
+/// chain (files written in `dir`): whether it passed, and what it said.
+pub fn openssl_verify(dir: &Path, trusted: &str, untrusted: &str, leaf: &str) -> (bool, String) {
+    let t = write(dir, "trusted.pem", trusted);
+    let u = write(dir, "untrusted.pem", untrusted);
+    let l = write(dir, "leaf.pem", leaf);
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&t)
+        .arg("-untrusted")
+        .arg(&u)
+        .arg(&l)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
