@@ -9,6 +9,7 @@
 //! the sealer's brief SHARE lock conflicts with; SQLite: the single writer's
 //! `max + 1`), one HMAC in the HSM, one INSERT.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -178,11 +179,11 @@ async fn prepare<C: ConnectionTrait>(
 }
 
 /// Seqs, ids, times, hashes and MACs (one HSM round trip) for `events`.
-async fn prepare_many<C: ConnectionTrait>(
+async fn prepare_many<C: ConnectionTrait, E: Borrow<AuditEvent>>(
     db: &C,
     log: AuditLog,
     signer: &AuditSigner,
-    events: &[AuditEvent],
+    events: &[E],
 ) -> StoreResult<Vec<Prepared>> {
     let mac = signer.0.as_ref().ok_or(StoreError::Audit(
         crate::domain::audit::AuditMacError::NoKey,
@@ -190,7 +191,7 @@ async fn prepare_many<C: ConnectionTrait>(
     let version = mac.current_version()?;
     let seqs = next_seqs(db, log, events.len()).await?;
     let mut out = Vec::with_capacity(events.len());
-    for (e, seq) in events.iter().zip(seqs) {
+    for (e, seq) in events.iter().map(Borrow::borrow).zip(seqs) {
         let id = new_row_id();
         let at = truncate_to_micros(Utc::now());
         let fields = EntryFields {
@@ -234,26 +235,27 @@ async fn prepare_many<C: ConnectionTrait>(
 /// Appends `events` to `log` inside the caller's transaction with one seq
 /// draw, one HSM round trip and one multi-row INSERT — the bulk form of
 /// [`insert_core`] / [`insert_secure`], same hashes and MACs.
-pub(super) async fn insert_many<C: ConnectionTrait>(
+pub(super) async fn insert_many<C: ConnectionTrait, E: Borrow<AuditEvent>>(
     db: &C,
     log: AuditLog,
     signer: &AuditSigner,
-    events: &[AuditEvent],
+    events: &[E],
 ) -> StoreResult<()> {
     if events.is_empty() {
         return Ok(());
     }
     let prepared = prepare_many(db, log, signer, events).await?;
+    let rows = events.iter().map(Borrow::borrow).zip(prepared);
     match log {
         AuditLog::Core => {
-            audit_log::Entity::insert_many(events.iter().zip(prepared).map(|(e, p)| {
+            audit_log::Entity::insert_many(rows.map(|(e, p)| {
                 audit_row!(audit_log, e, p.seq, p.id, p.at, p.hash, p.mac, p.version)
             }))
             .exec_without_returning(db)
             .await?;
         }
         AuditLog::Secure => {
-            secure_audit_log::Entity::insert_many(events.iter().zip(prepared).map(|(e, p)| {
+            secure_audit_log::Entity::insert_many(rows.map(|(e, p)| {
                 audit_row!(
                     secure_audit_log,
                     e,

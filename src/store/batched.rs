@@ -152,7 +152,7 @@ impl SecureDb {
                 ));
             }
         }
-        let events: Vec<AuditEvent> = jobs.iter().map(|j| j.item.event().clone()).collect();
+        let events: Vec<&AuditEvent> = jobs.iter().map(|j| j.item.event()).collect();
         audit::insert_many(&txn, AuditLog::Secure, &self.audit, &events).await?;
         txn.commit().await?;
         Ok(())
@@ -235,7 +235,7 @@ impl CoreDb {
         certificate_metadata::Entity::insert_many(missing.iter().map(|m| metadata_model(&m.cert)))
             .exec_without_returning(&txn)
             .await?;
-        let events: Vec<AuditEvent> = missing.iter().map(|m| m.event.clone()).collect();
+        let events: Vec<&AuditEvent> = missing.iter().map(|m| &m.event).collect();
         audit::insert_many(&txn, AuditLog::Core, &self.audit, &events).await?;
         let notices: Vec<WebhookEvent> = missing.iter().filter_map(|m| m.notice.clone()).collect();
         let deliveries = self.deliveries_of(&notices).await?;
