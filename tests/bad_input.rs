@@ -64,10 +64,9 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
         .clone();
 
     // A narrow profile: P-384 only, *.corp.test, 30 days.
-    let r = app
-        .post(
+    let narrow = app
+        .create_profile(
             &token,
-            "/api/v1/profiles",
             &json!({
                 "name": "narrow",
                 "ca_id": intermediate,
@@ -81,9 +80,6 @@ async fn bad_requests_are_refused_and_leave_no_trace(app: &TestApp) {
             }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let narrow: Value = r.json().await.unwrap();
-    let narrow = narrow["id"].as_str().unwrap().to_string();
 
     let before = counts(app, &token).await;
 

@@ -388,10 +388,9 @@ async fn refused_certificates(app: &TestApp) {
         .find(|c| c["kind"] == "intermediate")
         .unwrap()
         .clone();
-    let r = app
-        .post(
+    let servers_only = app
+        .create_profile(
             &ca_admin,
-            "/api/v1/profiles",
             &json!({
                 "name": "servers-only",
                 "ca_id": intermediate["id"],
@@ -402,11 +401,6 @@ async fn refused_certificates(app: &TestApp) {
             }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let servers_only = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
 
     // serverAuth only: neither bindable nor accepted.
     let server = issue(app, &dave, &servers_only, "web.gamma.test").await;

@@ -284,10 +284,9 @@ async fn root_rollover(app: &TestApp) {
         .await;
     assert_eq!(r.status(), 201);
     let inter: Value = r.json().await.unwrap();
-    let r = app
-        .post(
+    let profile = app
+        .create_profile(
             &token,
-            "/api/v1/profiles",
             &json!({
                 "name": "g2",
                 "ca_id": inter["id"],
@@ -298,11 +297,6 @@ async fn root_rollover(app: &TestApp) {
             }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let profile = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let leaf = issue_with(app, &token, &profile, "g2.clm.test").await;
 
     let dir = tempfile::tempdir().unwrap();

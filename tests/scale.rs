@@ -127,20 +127,14 @@ async fn reconcile_repairs(app: &TestApp) {
     // A request that waits for an approval, to play an issuance cut off
     // between reserving its serial and storing the certificate.
     let ca = app.intermediate_ca_id(&admin).await;
-    let r = app
-        .post(
+    let approval_profile = app
+        .create_profile(
             &admin,
-            "/api/v1/profiles",
             &json!({ "name": "approved", "ca_id": ca, "key_algorithms": ["ecdsa-p256"],
                      "allowed_dns_suffixes": ["clm.test"], "max_validity_days": 30,
                      "extended_key_usages": ["serverAuth"], "required_approvals": 1 }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let approval_profile = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let pending = submit(app, &admin, &approval_profile, "cut-off.clm.test")
         .await
         .unwrap();

@@ -49,20 +49,14 @@ async fn org(app: &TestApp, name: &str, n: usize, required: u8) -> Org {
         );
     }
     let ca = app.intermediate_ca_id(&admin).await;
-    let r = app
-        .post(
+    let profile = app
+        .create_profile(
             &admin,
-            "/api/v1/profiles",
             &json!({ "name": "approved-tls", "ca_id": ca, "key_algorithms": ["ecdsa-p256"],
                      "allowed_dns_suffixes": [format!("{slug}.test")], "max_validity_days": 90,
                      "extended_key_usages": ["serverAuth"], "required_approvals": required }),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let profile = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     Org {
         admin,
         requester,
