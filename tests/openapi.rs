@@ -250,7 +250,8 @@ async fn docs_ui_is_local(app: &TestApp) {
 }
 
 /// schemathesis against the served document, as the admin. Bounded: 20
-/// examples per operation, a few minutes on two shared cores.
+/// examples per operation, a few minutes on two shared cores;
+/// `CLM_FUZZ_EXAMPLES` asks for more when hunting by hand.
 async fn schemathesis(app: &TestApp, token: &str, config: Option<&std::path::Path>, args: &[&str]) {
     if Command::new("schemathesis")
         .arg("--version")
@@ -264,6 +265,7 @@ async fn schemathesis(app: &TestApp, token: &str, config: Option<&std::path::Pat
         eprintln!("note: schemathesis not installed; skipping");
         return;
     }
+    let examples = std::env::var("CLM_FUZZ_EXAMPLES").unwrap_or_else(|_| "20".into());
     let mut cmd = Command::new("schemathesis");
     if let Some(config) = config {
         cmd.arg("--config-file").arg(config);
@@ -282,7 +284,7 @@ async fn schemathesis(app: &TestApp, token: &str, config: Option<&std::path::Pat
             "--exclude-checks",
             "positive_data_acceptance",
         ])
-        .args(["--max-examples", "20", "--workers", "1"])
+        .args(["--max-examples", &examples, "--workers", "1"])
         // `/api/docs` answers 308; the check is on that answer.
         .args(["--max-redirects", "0", "--request-timeout", "60"])
         // Logging out would end the session the run uses. Other
