@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use base64::Engine;
-use common::{Backend, TestApp};
+use common::{Backend, TestApp, openssl};
 use serde_json::{Value, json};
 
 on_both_backends! {
@@ -40,22 +38,6 @@ async fn keygen_profile(app: &TestApp, token: &str, extra: Value) -> String {
         body[k] = v.clone();
     }
     app.create_profile(token, &body).await
-}
-
-fn openssl(args: &[&str], dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 async fn generated_keys_come_back_as_pkcs12(app: &TestApp) {

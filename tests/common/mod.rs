@@ -736,18 +736,11 @@ pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     p
 }
 
-/// `openssl verify` of `leaf` against `trusted` with `untrusted` as the
-/// chain (files written in `dir`): whether it passed, and what it said.
-pub fn openssl_verify(dir: &Path, trusted: &str, untrusted: &str, leaf: &str) -> (bool, String) {
-    let t = write(dir, "trusted.pem", trusted);
-    let u = write(dir, "untrusted.pem", untrusted);
-    let l = write(dir, "leaf.pem", leaf);
+/// `openssl ARGS` run in `dir`: whether it passed, and what it said.
+pub fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
     let out = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&t)
-        .arg("-untrusted")
-        .arg(&u)
-        .arg(&l)
+        .current_dir(dir)
+        .args(args)
         .output()
         .unwrap();
     (
@@ -757,5 +750,24 @@ pub fn openssl_verify(dir: &Path, trusted: &str, untrusted: &str, leaf: &str) ->
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
+    )
+}
+
+/// `openssl verify` of `leaf` against `trusted` with `untrusted` as the
+/// chain (files written in `dir`): whether it passed, and what it said.
+pub fn openssl_verify(dir: &Path, trusted: &str, untrusted: &str, leaf: &str) -> (bool, String) {
+    write(dir, "trusted.pem", trusted);
+    write(dir, "untrusted.pem", untrusted);
+    write(dir, "leaf.pem", leaf);
+    openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "trusted.pem",
+            "-untrusted",
+            "untrusted.pem",
+            "leaf.pem",
+        ],
+        dir,
     )
 }
