@@ -321,15 +321,7 @@ async fn missing_ca_key(app: &mut TestApp) {
 
     // The lost key is replaced by a rollover: the root certifies a new key
     // under the CA's name, and the CA's profiles follow it.
-    let r = app
-        .post(
-            &admin,
-            &format!("/api/v1/cas/{doomed_id}/rollover"),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(r.status(), 201, "{}", app.server_log());
-    let rolled: Value = r.json().await.unwrap();
+    let rolled = app.rollover(&admin, &doomed_id).await;
     let new_ca = rolled["ca"]["id"].clone();
     assert_eq!(rolled["retired_ca_id"], doomed_id.as_str());
 

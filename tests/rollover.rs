@@ -341,26 +341,14 @@ async fn root_rollover(app: &TestApp) {
     assert!(ok, "{text}");
 }
 
-async fn rollover(app: &TestApp, token: &str, id: &Value) -> Value {
-    let r = app
-        .post(
-            token,
-            &format!("/api/v1/cas/{}/rollover", id.as_str().unwrap()),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(r.status(), 201, "{}", app.server_log());
-    r.json().await.unwrap()
-}
-
 /// A root rolled over twice within the same second, then the intermediate
 /// it had issued: each retired CA keeps a name of its own, and the
 /// intermediate's new certificate is signed by the root's current key.
 async fn repeated_rollovers(app: &TestApp) {
     let token = app.admin_token().await;
     let first = ca_of_kind(app, &token, "root").await;
-    let second = rollover(app, &token, &first["id"]).await["ca"].clone();
-    let third = rollover(app, &token, &second["id"]).await["ca"].clone();
+    let second = app.rollover(&token, &pem(&first, "id")).await["ca"].clone();
+    let third = app.rollover(&token, &pem(&second, "id")).await["ca"].clone();
     assert_eq!(third["name"], first["name"]);
     let retired = [
         ca(app, &token, &pem(&first, "id")).await,
@@ -380,7 +368,7 @@ async fn repeated_rollovers(app: &TestApp) {
 
     let old_inter = ca_of_kind(app, &token, "intermediate").await;
     assert_eq!(old_inter["parent_id"], first["id"]);
-    let new_inter = rollover(app, &token, &old_inter["id"]).await["ca"].clone();
+    let new_inter = app.rollover(&token, &pem(&old_inter, "id")).await["ca"].clone();
     assert_eq!(new_inter["parent_id"], third["id"]);
     let profile = app.default_profile_id(&token).await;
     let leaf = issue_with(app, &token, &profile, "current.clm.test").await;

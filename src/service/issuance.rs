@@ -328,6 +328,9 @@ impl Clm {
         ctx: &RequestContext,
     ) -> ServiceResult<Certificate> {
         let timer = super::telemetry::IssuanceTimer::start(ca, request.profile_id);
+        // The CA that signs, which a stored request may not have been filed
+        // under (a rollover since); step 1 records it.
+        request.ca_id = ca.id;
         // Step 1: the intent, with a serial nobody else can take.
         let mut serial = pki::new_serial();
         for attempt in 1..=SERIAL_ATTEMPTS {

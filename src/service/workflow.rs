@@ -266,7 +266,6 @@ impl Clm {
             self.signing_key(profile.ca_id).await,
         ) {
             (Ok(ca), Ok(key)) => {
-                request.ca_id = ca.id;
                 self.issue(
                     &mut request,
                     &approved,

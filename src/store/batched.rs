@@ -237,8 +237,9 @@ impl CoreDb {
             .await?;
         let events: Vec<&AuditEvent> = missing.iter().map(|m| &m.event).collect();
         audit::insert_many(&txn, AuditLog::Core, &self.audit, &events).await?;
-        let notices: Vec<WebhookEvent> = missing.iter().filter_map(|m| m.notice.clone()).collect();
-        let deliveries = self.deliveries_of(&notices).await?;
+        let notices: Vec<&WebhookEvent> =
+            missing.iter().filter_map(|m| m.notice.as_ref()).collect();
+        let deliveries = self.deliveries_of(notices).await?;
         webhooks::insert_deliveries(&txn, deliveries).await?;
         txn.commit().await?;
         Ok(())

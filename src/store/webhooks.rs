@@ -51,8 +51,9 @@ pub(super) async fn insert_deliveries<C: ConnectionTrait>(
     db: &C,
     deliveries: Vec<webhook_deliveries::ActiveModel>,
 ) -> StoreResult<()> {
-    for chunk in deliveries.chunks(DELIVERIES_PER_INSERT) {
-        webhook_deliveries::Entity::insert_many(chunk.to_vec())
+    let mut rows = deliveries.into_iter().peekable();
+    while rows.peek().is_some() {
+        webhook_deliveries::Entity::insert_many(rows.by_ref().take(DELIVERIES_PER_INSERT))
             .exec_without_returning(db)
             .await?;
     }
@@ -135,16 +136,17 @@ impl CoreDb {
     /// Queues `e` for every active webhook of its organisation subscribed
     /// to it. Returns how many deliveries were queued.
     pub async fn enqueue_webhook_event(&self, e: &WebhookEvent) -> StoreResult<usize> {
-        let deliveries = self.deliveries_of(std::slice::from_ref(e)).await?;
+        let deliveries = self.deliveries_of([e]).await?;
         let n = deliveries.len();
         insert_deliveries(&self.db, deliveries).await?;
         Ok(n)
     }
 
-    /// One pending delivery of each event to each webhook subscribed to it.
-    pub(super) async fn deliveries_of(
+    /// One pending delivery of each event to each webhook subscribed to it
+    /// (the payload is copied only into deliveries that exist).
+    pub(super) async fn deliveries_of<'e>(
         &self,
-        events: &[WebhookEvent],
+        events: impl IntoIterator<Item = &'e WebhookEvent>,
     ) -> StoreResult<Vec<webhook_deliveries::ActiveModel>> {
         let now = Utc::now();
         let mut deliveries = Vec::new();

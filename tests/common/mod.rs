@@ -599,6 +599,15 @@ impl TestApp {
             .to_string()
     }
 
+    /// Rolls CA `id` over (201 expected); the answer.
+    pub async fn rollover(&self, token: &str, id: &str) -> Value {
+        let r = self
+            .post(token, &format!("/api/v1/cas/{id}/rollover"), &json!({}))
+            .await;
+        assert_eq!(r.status(), 201, "rollover of {id}:\n{}", self.server_log());
+        r.json().await.unwrap()
+    }
+
     /// The system-wide profile `clm init` creates.
     pub async fn default_profile_id(&self, token: &str) -> String {
         let profiles: Value = self
