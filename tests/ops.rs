@@ -1016,6 +1016,15 @@ async fn metrics_and_rate_limits(backend: Backend) {
         .unwrap()
             >= 3.0
     );
+    // Each issuance passes through every phase once, in order.
+    for phase in ["reserve", "sign", "store", "mirror"] {
+        let count = sample(
+            &page,
+            "clm_issuance_phase_duration_milliseconds_count",
+            &[("phase", phase)],
+        );
+        assert!(count.unwrap_or(0.0) >= 3.0, "{phase}: {count:?}");
+    }
     for ca in ["clm-root", "clm-intermediate"] {
         let age = sample(&page, "clm_crl_age_seconds", &[("ca", ca)]).expect("CRL age");
         assert!(age >= 0.0, "{ca}: {age}");

@@ -146,6 +146,7 @@ async fn issuance(
     let items = all.split_off(warm);
     let (api, profile_id) = (run.api.clone(), profile.to_string());
     let clients = run.opts.clients;
+    let phases_before = phase_totals(&run.api).await?;
     let cpu_before = run.server.cpu_time()?;
     let (stats, issued) = load::drive(clients, all, items, None, move |c| {
         let (api, profile_id) = (api.clone(), profile_id.clone());
@@ -175,6 +176,8 @@ async fn issuance(
         "user + system time of the server over the stage (warm-up included) per request"
             .to_string(),
     );
+    let phases = phase_totals(&run.api).await?;
+    report_phases(run, stage, label, &phases_before, &phases, warm + count);
     run.row(
         stage,
         format!("issuance latency p50, {label}"),
@@ -206,6 +209,91 @@ async fn issuance(
         verdict,
     );
     Ok(issued)
+}
+
+/// The phases of `clm_issuance_phase_duration_milliseconds`, in the order
+/// issuance takes them.
+const PHASES: [&str; 4] = ["reserve", "sign", "store", "mirror"];
+
+/// Per phase (in [`PHASES`] order): the milliseconds spent and the
+/// issuances counted so far, from the server's `/metrics`.
+async fn phase_totals(api: &Api) -> BenchResult<Vec<(f64, f64)>> {
+    let page = api
+        .http
+        .get(format!("{}/metrics", api.public))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(PHASES
+        .iter()
+        .map(|phase| {
+            let sample = |suffix: &str| {
+                let name = format!(
+                    "clm_issuance_phase_duration_milliseconds_{suffix}{{phase=\"{phase}\"}} "
+                );
+                page.lines()
+                    .find_map(|l| l.strip_prefix(name.as_str()))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (sample("sum"), sample("count"))
+        })
+        .collect())
+}
+
+/// Where the stage's issuances spent their time inside the server, from
+/// the phase histogram's growth over the stage; every issuance must have
+/// been counted in every phase.
+fn report_phases(
+    run: &mut Run<'_>,
+    stage: Stage,
+    label: &str,
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+    issued: usize,
+) {
+    let grown: Vec<(f64, f64)> = before
+        .iter()
+        .zip(after)
+        .map(|((ms0, n0), (ms1, n1))| (ms1 - ms0, n1 - n0))
+        .collect();
+    let means: Vec<f64> = grown.iter().map(|(ms, n)| ms / n.max(1.0)).collect();
+    run.row(
+        stage,
+        format!("issuance time in the service (mean), {label}"),
+        means.iter().sum(),
+        Unit::Millis,
+        None,
+        None,
+    );
+    let parts: Vec<String> = PHASES
+        .iter()
+        .zip(&means)
+        .map(|(phase, ms)| format!("{phase} {ms:.2} ms"))
+        .collect();
+    run.report.note(format!(
+        "{}: the intent's commit in clm_secure, building and signing in the token, the certificate's commit in clm_secure, the mirror's in clm_core (clm_issuance_phase_duration_milliseconds); the rest of the latency is TLS, HTTP, authentication and the CSR's check",
+        parts.join(", ")
+    ));
+    let miscounted: Vec<String> = PHASES
+        .iter()
+        .zip(&grown)
+        .filter(|(_, (_, n))| *n as usize != issued)
+        .map(|(phase, (_, n))| format!("{phase}: {n}"))
+        .collect();
+    run.check(
+        stage,
+        format!("phase metrics of {label} count every issuance"),
+        if miscounted.is_empty() {
+            Ok(format!("{issued} in each of {} phases", PHASES.len()))
+        } else {
+            Err(format!(
+                "expected {issued} in each phase, counted {}",
+                miscounted.join(", ")
+            ))
+        },
+    );
 }
 
 /// Reads back up to 20 certificates spread over the run and checks each

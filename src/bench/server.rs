@@ -125,6 +125,9 @@ impl Server {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // The server's log filter, to look inside a run (statements,
+            // spans); the default otherwise.
+            .envs(std::env::var("CLM_LOG").ok().map(|f| ("CLM_LOG", f)))
             .env("CLM_LISTEN", format!("127.0.0.1:{api_port}"))
             .env("CLM_HTTP_LISTEN", format!("127.0.0.1:{public_port}"))
             .env("CLM_PUBLIC_URL", &public)

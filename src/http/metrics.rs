@@ -68,6 +68,10 @@ pub fn install() {
         "clm_issuance_duration_milliseconds",
         "issuance latency in ms (reserve serial, sign in the HSM, store)"
     );
+    describe_histogram!(
+        "clm_issuance_phase_duration_milliseconds",
+        "time in ms of each issuance phase: reserve (intent committed), sign (built and signed in the HSM), store (certificate committed), mirror (clm_core metadata committed)"
+    );
     describe_gauge!(
         "clm_pending_approvals",
         "certificate requests waiting for approval"

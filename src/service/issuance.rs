@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{ServiceError, ServiceResult};
+use super::telemetry::{IssuanceTimer, Phase};
 use super::workflow::ApprovalView;
 use super::{Clm, Listing, Principal, rfc3339};
 use crate::domain::model::{
@@ -327,7 +328,7 @@ impl Clm {
         reservation: Reservation,
         ctx: &RequestContext,
     ) -> ServiceResult<Certificate> {
-        let timer = super::telemetry::IssuanceTimer::start(ca, request.profile_id);
+        let mut timer = IssuanceTimer::start(ca, request.profile_id);
         // The CA that signs, which a stored request may not have been filed
         // under (a rollover since); step 1 records it.
         request.ca_id = ca.id;
@@ -366,6 +367,8 @@ impl Clm {
                 Err(e) => return Err(e.into()),
             }
         }
+
+        timer.phase_done(Phase::Reserve);
 
         // Step 2: sign. rcgen's signing callback is synchronous and the HSM
         // call blocks, so the whole build runs on the blocking pool.
@@ -413,6 +416,8 @@ impl Clm {
             }
         };
 
+        timer.phase_done(Phase::Sign);
+
         // Step 3: the certificate and its audit entry, one transaction.
         let info = pki::CertInfo::from_der(&der)?;
         let cert = Certificate {
@@ -452,6 +457,7 @@ impl Clm {
             .await?;
         request.status = RequestStatus::Issued;
         request.certificate_id = Some(cert.id);
+        timer.phase_done(Phase::Store);
 
         // Step 4: clm_core follows, announcing the certificate to webhooks
         // in the same transaction. If this fails the certificate exists all
@@ -464,6 +470,7 @@ impl Clm {
         {
             tracing::warn!(certificate = %cert.id, error = %e, "certificate metadata not yet mirrored to clm_core");
         }
+        timer.phase_done(Phase::Mirror);
         if request.supersede_replaced
             && let Some(old) = request.replaces_certificate_id
         {

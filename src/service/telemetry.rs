@@ -1,6 +1,7 @@
 //! What the use cases record for operators through the `metrics` facade
 //! (exported as Prometheus by `http`; docs/operations.md lists them): the
-//! issuance counter and latency, and the gauges that come from the
+//! issuance counter, latency and the time in each of its phases, and the
+//! gauges that come from the
 //! databases, which the exporter refreshes when scraped (at most every few
 //! seconds).
 
@@ -14,11 +15,39 @@ use crate::domain::audit::AuditLog;
 use crate::domain::model::CertificateAuthority;
 use crate::domain::{ProfileId, RequestStatus};
 
+/// The steps of one issuance in the order decision 3 of the design takes
+/// them. Each is timed from the end of the one before: whether issuance
+/// waits for the databases or for the token shows in
+/// `clm_issuance_phase_duration_milliseconds`.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Phase {
+    /// The intent — request and reserved serial — committed in clm_secure.
+    Reserve,
+    /// The certificate built and signed in the token, its signature checked.
+    Sign,
+    /// The certificate and its audit entry committed in clm_secure.
+    Store,
+    /// Its metadata mirrored into clm_core.
+    Mirror,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Reserve => "reserve",
+            Phase::Sign => "sign",
+            Phase::Store => "store",
+            Phase::Mirror => "mirror",
+        }
+    }
+}
+
 /// Times one issuance (reservation → signature → stored certificate).
 /// Dropped without [`IssuanceTimer::issued`] — an error, or the request
 /// going away — it counts as failed.
 pub(super) struct IssuanceTimer {
     started: Instant,
+    phase_started: Instant,
     ca: String,
     profile_id: String,
     done: bool,
@@ -26,12 +55,22 @@ pub(super) struct IssuanceTimer {
 
 impl IssuanceTimer {
     pub(super) fn start(ca: &CertificateAuthority, profile: ProfileId) -> Self {
+        let now = Instant::now();
         Self {
-            started: Instant::now(),
+            started: now,
+            phase_started: now,
             ca: ca.name.clone(),
             profile_id: profile.to_string(),
             done: false,
         }
+    }
+
+    /// `phase` is over; the next one starts now.
+    pub(super) fn phase_done(&mut self, phase: Phase) {
+        let now = Instant::now();
+        metrics::histogram!("clm_issuance_phase_duration_milliseconds", "phase" => phase.as_str())
+            .record((now - self.phase_started).as_secs_f64() * 1000.0);
+        self.phase_started = now;
     }
 
     pub(super) fn issued(mut self) {
