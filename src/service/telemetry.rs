@@ -1,9 +1,8 @@
 //! What the use cases record for operators through the `metrics` facade
 //! (exported as Prometheus by `http`; docs/operations.md lists them): the
 //! issuance counter, latency and the time in each of its phases, and the
-//! gauges that come from the
-//! databases, which the exporter refreshes when scraped (at most every few
-//! seconds).
+//! gauges that come from the databases, which the exporter refreshes when
+//! scraped (at most every few seconds).
 
 use std::time::Instant;
 
