@@ -240,11 +240,11 @@ impl Clm {
             }
             return Ok(api_key_principal(&key, user));
         }
-        let (session, user) = self
+        let session = self
             .core
             .find_live_session(&digest, now)
             .await?
-            .filter(|(_, user)| user.is_active())
+            .filter(|s| s.user_active)
             .ok_or(ServiceError::Unauthenticated)?;
         if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECONDS {
             let idle_until = (now + Duration::minutes(self.settings.session_idle_minutes))
@@ -252,10 +252,10 @@ impl Clm {
             self.core.touch_session(session.id, now, idle_until).await?;
         }
         Ok(Principal {
-            user_id: user.id,
-            organization_id: user.organization_id,
-            email: user.email,
-            roles: user.roles,
+            user_id: session.user_id,
+            organization_id: session.organization_id,
+            email: session.email,
+            roles: session.roles,
             session_id: Some(session.id),
             api_key_id: None,
             client_certificate_id: None,

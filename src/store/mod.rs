@@ -42,7 +42,7 @@ use sea_orm::{
 pub use audit::{AuditFilter, AuditSigner, AuditStore};
 pub use certificate_list::{COUNT_HORIZON, SEARCH_COUNT_HORIZON, Total};
 pub use client_cert::IssuerState;
-pub use core_db::{CoreDb, NewUser};
+pub use core_db::{CoreDb, LiveSession, NewUser};
 pub use error::{StoreError, StoreResult};
 pub use expiry::ExpiringCertificate;
 pub use lease::JobLease;
