@@ -44,6 +44,31 @@ impl User {
     }
 }
 
+/// Who a live credential (a session, an API key) belongs to, as
+/// authentication needs it: what a principal carries and whether the
+/// account may act, nothing else of the user.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user_id: UserId,
+    pub organization_id: OrganizationId,
+    pub email: String,
+    /// The user's status is `active`; no other status authenticates.
+    pub active: bool,
+    pub roles: Vec<Role>,
+}
+
+impl From<User> for Identity {
+    fn from(u: User) -> Self {
+        Identity {
+            active: u.is_active(),
+            user_id: u.id,
+            organization_id: u.organization_id,
+            email: u.email,
+            roles: u.roles,
+        }
+    }
+}
+
 /// A login session; the token itself is never stored, only its digest.
 #[derive(Clone, Debug)]
 pub struct Session {

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use super::Clm;
 use super::error::{ServiceError, ServiceResult};
 use super::principal::Principal;
-use crate::domain::model::{Actor, ApiKey, AuditEvent, Outcome, RequestContext, Session, User};
-use crate::domain::{Secret, SessionId};
+use crate::domain::model::{Actor, AuditEvent, Identity, Outcome, RequestContext, Session, User};
+use crate::domain::{ApiKeyId, Role, Secret, SessionId};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -226,11 +226,11 @@ impl Clm {
         let digest = token_digest(token);
         let now = Utc::now();
         if token.starts_with(API_KEY_PREFIX) {
-            let (key, user) = self
+            let key = self
                 .core
                 .find_live_api_key(&digest, now)
                 .await?
-                .filter(|(_, user)| user.is_active())
+                .filter(|k| k.user.active)
                 .ok_or(ServiceError::Unauthenticated)?;
             if key
                 .last_used_at
@@ -238,28 +238,20 @@ impl Clm {
             {
                 self.core.touch_api_key(key.id, now).await?;
             }
-            return Ok(api_key_principal(&key, user));
+            return Ok(api_key_principal(key.id, &key.roles, key.user));
         }
         let session = self
             .core
             .find_live_session(&digest, now)
             .await?
-            .filter(|s| s.user_active)
+            .filter(|s| s.user.active)
             .ok_or(ServiceError::Unauthenticated)?;
         if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECONDS {
             let idle_until = (now + Duration::minutes(self.settings.session_idle_minutes))
                 .min(session.expires_at);
             self.core.touch_session(session.id, now, idle_until).await?;
         }
-        Ok(Principal {
-            user_id: session.user_id,
-            organization_id: session.organization_id,
-            email: session.email,
-            roles: session.roles,
-            session_id: Some(session.id),
-            api_key_id: None,
-            client_certificate_id: None,
-        })
+        Ok(Principal::of(session.user, Some(session.id), None))
     }
 
     pub async fn logout(&self, principal: &Principal, ctx: &RequestContext) -> ServiceResult<()> {
@@ -281,22 +273,13 @@ impl Clm {
 
 /// The principal of an API key: its owner, with the key's roles — never
 /// more than the owner holds today.
-pub(super) fn api_key_principal(key: &ApiKey, user: User) -> Principal {
-    let roles = key
-        .roles
+pub(super) fn api_key_principal(key: ApiKeyId, key_roles: &[Role], user: Identity) -> Principal {
+    let roles = key_roles
         .iter()
         .copied()
         .filter(|r| user.roles.contains(r))
         .collect();
-    Principal {
-        user_id: user.id,
-        organization_id: user.organization_id,
-        email: user.email,
-        roles,
-        session_id: None,
-        api_key_id: Some(key.id),
-        client_certificate_id: None,
-    }
+    Principal::of(Identity { roles, ..user }, None, Some(key))
 }
 
 /// Login attempts per source address in a sliding minute, in memory: a

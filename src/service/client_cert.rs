@@ -284,15 +284,7 @@ impl Clm {
             ));
         };
         let mut principal = match binding.api_key_id {
-            None => Principal {
-                user_id: user.id,
-                organization_id: user.organization_id,
-                email: user.email,
-                roles: user.roles,
-                session_id: None,
-                api_key_id: None,
-                client_certificate_id: None,
-            },
+            None => Principal::of(user.into(), None, None),
             Some(key_id) => {
                 let key = self.core.find_api_key(key_id).await?.filter(|k| {
                     k.user_id == user.id
@@ -306,7 +298,7 @@ impl Clm {
                         Refusal::PrincipalInactive,
                     ));
                 };
-                super::auth::api_key_principal(&key, user)
+                super::auth::api_key_principal(key.id, &key.roles, user.into())
             }
         };
         principal.client_certificate_id = Some(cert.id);

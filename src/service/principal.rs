@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::error::{ServiceError, ServiceResult};
-use crate::domain::model::Actor;
+use crate::domain::model::{Actor, Identity};
 use crate::domain::{ApiKeyId, CertificateId, OrganizationId, Permission, Role, SessionId, UserId};
 
 #[derive(Clone, Debug, Serialize)]
@@ -24,6 +24,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The principal of `who`, as a session, an API key or neither (a
+    /// client certificate alone) authenticated it.
+    pub fn of(who: Identity, session_id: Option<SessionId>, api_key_id: Option<ApiKeyId>) -> Self {
+        Principal {
+            user_id: who.user_id,
+            organization_id: who.organization_id,
+            email: who.email,
+            roles: who.roles,
+            session_id,
+            api_key_id,
+            client_certificate_id: None,
+        }
+    }
+
     pub fn has(&self, permission: Permission) -> bool {
         self.roles.iter().any(|r| r.grants(permission))
     }

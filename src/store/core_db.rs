@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, JoinType, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set,
+    QueryFilter, QueryOrder, QuerySelect, RelationDef, RelationTrait, Select, Set,
 };
 use uuid::Uuid;
 
@@ -13,7 +13,7 @@ use super::entity::core::{
     organizations, policies, roles, sessions, user_organizations, user_roles, users,
 };
 use super::{StoreError, StoreResult, audit, json_strings, parse_all, parse_one};
-use crate::domain::model::{AuditEvent, Organization, Profile, Session, User};
+use crate::domain::model::{AuditEvent, Identity, Organization, Profile, Session, User};
 use crate::domain::{
     CaId, OrganizationId, ProfileId, ProfileRules, Role, Secret, SessionId, UserId, new_row_id,
 };
@@ -36,21 +36,13 @@ pub struct CoreDb {
 }
 
 /// A live session as authentication sees it: what decides whether the
-/// token still works and what the principal carries, nothing else. The
-/// lookup runs on every request with a session token; reading and decoding
-/// the whole session, user and role rows instead cost 31 µs more per
-/// request (docs/performance.md).
+/// token still works, and whose it is.
 #[derive(Clone, Debug)]
 pub struct LiveSession {
     pub id: SessionId,
     pub expires_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
-    pub user_id: UserId,
-    pub organization_id: OrganizationId,
-    pub email: String,
-    /// The user's status is `active`; no other status authenticates.
-    pub user_active: bool,
-    pub roles: Vec<Role>,
+    pub user: Identity,
 }
 
 /// What is needed to create a user; the hash is computed by the service.
@@ -220,59 +212,28 @@ impl CoreDb {
         digest: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<LiveSession>> {
-        // One row per role (one with no role for a user without any).
-        type Row = (
-            Uuid,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            Uuid,
-            Uuid,
-            String,
-            String,
-            Option<String>,
-        );
-        let rows: Vec<Row> = sessions::Entity::find()
+        let query = sessions::Entity::find()
             .select_only()
             .column(sessions::Column::Id)
             .column(sessions::Column::ExpiresAt)
             .column(sessions::Column::LastSeenAt)
-            .column_as(users::Column::Id, "user_id")
-            .column(users::Column::OrganizationId)
-            .column(users::Column::Email)
-            .column(users::Column::Status)
-            .column(roles::Column::Name)
-            .join(JoinType::InnerJoin, sessions::Relation::User.def())
-            .join(JoinType::LeftJoin, user_roles::Relation::User.def().rev())
-            .join(JoinType::LeftJoin, user_roles::Relation::Role.def())
             .filter(sessions::Column::TokenDigest.eq(digest))
             .filter(sessions::Column::RevokedAt.is_null())
             .filter(sessions::Column::ExpiresAt.gt(now))
-            .filter(sessions::Column::IdleExpiresAt.gt(now))
-            .filter(users::Column::DeletedAt.is_null())
-            .into_tuple()
-            .all(&self.read)
-            .await?;
-        let Some((id, expires_at, last_seen_at, user_id, organization_id, email, status, _)) =
-            rows.first().cloned()
-        else {
-            return Ok(None);
-        };
-        let mut roles = rows
-            .iter()
-            .filter_map(|row| row.7.as_deref())
-            .map(parse_one::<Role>)
-            .collect::<StoreResult<Vec<_>>>()?;
-        roles.sort();
-        Ok(Some(LiveSession {
-            id: SessionId(id),
-            expires_at,
-            last_seen_at,
-            user_id: UserId(user_id),
-            organization_id: OrganizationId(organization_id),
-            email,
-            user_active: status == "active",
-            roles,
-        }))
+            .filter(sessions::Column::IdleExpiresAt.gt(now));
+        let rows: Vec<IdentityRow<Uuid, DateTime<Utc>, DateTime<Utc>>> =
+            with_identity(query, sessions::Relation::User.def())
+                .into_tuple()
+                .all(&self.read)
+                .await?;
+        Ok(
+            first_identity(rows)?.map(|(id, expires_at, last_seen_at, user)| LiveSession {
+                id: SessionId(id),
+                expires_at,
+                last_seen_at,
+                user,
+            }),
+        )
     }
 
     /// Creates a user with its roles and organisation membership, audited,
@@ -487,18 +448,51 @@ impl CoreDb {
     // ---- certificate metadata ------------------------------------------
 }
 
-/// The rows of `X ⋈ users ⟕ user_roles ⟕ roles` (one per role, or one
-/// without a role) as `X` and its user. `None` without rows or without a
-/// user.
-pub(super) fn with_user<X>(
-    rows: Vec<(X, Option<users::Model>, Option<roles::Model>)>,
-) -> StoreResult<Option<(X, User)>> {
-    let mut rows = rows.into_iter();
-    let Some((x, Some(u), first_role)) = rows.next() else {
-        return Ok(None);
-    };
-    let roles = std::iter::once(first_role).chain(rows.map(|(_, _, role)| role));
-    Ok(Some((x, user_from(u, roles)?)))
+/// `query` of a credential joined to its user and the user's roles: the
+/// narrow lookups of authentication, which run on every request. Adds the
+/// user's id, organisation, e-mail and status and a role name, in that order,
+/// after the credential's own columns — one row per role (one without a
+/// role for a user with none) — and leaves out deleted users.
+pub(super) fn with_identity<E: EntityTrait>(query: Select<E>, to_user: RelationDef) -> Select<E> {
+    query
+        .column_as(users::Column::Id, "identity_user_id")
+        .column(users::Column::OrganizationId)
+        .column(users::Column::Email)
+        .column(users::Column::Status)
+        .column(roles::Column::Name)
+        .join(JoinType::InnerJoin, to_user)
+        .join(JoinType::LeftJoin, user_roles::Relation::User.def().rev())
+        .join(JoinType::LeftJoin, user_roles::Relation::Role.def())
+        .filter(users::Column::DeletedAt.is_null())
+}
+
+/// A row of [`with_identity`] after three columns of the credential.
+pub(super) type IdentityRow<A, B, C> = (A, B, C, Uuid, Uuid, String, String, Option<String>);
+
+/// The credential's three columns and its user, from [`with_identity`]'s
+/// rows; `None` without rows.
+pub(super) fn first_identity<A, B, C>(
+    rows: Vec<IdentityRow<A, B, C>>,
+) -> StoreResult<Option<(A, B, C, Identity)>> {
+    let mut roles = rows
+        .iter()
+        .filter_map(|r| r.7.as_deref())
+        .map(parse_one::<Role>)
+        .collect::<StoreResult<Vec<_>>>()?;
+    roles.sort();
+    Ok(rows
+        .into_iter()
+        .next()
+        .map(|(a, b, c, user, org, email, status, _)| {
+            let who = Identity {
+                user_id: UserId(user),
+                organization_id: OrganizationId(org),
+                email,
+                active: status == "active",
+                roles,
+            };
+            (a, b, c, who)
+        }))
 }
 
 fn user_from(

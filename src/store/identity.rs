@@ -4,16 +4,29 @@
 //! same transaction), session idle expiry, and API keys.
 
 use chrono::{DateTime, Utc};
+use sea_orm::prelude::Json;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, RelationTrait, Set,
 };
+use uuid::Uuid;
 
-use super::core_db::with_user;
-use super::entity::core::{api_keys, organizations, roles, sessions, users};
+use super::core_db::{IdentityRow, first_identity, with_identity};
+use super::entity::core::{api_keys, organizations, sessions, users};
 use super::{CoreDb, StoreError, StoreResult, audit, json_strings, parse_all};
-use crate::domain::model::{ApiKey, AuditEvent, Organization, User};
-use crate::domain::{ApiKeyId, OrganizationId, SessionId, UserId};
+use crate::domain::model::{ApiKey, AuditEvent, Identity, Organization, User};
+use crate::domain::{ApiKeyId, OrganizationId, Role, SessionId, UserId};
+
+/// A live API key as authentication sees it: the roles it was given, when
+/// it was last used, and whose it is.
+#[derive(Clone, Debug)]
+pub struct LiveApiKey {
+    pub id: ApiKeyId,
+    pub roles: Vec<Role>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub user: Identity,
+}
 
 /// Ends every session, API key and client certificate binding of `user`
 /// (inside the caller's transaction).
@@ -206,24 +219,34 @@ impl CoreDb {
         &self,
         digest: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<(ApiKey, User)>> {
-        let rows = api_keys::Entity::find()
+    ) -> StoreResult<Option<LiveApiKey>> {
+        let query = api_keys::Entity::find()
+            .select_only()
+            .column(api_keys::Column::Id)
+            .column(api_keys::Column::Roles)
+            .column(api_keys::Column::LastUsedAt)
             .filter(api_keys::Column::TokenDigest.eq(digest))
             .filter(api_keys::Column::RevokedAt.is_null())
             .filter(
                 api_keys::Column::ExpiresAt
                     .is_null()
                     .or(api_keys::Column::ExpiresAt.gt(now)),
-            )
-            .find_also_related(users::Entity)
-            .and_also_related(roles::Entity)
-            .filter(users::Column::DeletedAt.is_null())
-            .all(&self.read)
-            .await?;
-        match with_user(rows)? {
-            Some((key, user)) => Ok(Some((api_key_from(key)?, user))),
-            None => Ok(None),
-        }
+            );
+        let rows: Vec<IdentityRow<Uuid, Json, Option<DateTime<Utc>>>> =
+            with_identity(query, api_keys::Relation::User.def())
+                .into_tuple()
+                .all(&self.read)
+                .await?;
+        first_identity(rows)?
+            .map(|(id, key_roles, last_used_at, user)| {
+                Ok(LiveApiKey {
+                    id: ApiKeyId(id),
+                    roles: parse_all(&key_roles)?,
+                    last_used_at,
+                    user,
+                })
+            })
+            .transpose()
     }
 
     pub async fn list_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKey>> {

@@ -45,6 +45,7 @@ pub use client_cert::IssuerState;
 pub use core_db::{CoreDb, LiveSession, NewUser};
 pub use error::{StoreError, StoreResult};
 pub use expiry::ExpiringCertificate;
+pub use identity::LiveApiKey;
 pub use lease::JobLease;
 pub use revocation::{Revocation, RevokedSerial, SerialStatus, StoredCrl};
 pub use rotation::ArchivedRow;
