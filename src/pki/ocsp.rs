@@ -36,6 +36,10 @@ pub enum HashAlgorithm {
 }
 
 impl HashAlgorithm {
+    /// Every hash a CertID may name: the answers cached about one serial
+    /// are at most one per hash.
+    pub const ALL: [HashAlgorithm; 2] = [HashAlgorithm::Sha1, HashAlgorithm::Sha256];
+
     fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
             HashAlgorithm::Sha1 => {
@@ -75,6 +79,19 @@ impl CertId {
             .iter()
             .map(|v| v.capacity())
             .sum()
+    }
+
+    /// A CertID naming `serial` with empty issuer hashes, for tests of
+    /// what is kept per CertID.
+    #[cfg(test)]
+    pub(crate) fn for_tests(hash: HashAlgorithm, serial: &[u8]) -> Self {
+        Self {
+            raw: Vec::new(),
+            hash,
+            name_hash: Vec::new(),
+            key_hash: Vec::new(),
+            serial: serial.to_vec(),
+        }
     }
 }
 
@@ -569,6 +586,17 @@ mod tests {
             }
         }
         let _ = &s.ca;
+    }
+
+    #[test]
+    fn every_hash_algorithm_is_listed() {
+        // A new variant fails this match: add it to `ALL` as well.
+        let index = |h| match h {
+            HashAlgorithm::Sha1 => 0,
+            HashAlgorithm::Sha256 => 1,
+        };
+        let listed: Vec<usize> = HashAlgorithm::ALL.into_iter().map(index).collect();
+        assert_eq!(listed, [0, 1]);
     }
 
     #[test]

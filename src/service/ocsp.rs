@@ -103,9 +103,18 @@ impl OcspAnswer {
 
 impl OcspState {
     /// Drops the cached answers about one serial (all hash algorithms).
+    /// One lookup per hash, not a pass over the cache: the change poll
+    /// forgets every certificate issued since its last run, thousands a
+    /// poll on a busy CA, while answers wait for the write lock.
     pub(super) fn forget(&self, ca: CaId, serial_hex: &str) {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|k, _| !(k.ca == ca && k.serial_hex == serial_hex));
+        for hash in ocsp::HashAlgorithm::ALL {
+            cache.remove(&CacheKey {
+                ca,
+                serial_hex: serial_hex.to_owned(),
+                hash,
+            });
+        }
     }
 
     fn responder_for(&self, id: &ocsp::CertId) -> Option<Arc<Responder>> {
@@ -476,5 +485,42 @@ fn cert_status(s: Option<&SerialStatus>) -> ocsp::CertStatus {
                 reason: Some(s.reason.unwrap_or(RevocationReason::Unspecified)),
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_a_serial_drops_its_answers_under_every_hash_and_nothing_else() {
+        let state = OcspState::default();
+        let (ca, other_ca) = (CaId::new(), CaId::new());
+        let entries = [(ca, [1u8, 2]), (ca, [1, 3]), (other_ca, [1, 2])];
+        for (ca, serial) in entries {
+            for hash in ocsp::HashAlgorithm::ALL {
+                let id = ocsp::CertId::for_tests(hash, &serial);
+                state.cache.write().unwrap().insert(
+                    cache_key(ca, &id),
+                    Cached {
+                        der: Arc::new(vec![0x30, 0x00]),
+                        refresh_at: Utc::now(),
+                        cert_id: id,
+                    },
+                );
+            }
+        }
+        state.forget(ca, "0102");
+        for (ca_, serial) in entries {
+            for hash in ocsp::HashAlgorithm::ALL {
+                let id = ocsp::CertId::for_tests(hash, &serial);
+                let gone = ca_ == ca && serial == [1, 2];
+                assert_eq!(
+                    state.cached(&cache_key(ca_, &id)).is_none(),
+                    gone,
+                    "{serial:?} {hash:?}"
+                );
+            }
+        }
     }
 }

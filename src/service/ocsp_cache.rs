@@ -58,18 +58,6 @@ impl<K: Hash + Eq + HeapSize, V: HeapSize> BoundedMap<K, V> {
         }
     }
 
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        let mut freed = 0;
-        self.map.retain(|k, v| {
-            let kept = keep(k, v);
-            if !kept {
-                freed += Self::cost(k, v);
-            }
-            kept
-        });
-        self.bytes -= freed;
-    }
-
     pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.map.iter()
     }
@@ -144,7 +132,7 @@ mod tests {
         assert_eq!(map.bytes(), Map::cost(&k, &bigger));
         let (k2, v2) = entry(2, 300);
         map.insert(k2.clone(), v2);
-        map.retain(|key, _| *key != k2);
+        map.remove(&k2);
         assert_eq!(map.bytes(), Map::cost(&k, &bigger));
         map.remove(&k);
         assert_eq!((map.len(), map.bytes()), (0, 0));
