@@ -11,6 +11,10 @@
 
 use std::fmt;
 
+mod queue;
+
+pub use queue::WriterGuard;
+
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -26,21 +30,15 @@ pub const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn";
 /// JSON. Keep the returned guard until the process ends: dropping it
 /// writes what is still queued.
 ///
-/// Lines are written by a thread of their own through a buffer that is
-/// flushed whenever the queue runs empty, so a request's thread formats its
-/// access line and moves on: one `write` per line on the serving threads
-/// was a tenth of the OCSP responder's CPU, and a slow log file would have
-/// stalled requests. Nothing is dropped: a full queue (128,000 lines)
-/// makes loggers wait.
-#[must_use = "dropping the guard stops the log writer"]
-pub fn init(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("clm-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+/// Lines are written by a thread of their own (`queue`), in batches, so
+/// a request's thread formats its access line and moves on. Nothing is
+/// dropped: a full queue makes loggers wait.
+pub fn init(json: bool) -> queue::WriterGuard {
+    let (writer, guard) = match queue::spawn(std::io::stderr()) {
+        Ok(spawned) => spawned,
+        // Start-up: without a log the server must not run.
+        Err(e) => panic!("the log writer thread could not start: {e}"),
+    };
     let filter =
         EnvFilter::try_from_env("CLM_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()

@@ -392,7 +392,12 @@ impl TestApp {
         self.data_dir.path().join(rel)
     }
 
+    /// What the server has logged. Its writer thread writes lines in
+    /// batches a few milliseconds apart (src/logging/queue.rs): a line
+    /// logged while the last request was served is in the file after a
+    /// short wait.
     pub fn server_log(&self) -> String {
+        std::thread::sleep(std::time::Duration::from_millis(100));
         std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
     }
 
