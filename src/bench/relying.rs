@@ -104,11 +104,13 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
     let items: Vec<Vec<u8>> = requests.iter().cycle().take(total).cloned().collect();
     let offered = items.len();
     let answer = post.clone();
+    let cpu_before = run.server.cpu_time()?;
     let paced = load::paced(OCSP_RATE, PACED_IN_FLIGHT, items, move |body| {
         let answered = answer(body);
         async move { answered.await.map(drop) }
     })
     .await;
+    let cpu = run.server.cpu_time()?.saturating_sub(cpu_before);
     let rate = thousands(OCSP_RATE);
     run.row(
         Stage::Ocsp,
@@ -121,6 +123,18 @@ pub async fn ocsp(run: &mut Run<'_>) -> BenchResult<()> {
     run.report.note(format!(
         "open loop: {offered} requests, each sent when due, latency counted from then"
     ));
+    // What answering costs the server at the target's rate: the headroom
+    // left on two cores shared with the load generator.
+    run.row(
+        Stage::Ocsp,
+        format!("server CPU per OCSP answer, no nonce, {rate}/s offered"),
+        cpu.as_secs_f64() * 1e6 / offered.max(1) as f64,
+        Unit::Micros,
+        None,
+        None,
+    );
+    run.report
+        .note("user + system time of the server over the open-loop run, per request".to_string());
     run.row(
         Stage::Ocsp,
         format!("OCSP latency p50, no nonce, {rate}/s offered"),

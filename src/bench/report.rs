@@ -12,6 +12,7 @@ use super::{Backend, Sizes, Stage};
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
     PerSecond,
+    Micros,
     Millis,
     Seconds,
     Megabytes,
@@ -301,6 +302,7 @@ fn row_line(r: &Row) -> String {
 pub fn format_value(v: f64, unit: Unit) -> String {
     match unit {
         Unit::PerSecond => format!("{}/s", thousands(v)),
+        Unit::Micros => format!("{v:.1} µs"),
         Unit::Millis => format!("{v:.2} ms"),
         Unit::Seconds => format!("{v:.2} s"),
         Unit::Megabytes => format!("{v:.1} MB"),
@@ -393,6 +395,7 @@ mod tests {
         assert_eq!(thousands(1000.0), "1,000");
         assert_eq!(thousands(1_234_567.8), "1,234,568");
         assert_eq!(format_value(12.345, Unit::Millis), "12.35 ms");
+        assert_eq!(format_value(47.26, Unit::Micros), "47.3 µs");
         assert!(Target::AtLeast(5.0).met(5.0) && !Target::AtMost(5.0).met(5.1));
     }
 }
