@@ -214,13 +214,6 @@ fn bytes_literal(app: &TestApp, b: &[u8]) -> String {
     }
 }
 
-fn uuid_literal(app: &TestApp, id: uuid::Uuid) -> String {
-    match app.backend {
-        Backend::Sqlite => bytes_literal(app, id.as_bytes()),
-        Backend::Postgres => format!("'{id}'::uuid"),
-    }
-}
-
 /// A forger with database access but without the HSM: a complete row at
 /// the next seq whose entry hash is right (SHA-256 is public) and whose MAC
 /// is made up.
@@ -282,7 +275,7 @@ async fn forged_row(app: &TestApp) {
              SELECT {seq}, {}, occurred_at, actor_id, actor_kind, organization_id, action, \
              target_type, target_id, outcome, request_id, source_ip, user_agent, details, {}, {}, \
              mac_key_version FROM audit_log WHERE seq = {last}",
-            uuid_literal(app, id),
+            app.uuid_literal(id),
             bytes_literal(app, &hash),
             bytes_literal(app, &[0x5a; 32]),
         ),

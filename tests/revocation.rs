@@ -19,6 +19,7 @@ on_both_backends! {
     only_owner_or_ca_admin_may_revoke => who_may_revoke;
     renewal_replaces_and_supersedes => renewal;
     bad_relying_party_input_is_refused => bad_relying_party_input;
+    status_changes_are_read_once_each_in_order => status_changes;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,6 +34,116 @@ async fn a_crl_of_several_parts_postgres() {
         return;
     };
     crl_of_several_parts(&mut app).await;
+}
+
+/// Another instance's revocation reaches this one's OCSP cache even when
+/// its transaction committed after this instance had already seen a later
+/// stamp: writers stamp `updated_at` before they commit, and instances'
+/// clocks differ. Played here with a revocation written behind the
+/// server's back, stamped before one the server has already polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_committed_late_reaches_the_ocsp_cache() {
+    // Two writers at once need PostgreSQL: SQLite's one writer commits in
+    // the order it stamps.
+    let Some(app) = TestApp::start(Backend::Postgres).await else {
+        return;
+    };
+    let token = app.admin_token().await;
+    let late = issue(&app, &token, &["late.clm.test"]).await;
+    let early = issue(&app, &token, &["early.clm.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(&app, dir.path(), &late);
+    let report = openssl_ocsp(&app, dir.path(), &f, false);
+    assert!(report.contains("leaf.pem: good"), "{report}");
+
+    let early_id = early["id"].as_str().unwrap();
+    assert_eq!(
+        revoke(&app, &token, early_id, "superseded").await.status(),
+        200
+    );
+    // The cache's poll runs every 2 s: by now it has seen that stamp.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    app.sql(
+        "secure",
+        &format!(
+            "UPDATE certificates SET status = 'revoked', revocation_reason = 'keyCompromise', \
+             revoked_at = now(), \
+             updated_at = (SELECT updated_at FROM certificates WHERE id = '{early_id}') \
+                 - interval '5 seconds' \
+             WHERE id = '{}'",
+            late["id"].as_str().unwrap()
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let report = openssl_ocsp(&app, dir.path(), &f, false);
+        if report.contains("leaf.pem: revoked") {
+            assert!(report.contains("Reason: keyCompromise"), "{report}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late revocation never reached the cache: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the OCSP caches poll, read one change a page as a mass revocation
+/// is read ten thousand a page: every revocation once, in (`updated_at`,
+/// id) order, also across a page boundary between two changes stamped
+/// alike; never a certificate that was only issued.
+async fn status_changes(app: &TestApp) {
+    let token = app.admin_token().await;
+    let start = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let fresh = issue(app, &token, &["fresh.changes.clm.test"]).await;
+    let mut revoked = Vec::new();
+    for name in ["a", "b", "c"] {
+        let cert = issue(app, &token, &[&format!("{name}.changes.clm.test")]).await;
+        let id = cert["id"].as_str().unwrap().to_string();
+        assert_eq!(revoke(app, &token, &id, "superseded").await.status(), 200);
+        revoked.push(id);
+    }
+    let literal = |id: &str| app.uuid_literal(id.parse().unwrap());
+    app.sql(
+        "secure",
+        &format!(
+            "UPDATE certificates SET updated_at = \
+             (SELECT updated_at FROM certificates WHERE id = {}) WHERE id = {}",
+            literal(&revoked[0]),
+            literal(&revoked[1])
+        ),
+    );
+    // Stamped alike now: one page ends between them.
+    let stamps = app.sql(
+        "secure",
+        &format!(
+            "SELECT COUNT(DISTINCT updated_at) FROM certificates WHERE id IN ({}, {})",
+            literal(&revoked[0]),
+            literal(&revoked[1])
+        ),
+    );
+    assert_eq!(stamps.trim(), "1");
+
+    let url = clm::domain::Secret::new(app.database_url("secure"));
+    let db = clm::store::SecureDb::connect(&url).await.unwrap();
+    let mut after = clm::store::StatusChange::from(start);
+    let mut seen = Vec::new();
+    while let Some(change) = db
+        .status_changes_after(&after, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+    {
+        seen.push((change.at, change.id.0.to_string()));
+        after = change;
+    }
+    assert!(seen.is_sorted(), "{seen:?}");
+    let mut ids: Vec<String> = seen.into_iter().map(|(_, id)| id).collect();
+    ids.sort();
+    revoked.sort();
+    assert_eq!(ids, revoked, "each revocation once; not {}", fresh["id"]);
 }
 
 async fn issue(app: &TestApp, token: &str, names: &[&str]) -> Value {

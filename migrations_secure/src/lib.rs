@@ -17,6 +17,7 @@ mod m20261206_000002_certificate_search;
 mod m20261206_000003_crl_index;
 mod m20261206_000004_search_scan;
 mod m20261206_000005_folded_subject;
+mod m20261207_000001_status_changes;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000003_crl_index::Migration),
             Box::new(m20261206_000004_search_scan::Migration),
             Box::new(m20261206_000005_folded_subject::Migration),
+            Box::new(m20261207_000001_status_changes::Migration),
         ]
     }
 

@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::hsm::HsmKey;
 use crate::pki::{self, ocsp};
-use crate::store::SerialStatus;
+use crate::store::{SerialStatus, StatusChange};
 
 use super::ocsp_cache::{BoundedMap, HeapSize};
 
@@ -27,6 +27,12 @@ use super::ocsp_cache::{BoundedMap, HeapSize};
 const CACHE_BYTES: usize = 64 << 20;
 /// Cached answers re-signed per background pass.
 const REFRESH_BATCH: usize = 5_000;
+/// How long before the newest status change seen a change may still
+/// become visible: from a writer's stamp to its commit, plus the skew
+/// between instances' clocks. Each poll reads this window again.
+const CHANGE_OVERLAP: Duration = Duration::seconds(30);
+/// Status changes read per query.
+const CHANGE_PAGE: u64 = 10_000;
 
 /// A CA's delegated responder, loaded and proven against its certificate.
 struct Responder {
@@ -250,26 +256,47 @@ impl Clm {
         .map_err(Into::into)
     }
 
+    /// Drops the cached answers about every certificate whose status
+    /// changed since the last poll, reading again the changes stamped
+    /// within [`CHANGE_OVERLAP`] of the newest seen: a writer stamps
+    /// `updated_at` before it commits, and instances' clocks differ, so a
+    /// change can become visible after a poll has seen later stamps. Read
+    /// from the newest stamp alone, such a revocation was never applied
+    /// here, and this instance answered `good` until the cached answer's
+    /// refresh. Forgetting twice costs a lookup.
+    async fn forget_changed(&self) -> ServiceResult<()> {
+        let mut watermark = self.ocsp.watermark.lock().await;
+        let mut newest = watermark.unwrap_or_else(|| Utc::now() - Duration::minutes(5));
+        let mut after = StatusChange::from(newest - CHANGE_OVERLAP);
+        loop {
+            let page = self
+                .secure
+                .status_changes_after(&after, CHANGE_PAGE)
+                .await?;
+            for c in &page {
+                self.ocsp.forget(c.ca, &c.serial_hex);
+            }
+            let full = page.len() as u64 == CHANGE_PAGE;
+            match page.into_iter().last() {
+                Some(last) => {
+                    newest = newest.max(last.at);
+                    after = last;
+                }
+                None => break,
+            }
+            if !full {
+                break;
+            }
+        }
+        *watermark = Some(newest);
+        Ok(())
+    }
+
     /// The OCSP job: applies status changes made by other instances and
     /// re-signs cached answers past half their life. Returns how many were
     /// re-signed.
     pub async fn refresh_ocsp_cache(&self) -> ServiceResult<usize> {
-        {
-            let mut watermark = self.ocsp.watermark.lock().await;
-            let since = watermark.unwrap_or_else(|| Utc::now() - Duration::minutes(5));
-            let changed = self
-                .secure
-                .certificates_changed_since(since, 10_000)
-                .await?;
-            for (ca, serial, _) in &changed {
-                self.ocsp.forget(*ca, serial);
-            }
-            if let Some((_, _, newest)) = changed.last() {
-                *watermark = Some(*newest);
-            } else if watermark.is_none() {
-                *watermark = Some(since);
-            }
-        }
+        self.forget_changed().await?;
         let due: Vec<(CacheKey, ocsp::CertId)> = {
             let now = Utc::now();
             let cache = self.ocsp.cache.read().unwrap_or_else(|e| e.into_inner());

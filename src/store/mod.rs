@@ -47,7 +47,7 @@ pub use error::{StoreError, StoreResult};
 pub use expiry::ExpiringCertificate;
 pub use identity::LiveApiKey;
 pub use lease::JobLease;
-pub use revocation::{Revocation, RevokedSerial, SerialStatus, StoredCrl};
+pub use revocation::{Revocation, RevokedSerial, SerialStatus, StatusChange, StoredCrl};
 pub use rotation::ArchivedRow;
 pub use secure_db::SecureDb;
 pub use webhooks::AttemptResult;

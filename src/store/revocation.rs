@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use sea_orm::sea_query::{Expr, JoinType};
+use sea_orm::sea_query::{Expr, ExprTrait, JoinType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     RelationTrait, Set,
@@ -24,6 +24,30 @@ use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, Us
 /// database drivers on its way in, and those copies were the server's peak
 /// memory (docs/performance.md).
 const CRL_PART: usize = 1 << 20;
+
+/// A certificate's status change, and where a reader of changes stands:
+/// changes are read in (`at`, `id`) order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusChange {
+    pub id: CertificateId,
+    pub ca: CaId,
+    pub serial_hex: String,
+    /// Its `updated_at`.
+    pub at: DateTime<Utc>,
+}
+
+impl StatusChange {
+    /// Where a reader stands that wants every change stamped at `at` or
+    /// later.
+    pub fn from(at: DateTime<Utc>) -> Self {
+        Self {
+            id: CertificateId(Uuid::nil()),
+            ca: CaId(Uuid::nil()),
+            serial_hex: String::new(),
+            at,
+        }
+    }
+}
 
 /// One line of a CRL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,28 +253,29 @@ impl SecureDb {
         .transpose()
     }
 
-    /// (CA, serial, updated_at) of certificates changed after `since`, oldest
-    /// first: how caches elsewhere learn of revocations made by another
-    /// instance.
-    pub async fn certificates_changed_since(
+    /// Certificates whose status changed (revoked, held, released,
+    /// expired) after `after` in (`updated_at`, id) order, at most `limit`:
+    /// how caches elsewhere learn of another instance's revocations. A
+    /// fresh issuance is not a change: its `updated_at` is its `created_at`
+    /// until the row is updated (the partial index of migration
+    /// m20261207_000001_status_changes holds exactly the others).
+    pub async fn status_changes_after(
         &self,
-        since: DateTime<Utc>,
+        after: &StatusChange,
         limit: u64,
-    ) -> StoreResult<Vec<(CaId, String, DateTime<Utc>)>> {
-        let rows: Vec<(Uuid, String, DateTime<Utc>)> = certificates::Entity::find()
-            .select_only()
-            .column(certificates::Column::CaId)
-            .column(certificates::Column::SerialHex)
-            .column(certificates::Column::UpdatedAt)
-            .filter(certificates::Column::UpdatedAt.gt(since))
-            .order_by_asc(certificates::Column::UpdatedAt)
-            .limit(limit)
+    ) -> StoreResult<Vec<StatusChange>> {
+        let rows: Vec<(Uuid, Uuid, String, DateTime<Utc>)> = status_changes(after, limit)
             .into_tuple()
             .all(&self.read)
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(ca, serial, at)| (CaId(ca), serial, at))
+            .map(|(id, ca, serial_hex, at)| StatusChange {
+                id: CertificateId(id),
+                ca: CaId(ca),
+                serial_hex,
+                at,
+            })
             .collect())
     }
 
@@ -485,6 +510,31 @@ fn revoked_serials(ca: CaId) -> sea_orm::Select<certificate_revocations::Entity>
         .filter(certificate_revocations::Column::CaId.eq(ca.0))
 }
 
+/// The query of [`SecureDb::status_changes_after`]; its first condition is
+/// the partial index's own, so that both backends use that index.
+fn status_changes(after: &StatusChange, limit: u64) -> sea_orm::Select<certificates::Entity> {
+    let col = |c: certificates::Column| Expr::col((certificates::Entity, c));
+    let at = col(certificates::Column::UpdatedAt);
+    certificates::Entity::find()
+        .select_only()
+        .column(certificates::Column::Id)
+        .column(certificates::Column::CaId)
+        .column(certificates::Column::SerialHex)
+        .column(certificates::Column::UpdatedAt)
+        .filter(at.clone().ne(col(certificates::Column::CreatedAt)))
+        // The first bound alone makes an index range: the second, with its
+        // OR, would otherwise be tested on every entry of the index.
+        .filter(at.clone().gte(after.at))
+        .filter(
+            at.clone().gt(after.at).or(at
+                .eq(after.at)
+                .and(col(certificates::Column::Id).gt(after.id.0))),
+        )
+        .order_by_asc(certificates::Column::UpdatedAt)
+        .order_by_asc(certificates::Column::Id)
+        .limit(limit)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -501,6 +551,21 @@ mod tests {
         assert_eq!(
             plan,
             ["SEARCH certificate_revocations USING COVERING INDEX idx_revocations_crl (ca_id=?)"]
+        );
+    }
+
+    /// The OCSP poll reads the partial index of status changes, in its
+    /// order: fresh issuances are neither in it nor read.
+    #[tokio::test]
+    async fn status_changes_are_read_from_their_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::sqlite_secure_for_plans(dir.path()).await;
+        let after = StatusChange::from(Utc::now());
+        let plan = crate::store::sqlite_plan(&db, &status_changes(&after, 100).into_query()).await;
+        assert_eq!(
+            plan,
+            ["SEARCH certificates USING INDEX idx_certificates_status_changed (updated_at>?)"],
+            "{plan:?}"
         );
     }
 }

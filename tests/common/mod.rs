@@ -377,6 +377,34 @@ impl TestApp {
         }
     }
 
+    /// The URL of `which` database (`core` or `secure`), as the server
+    /// has it: for a test that opens the store itself.
+    pub fn database_url(&self, which: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!(
+                "sqlite://{}?mode=rw",
+                self.path(&format!("clm_{which}.db")).display()
+            ),
+            Backend::Postgres => {
+                let key = format!("CLM_{}_DATABASE_URL", which.to_uppercase());
+                self.env
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .unwrap()
+            }
+        }
+    }
+
+    /// `id` as an SQL literal of the id columns: SQLite stores UUIDs as
+    /// 16-byte blobs.
+    pub fn uuid_literal(&self, id: uuid::Uuid) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("X'{}'", hex::encode(id.as_bytes())),
+            Backend::Postgres => format!("'{id}'::uuid"),
+        }
+    }
+
     /// [`TestApp::try_sql`] that must succeed.
     pub fn sql(&self, which: &str, statements: &str) -> String {
         self.try_sql(which, statements)
