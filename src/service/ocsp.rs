@@ -261,9 +261,9 @@ impl Clm {
     /// within [`CHANGE_OVERLAP`] of the newest seen: a writer stamps
     /// `updated_at` before it commits, and instances' clocks differ, so a
     /// change can become visible after a poll has seen later stamps. Read
-    /// from the newest stamp alone, such a revocation was never applied
-    /// here, and this instance answered `good` until the cached answer's
-    /// refresh. Forgetting twice costs a lookup.
+    /// from the newest stamp alone, such a revocation would never be
+    /// applied here, and this instance would answer `good` until the
+    /// cached answer's refresh. Forgetting twice costs a lookup.
     async fn forget_changed(&self) -> ServiceResult<()> {
         let mut watermark = self.ocsp.watermark.lock().await;
         let mut newest = watermark.unwrap_or_else(|| Utc::now() - Duration::minutes(5));
