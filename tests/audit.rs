@@ -206,14 +206,6 @@ async fn deleted_row(app: &TestApp) {
     assert_fails(app, &format!("core: FAILED: missing at seq {seq} "));
 }
 
-/// SQL literal of bytes for the backend.
-fn bytes_literal(app: &TestApp, b: &[u8]) -> String {
-    match app.backend {
-        Backend::Sqlite => format!("X'{}'", hex::encode(b)),
-        Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(b)),
-    }
-}
-
 /// A forger with database access but without the HSM: a complete row at
 /// the next seq whose entry hash is right (SHA-256 is public) and whose MAC
 /// is made up.
@@ -276,8 +268,8 @@ async fn forged_row(app: &TestApp) {
              target_type, target_id, outcome, request_id, source_ip, user_agent, details, {}, {}, \
              mac_key_version FROM audit_log WHERE seq = {last}",
             app.uuid_literal(id),
-            bytes_literal(app, &hash),
-            bytes_literal(app, &[0x5a; 32]),
+            app.bytes_literal(&hash),
+            app.bytes_literal(&[0x5a; 32]),
         ),
     );
     assert_fails(

@@ -9,6 +9,7 @@ use super::report::{Target, Unit, thousands};
 use super::stages::{Ca, Run, str_field};
 use super::{Backend, BenchError, BenchResult, Stage, check, load};
 use crate::domain::KeyAlgorithm;
+use crate::service::ISSUANCE_PHASES;
 
 /// A prepared request: the CSR and what the certificate must say.
 #[derive(Clone)]
@@ -211,11 +212,7 @@ async fn issuance(
     Ok(issued)
 }
 
-/// The phases of `clm_issuance_phase_duration_milliseconds`, in the order
-/// issuance takes them.
-const PHASES: [&str; 4] = ["reserve", "sign", "store", "mirror"];
-
-/// Per phase (in [`PHASES`] order): the milliseconds spent and the
+/// Per phase (in [`ISSUANCE_PHASES`] order): the milliseconds spent and the
 /// issuances counted so far, from the server's `/metrics`.
 async fn phase_totals(api: &Api) -> BenchResult<Vec<(f64, f64)>> {
     let page = api
@@ -225,7 +222,7 @@ async fn phase_totals(api: &Api) -> BenchResult<Vec<(f64, f64)>> {
         .await?
         .text()
         .await?;
-    Ok(PHASES
+    Ok(ISSUANCE_PHASES
         .iter()
         .map(|phase| {
             let sample = |suffix: &str| {
@@ -267,7 +264,7 @@ fn report_phases(
         None,
         None,
     );
-    let parts: Vec<String> = PHASES
+    let parts: Vec<String> = ISSUANCE_PHASES
         .iter()
         .zip(&means)
         .map(|(phase, ms)| format!("{phase} {ms:.2} ms"))
@@ -276,7 +273,7 @@ fn report_phases(
         "{}: the intent's commit in clm_secure, building and signing in the token, the certificate's commit in clm_secure, the mirror's in clm_core (clm_issuance_phase_duration_milliseconds); the rest of the latency is TLS, HTTP, authentication and the CSR's check",
         parts.join(", ")
     ));
-    let miscounted: Vec<String> = PHASES
+    let miscounted: Vec<String> = ISSUANCE_PHASES
         .iter()
         .zip(&grown)
         .filter(|(_, (_, n))| *n as usize != issued)
@@ -286,7 +283,10 @@ fn report_phases(
         stage,
         format!("phase metrics of {label} count every issuance"),
         if miscounted.is_empty() {
-            Ok(format!("{issued} in each of {} phases", PHASES.len()))
+            Ok(format!(
+                "{issued} in each of {} phases",
+                ISSUANCE_PHASES.len()
+            ))
         } else {
             Err(format!(
                 "expected {issued} in each phase, counted {}",

@@ -38,9 +38,12 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+/// The one user status that may authenticate.
+pub const USER_ACTIVE: &str = "active";
+
 impl User {
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == USER_ACTIVE
     }
 }
 
@@ -52,7 +55,7 @@ pub struct Identity {
     pub user_id: UserId,
     pub organization_id: OrganizationId,
     pub email: String,
-    /// The user's status is `active`; no other status authenticates.
+    /// The user's status is [`USER_ACTIVE`].
     pub active: bool,
     pub roles: Vec<Role>,
 }

@@ -64,6 +64,7 @@ pub use recovery::{RecoveryBody, RecoveryView};
 pub use renewal::RenewBody;
 pub use revocation::RevokeBody;
 pub use rollover::RolloverView;
+pub use telemetry::ISSUANCE_PHASES;
 pub use users::{AddedUser, NewUserBody, PasswordChange};
 pub use webhooks::{CreatedWebhook, DeliveryView, NewWebhook, WebhookView};
 pub use workflow::{ApprovalView, Decision};

@@ -113,13 +113,15 @@ impl OcspState {
     /// forgets every certificate issued since its last run, thousands a
     /// poll on a busy CA, while answers wait for the write lock.
     pub(super) fn forget(&self, ca: CaId, serial_hex: &str) {
+        let mut key = CacheKey {
+            ca,
+            serial_hex: serial_hex.to_owned(),
+            hash: ocsp::HashAlgorithm::Sha1,
+        };
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         for hash in ocsp::HashAlgorithm::ALL {
-            cache.remove(&CacheKey {
-                ca,
-                serial_hex: serial_hex.to_owned(),
-                hash,
-            });
+            key.hash = hash;
+            cache.remove(&key);
         }
     }
 

@@ -31,7 +31,7 @@ pub(super) enum Phase {
 }
 
 impl Phase {
-    fn as_str(self) -> &'static str {
+    const fn as_str(self) -> &'static str {
         match self {
             Phase::Reserve => "reserve",
             Phase::Sign => "sign",
@@ -40,6 +40,15 @@ impl Phase {
         }
     }
 }
+
+/// The `phase` labels of `clm_issuance_phase_duration_milliseconds`, in
+/// the order issuance takes them.
+pub const ISSUANCE_PHASES: [&str; 4] = [
+    Phase::Reserve.as_str(),
+    Phase::Sign.as_str(),
+    Phase::Store.as_str(),
+    Phase::Mirror.as_str(),
+];
 
 /// Times one issuance (reservation → signature → stored certificate).
 /// Dropped without [`IssuanceTimer::issued`] — an error, or the request

@@ -13,7 +13,9 @@ use super::entity::core::{
     organizations, policies, roles, sessions, user_organizations, user_roles, users,
 };
 use super::{StoreError, StoreResult, audit, json_strings, parse_all, parse_one};
-use crate::domain::model::{AuditEvent, Identity, Organization, Profile, Session, User};
+use crate::domain::model::{
+    AuditEvent, Identity, Organization, Profile, Session, USER_ACTIVE, User,
+};
 use crate::domain::{
     CaId, OrganizationId, ProfileId, ProfileRules, Role, Secret, SessionId, UserId, new_row_id,
 };
@@ -221,13 +223,10 @@ impl CoreDb {
             .filter(sessions::Column::RevokedAt.is_null())
             .filter(sessions::Column::ExpiresAt.gt(now))
             .filter(sessions::Column::IdleExpiresAt.gt(now));
-        let rows: Vec<IdentityRow<Uuid, DateTime<Utc>, DateTime<Utc>>> =
-            with_identity(query, sessions::Relation::User.def())
-                .into_tuple()
-                .all(&self.read)
-                .await?;
+        let found: Option<(Uuid, DateTime<Utc>, DateTime<Utc>, Identity)> =
+            live_identity(&self.read, query, sessions::Relation::User.def()).await?;
         Ok(
-            first_identity(rows)?.map(|(id, expires_at, last_seen_at, user)| LiveSession {
+            found.map(|(id, expires_at, last_seen_at, user)| LiveSession {
                 id: SessionId(id),
                 expires_at,
                 last_seen_at,
@@ -448,13 +447,26 @@ impl CoreDb {
     // ---- certificate metadata ------------------------------------------
 }
 
-/// `query` of a credential joined to its user and the user's roles: the
-/// narrow lookups of authentication, which run on every request. Adds the
-/// user's id, organisation, e-mail and status and a role name, in that order,
-/// after the credential's own columns — one row per role (one without a
-/// role for a user with none) — and leaves out deleted users.
-pub(super) fn with_identity<E: EntityTrait>(query: Select<E>, to_user: RelationDef) -> Select<E> {
-    query
+/// A row of [`live_identity`]: the credential's three columns, then the
+/// user's.
+type IdentityRow<A, B, C> = (A, B, C, Uuid, Uuid, String, String, Option<String>);
+
+/// The credential `query` selects, joined to its user and the user's
+/// roles, read in one statement: the narrow lookups of authentication,
+/// which run on every request. `query` selects three columns of the
+/// credential; the user's id, organisation, e-mail and status and a role
+/// name follow them, one row per role (one without a role for a user with
+/// none). Deleted users are left out. `None` without a row.
+pub(super) async fn live_identity<E, A, B, C>(
+    db: &DatabaseConnection,
+    query: Select<E>,
+    to_user: RelationDef,
+) -> StoreResult<Option<(A, B, C, Identity)>>
+where
+    E: EntityTrait,
+    IdentityRow<A, B, C>: sea_orm::TryGetableMany,
+{
+    let rows: Vec<IdentityRow<A, B, C>> = query
         .column_as(users::Column::Id, "identity_user_id")
         .column(users::Column::OrganizationId)
         .column(users::Column::Email)
@@ -464,16 +476,9 @@ pub(super) fn with_identity<E: EntityTrait>(query: Select<E>, to_user: RelationD
         .join(JoinType::LeftJoin, user_roles::Relation::User.def().rev())
         .join(JoinType::LeftJoin, user_roles::Relation::Role.def())
         .filter(users::Column::DeletedAt.is_null())
-}
-
-/// A row of [`with_identity`] after three columns of the credential.
-pub(super) type IdentityRow<A, B, C> = (A, B, C, Uuid, Uuid, String, String, Option<String>);
-
-/// The credential's three columns and its user, from [`with_identity`]'s
-/// rows; `None` without rows.
-pub(super) fn first_identity<A, B, C>(
-    rows: Vec<IdentityRow<A, B, C>>,
-) -> StoreResult<Option<(A, B, C, Identity)>> {
+        .into_tuple()
+        .all(db)
+        .await?;
     let mut roles = rows
         .iter()
         .filter_map(|r| r.7.as_deref())
@@ -488,7 +493,7 @@ pub(super) fn first_identity<A, B, C>(
                 user_id: UserId(user),
                 organization_id: OrganizationId(org),
                 email,
-                active: status == "active",
+                active: status == USER_ACTIVE,
                 roles,
             };
             (a, b, c, who)

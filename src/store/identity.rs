@@ -12,7 +12,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::core_db::{IdentityRow, first_identity, with_identity};
+use super::core_db::live_identity;
 use super::entity::core::{api_keys, organizations, sessions, users};
 use super::{CoreDb, StoreError, StoreResult, audit, json_strings, parse_all};
 use crate::domain::model::{ApiKey, AuditEvent, Identity, Organization, User};
@@ -232,12 +232,9 @@ impl CoreDb {
                     .is_null()
                     .or(api_keys::Column::ExpiresAt.gt(now)),
             );
-        let rows: Vec<IdentityRow<Uuid, Json, Option<DateTime<Utc>>>> =
-            with_identity(query, api_keys::Relation::User.def())
-                .into_tuple()
-                .all(&self.read)
-                .await?;
-        first_identity(rows)?
+        let found: Option<(Uuid, Json, Option<DateTime<Utc>>, Identity)> =
+            live_identity(&self.read, query, api_keys::Relation::User.def()).await?;
+        found
             .map(|(id, key_roles, last_used_at, user)| {
                 Ok(LiveApiKey {
                     id: ApiKeyId(id),

@@ -396,11 +396,19 @@ impl TestApp {
         }
     }
 
+    /// SQL literal of bytes for the backend.
+    pub fn bytes_literal(&self, b: &[u8]) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("X'{}'", hex::encode(b)),
+            Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(b)),
+        }
+    }
+
     /// `id` as an SQL literal of the id columns: SQLite stores UUIDs as
     /// 16-byte blobs.
     pub fn uuid_literal(&self, id: uuid::Uuid) -> String {
         match self.backend {
-            Backend::Sqlite => format!("X'{}'", hex::encode(id.as_bytes())),
+            Backend::Sqlite => self.bytes_literal(id.as_bytes()),
             Backend::Postgres => format!("'{id}'::uuid"),
         }
     }
