@@ -20,6 +20,7 @@ on_both_backends! {
     renewal_replaces_and_supersedes => renewal;
     bad_relying_party_input_is_refused => bad_relying_party_input;
     status_changes_are_read_once_each_in_order => status_changes;
+    a_ca_out_of_service_elsewhere_issues_nothing_more => ca_out_of_service_elsewhere;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,6 +35,51 @@ async fn a_crl_of_several_parts_postgres() {
         return;
     };
     crl_of_several_parts(&mut app).await;
+}
+
+/// An issuance that races its CA's revocation on PostgreSQL: the CA row is
+/// changed in a transaction held open behind the server's back while the
+/// request arrives. Reading the row as it was before that commit (the
+/// cached copy, or a plain read) would sign and store; the issuance's own
+/// transactions wait for the commit and then refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuance_racing_its_cas_revocation_is_refused() {
+    let Some(app) = TestApp::start(Backend::Postgres).await else {
+        return;
+    };
+    let token = app.admin_token().await;
+    let profile = app.default_profile_id(&token).await;
+    let first = issue(&app, &token, &["before.clm.test"]).await;
+    let ca = app.uuid_literal(first["ca_id"].as_str().unwrap().parse().unwrap());
+    let db = app.pg_databases()[1].clone();
+    let revocation = tokio::task::spawn_blocking(move || {
+        common::psql(
+            &db,
+            &format!(
+                "BEGIN; UPDATE certificate_authorities SET status = 'disabled' WHERE id = {ca}; \
+                 SELECT pg_sleep(1.5); COMMIT;"
+            ),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app
+        .post(
+            &token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["racing.clm.test"]) }),
+        )
+        .await;
+    revocation.await.unwrap().unwrap();
+    assert_eq!(r.status(), 409, "{}", app.server_log());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "ca_inactive", "{body}");
+    assert_eq!(
+        app.sql(
+            "secure",
+            "SELECT count(*) FROM certificates WHERE subject LIKE '%racing.clm.test%'"
+        ),
+        "0"
+    );
 }
 
 /// Another instance's revocation reaches this one's OCSP cache even when
@@ -1049,4 +1095,32 @@ async fn bad_relying_party_input(app: &TestApp) {
     // And the server still serves.
     let report = openssl_ocsp(app, dir.path(), &f, true);
     assert!(report.contains("leaf.pem: good"), "{report}");
+}
+
+/// A CA taken out of service by another instance (played here behind the
+/// server's back, right after this instance read the CA as active) issues
+/// nothing from the next request on: the issuance's transactions check the
+/// CA themselves instead of trusting the one-second copy issuance reads.
+async fn ca_out_of_service_elsewhere(app: &TestApp) {
+    let token = app.admin_token().await;
+    let profile = app.default_profile_id(&token).await;
+    let first = issue(app, &token, &["before.clm.test"]).await;
+    let ca = app.uuid_literal(first["ca_id"].as_str().unwrap().parse().unwrap());
+    let requests = || app.sql("secure", "SELECT count(*) FROM certificate_requests");
+    let before = requests();
+    app.sql(
+        "secure",
+        &format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {ca}"),
+    );
+    let r = app
+        .post(
+            &token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["after.clm.test"]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "ca_inactive", "{body}");
+    assert_eq!(requests(), before, "nothing is stored");
 }

@@ -14,6 +14,7 @@ on_both_backends! {
     separation_of_duties_is_enforced => separation_of_duties;
     rejection_and_cancellation_end_the_workflow => reject_and_cancel;
     parallel_final_approvals_issue_exactly_once => race;
+    a_final_approval_under_a_ca_out_of_service_fails_the_request => ca_out_of_service;
 }
 
 struct Org {
@@ -686,4 +687,33 @@ async fn webhooks_are_signed_and_redelivered_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_and_redelivered_postgres() {
     webhooks(Backend::Postgres).await;
+}
+
+/// The final approval of a request whose CA another instance has just
+/// taken out of service (played behind the server's back, while this
+/// instance still holds the CA's copy from a moment ago): nothing is
+/// issued, the request and its workflow fail, and the requester is told.
+async fn ca_out_of_service(app: &TestApp) {
+    let o = org(app, "Halted", 1, 1).await;
+    let req = submit(app, &o, &o.requester, "www.halted.test").await;
+    let id = req["id"].as_str().unwrap();
+    let ca = app.intermediate_ca_id(&o.admin).await;
+    let root = app.admin_token().await;
+    app.issue(&root, &["warm.clm.test"]).await;
+    let ca = app.uuid_literal(ca.as_str().unwrap().parse().unwrap());
+    app.sql(
+        "secure",
+        &format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {ca}"),
+    );
+    let (s, v) = decide(app, &o.approvers[0], id, "approve", json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("ca_inactive")), "{v}");
+    let v: Value = app
+        .get(&o.requester, &format!("/api/v1/certificate-requests/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["certificate_id"].is_null());
+    assert_eq!(kinds(app, &o.requester).await, ["request.failed"]);
 }

@@ -187,10 +187,19 @@ pub struct CertificateAuthority {
     pub not_after: DateTime<Utc>,
 }
 
+/// The one CA status under which a CA issues.
+pub const CA_ACTIVE: &str = "active";
+/// A CA whose certificate was revoked: it issues nothing more.
+pub const CA_DISABLED: &str = "disabled";
+
 /// Between a retired CA's old name and its id in the name it keeps.
 const RETIRED_MARK: &str = ".retired-";
 
 impl CertificateAuthority {
+    pub fn is_active(&self) -> bool {
+        self.status == CA_ACTIVE
+    }
+
     /// The name a CA is kept under once a rollover retires it: its
     /// successor takes the plain name, and the CA's id keeps two
     /// rollovers of one name apart however quickly they follow.

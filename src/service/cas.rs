@@ -228,11 +228,8 @@ impl Clm {
             .find_issuing_ca(id)
             .await?
             .ok_or_else(|| ServiceError::internal(format!("profile names missing CA {id}")))?;
-        if ca.status != "active" {
-            return Err(ServiceError::conflict(
-                "ca_inactive",
-                "the profile's CA is not active",
-            ));
+        if !ca.is_active() {
+            return Err(ServiceError::ca_inactive());
         }
         Ok(ca)
     }

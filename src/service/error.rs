@@ -67,6 +67,11 @@ impl ServiceError {
         }
     }
 
+    /// The CA that would sign is revoked, retired or disabled.
+    pub fn ca_inactive() -> Self {
+        Self::conflict("ca_inactive", "the profile's CA is not active")
+    }
+
     /// The token is away (or recovering): 503, retry after `retry_after_secs`.
     pub fn hsm_unavailable(retry_after_secs: u64, log: impl std::fmt::Display) -> Self {
         Self::Unavailable {
@@ -106,6 +111,7 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound("object"),
+            StoreError::CaInactive(_) => Self::ca_inactive(),
             StoreError::Conflict(m) | StoreError::Duplicate(m) => Self::Internal {
                 log: format!("unexpected conflict: {m}"),
             },

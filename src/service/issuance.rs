@@ -390,25 +390,8 @@ impl Clm {
         let der = match built {
             Ok(der) => der,
             Err(e) => {
-                let reason = "signing failed";
-                let event = AuditEvent::new(actor.clone(), "certificate.issuance_failed", ctx)
-                    .org(Some(request.organization_id))
-                    .target("certificate_request", request.id)
-                    .outcome(Outcome::Failure)
-                    .details(serde_json::json!({ "ca_id": ca.id, "reason": reason }));
-                request.status = RequestStatus::Failed;
-                match self
-                    .secure
-                    .fail_request(request.id, RequestStatus::Approved, reason, &event)
-                    .await
-                {
-                    Ok(()) => self.emit_failed(request, reason).await,
-                    // Still `approved` with its serial reserved: reconciliation
-                    // fails it later, and tells the webhooks then.
-                    Err(store_err) => {
-                        tracing::error!(request = %request.id, error = %store_err, "could not mark request failed")
-                    }
-                }
+                self.fail_approved(request, "signing failed", &actor, ctx)
+                    .await;
                 return Err(match ServiceError::from(e) {
                     ServiceError::Invalid { .. } => ServiceError::internal("signing failed"),
                     other => other,
@@ -452,9 +435,23 @@ impl Clm {
                 "subject": cert.subject,
                 "not_after": rfc3339(cert.not_after),
             }));
-        self.secure
+        match self
+            .secure
             .complete_issuance(request.id, &cert, &event)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // Taken out of service (revoked, by any instance) after step 1
+            // but before this commit: the signed certificate is discarded
+            // and the request fails, so the CA issues nothing once its
+            // revocation has committed.
+            Err(StoreError::CaInactive(_)) => {
+                self.fail_approved(request, "the CA was taken out of service", &actor, ctx)
+                    .await;
+                return Err(ServiceError::ca_inactive());
+            }
+            Err(e) => return Err(e.into()),
+        }
         request.status = RequestStatus::Issued;
         request.certificate_id = Some(cert.id);
         timer.phase_done(Phase::Store);
@@ -526,6 +523,35 @@ impl Clm {
             approvals: self.approvals_of(id).await?,
             ..request_view(&request, required)
         })
+    }
+
+    /// Moves a request whose serial is reserved `approved → failed` with
+    /// `reason`, audited, and tells the webhooks.
+    async fn fail_approved(
+        &self,
+        request: &mut CertificateRequest,
+        reason: &str,
+        actor: &Actor,
+        ctx: &RequestContext,
+    ) {
+        let event = AuditEvent::new(actor.clone(), "certificate.issuance_failed", ctx)
+            .org(Some(request.organization_id))
+            .target("certificate_request", request.id)
+            .outcome(Outcome::Failure)
+            .details(serde_json::json!({ "ca_id": request.ca_id, "reason": reason }));
+        request.status = RequestStatus::Failed;
+        match self
+            .secure
+            .fail_request(request.id, RequestStatus::Approved, reason, &event)
+            .await
+        {
+            Ok(()) => self.emit_failed(request, reason).await,
+            // Still `approved` with its serial reserved: reconciliation
+            // fails it later, and tells the webhooks then.
+            Err(store_err) => {
+                tracing::error!(request = %request.id, error = %store_err, "could not mark request failed")
+            }
+        }
     }
 
     /// Tells the organisation's webhooks that `request` failed, and why.

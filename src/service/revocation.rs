@@ -130,12 +130,6 @@ impl Clm {
                 other => other.into(),
             })?;
         self.after_status_change(&revoked).await;
-        if revoked.is_ca && revoked.status == CertificateStatus::Revoked {
-            // A revoked CA certificate takes its CA out of service.
-            self.secure
-                .set_ca_status_of_certificate(revoked.id, "disabled")
-                .await?;
-        }
         if let Some(org) = revoked.organization_id {
             self.emit(
                 org,

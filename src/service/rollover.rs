@@ -43,7 +43,7 @@ impl Clm {
             .await?
             .filter(|ca| p.can_see(ca.organization_id))
             .ok_or(ServiceError::NotFound("CA"))?;
-        if old.status != "active" {
+        if !old.is_active() {
             return Err(ServiceError::conflict(
                 "ca_inactive",
                 "only an active CA can be rolled over",
@@ -182,7 +182,7 @@ impl Clm {
             Some(name) => self.secure.find_ca_by_name(name).await?,
             None => Some(ca),
         };
-        current.filter(|ca| ca.status == "active").ok_or_else(|| {
+        current.filter(|ca| ca.is_active()).ok_or_else(|| {
             ServiceError::conflict("ca_inactive", "the parent CA is no longer active")
         })
     }

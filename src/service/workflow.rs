@@ -287,7 +287,10 @@ impl Clm {
                 "Your certificate was issued",
             ),
             // Somebody else moved the request on; the workflow follows them.
-            Err(ServiceError::Conflict { .. }) => return outcome.map(|_| ()),
+            Err(ServiceError::Conflict {
+                code: "request_decided",
+                ..
+            }) => return outcome.map(|_| ()),
             Err(_) => (
                 RequestStatus::Failed,
                 "request.failed",
@@ -298,8 +301,9 @@ impl Clm {
             && from == RequestStatus::PendingApproval
             && request.status != RequestStatus::Failed
         {
-            // Signing never started (the CA cannot sign): record the failure
-            // so that an approver can retry later.
+            // Signing never started (the CA cannot sign, or is out of
+            // service): record the failure so that an approver can retry
+            // later.
             let reason = e.to_string();
             let event = AuditEvent::new(actor.clone(), "certificate.issuance_failed", ctx)
                 .org(Some(request.organization_id))

@@ -14,6 +14,10 @@ pub enum StoreError {
     /// A unique constraint refused the row.
     #[error("duplicate: {0}")]
     Duplicate(String),
+    /// The CA named is not active (revoked, retired or disabled) as this
+    /// transaction sees it: nothing may be issued under it.
+    #[error("CA {0} is not active")]
+    CaInactive(crate::domain::CaId),
     /// A stored value could not be read back into a domain type.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -16,7 +16,7 @@ use super::entity::secure::{
     encryption_keys, ocsp_signers,
 };
 use super::{SecureDb, StoreError, StoreResult, audit, parse_one};
-use crate::domain::model::{AuditEvent, Certificate, KeyReference};
+use crate::domain::model::{AuditEvent, CA_DISABLED, Certificate, KeyReference};
 use crate::domain::{CaId, CertificateId, CertificateStatus, RevocationReason, UserId, new_row_id};
 
 /// A stored CRL's DER is written and read in parts of this size: as one
@@ -88,7 +88,10 @@ pub struct Revocation {
 impl SecureDb {
     /// `from → revoked` (or `→ on_hold` for a hold), compare-and-set, with
     /// its revocation row and audit entry in one transaction. A hold made
-    /// final replaces the hold's row.
+    /// final replaces the hold's row. A revoked CA certificate takes its
+    /// CA out of service (`disabled`) in the same transaction, so no
+    /// instance records an issuance under it once this commits
+    /// ([`super::secure_db::require_active_cas`]).
     pub async fn revoke(&self, r: &Revocation, event: &AuditEvent) -> StoreResult<Certificate> {
         let to = if r.reason.is_hold() {
             CertificateStatus::OnHold
@@ -135,8 +138,26 @@ impl SecureDb {
         }
         .insert(&txn)
         .await?;
+        let disables_ca = cert.is_ca && to == CertificateStatus::Revoked;
+        if disables_ca {
+            certificate_authorities::Entity::update_many()
+                .col_expr(
+                    certificate_authorities::Column::Status,
+                    Expr::value(CA_DISABLED),
+                )
+                .col_expr(
+                    certificate_authorities::Column::UpdatedAt,
+                    Expr::value(Utc::now()),
+                )
+                .filter(certificate_authorities::Column::CertificateId.eq(cert.id))
+                .exec(&txn)
+                .await?;
+        }
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
+        if disables_ca {
+            self.issuing_cas.clear();
+        }
         super::secure_db::certificate_from(cert)
     }
 
@@ -179,26 +200,6 @@ impl SecureDb {
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
         super::secure_db::certificate_from(cert)
-    }
-
-    /// The CA whose certificate is `certificate` gets `status` (a revoked
-    /// CA certificate takes the CA out of service).
-    pub async fn set_ca_status_of_certificate(
-        &self,
-        certificate: CertificateId,
-        status: &str,
-    ) -> StoreResult<()> {
-        certificate_authorities::Entity::update_many()
-            .col_expr(certificate_authorities::Column::Status, Expr::value(status))
-            .col_expr(
-                certificate_authorities::Column::UpdatedAt,
-                Expr::value(Utc::now()),
-            )
-            .filter(certificate_authorities::Column::CertificateId.eq(certificate.0))
-            .exec(&self.db)
-            .await?;
-        self.issuing_cas.clear();
-        Ok(())
     }
 
     /// Hands every revocation (and hold) of `ca` to `each` as its row

@@ -15,7 +15,7 @@ use super::entity::secure::{
 };
 use super::{Page, StoreError, StoreResult, audit, json_strings, parse_one, strings_from_json};
 use crate::domain::model::{
-    AuditEvent, Certificate, CertificateAuthority, CertificateRequest, KeyReference,
+    AuditEvent, CA_ACTIVE, Certificate, CertificateAuthority, CertificateRequest, KeyReference,
 };
 use crate::domain::{
     CaId, CertificateId, KeyId, KeyPurpose, KeyStatus, OrganizationId, ProfileId, RequestId,
@@ -252,7 +252,7 @@ impl SecureDb {
                 Expr::value(Utc::now()),
             )
             .filter(certificate_authorities::Column::Id.eq(old.0))
-            .filter(certificate_authorities::Column::Status.eq("active"))
+            .filter(certificate_authorities::Column::Status.eq(CA_ACTIVE))
             .exec(&txn)
             .await?;
         if res.rows_affected == 0 {
@@ -382,6 +382,7 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
+        require_active_cas(&txn, [r.ca_id]).await?;
         request_active_model(r).insert(&txn).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
@@ -396,6 +397,7 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
+        require_active_cas(&txn, [cert.ca_id]).await?;
         certificate_active_model(cert).insert(&txn).await?;
         move_request(
             &txn,
@@ -436,8 +438,15 @@ impl SecureDb {
                 Expr::value(None::<String>),
             ),
         ];
-        self.transition(request, from, RequestStatus::Approved, also, event)
-            .await
+        self.transition(
+            request,
+            from,
+            RequestStatus::Approved,
+            also,
+            Some(ca),
+            event,
+        )
+        .await
     }
 
     /// Compare-and-set of a request's status, audited.
@@ -448,7 +457,8 @@ impl SecureDb {
         to: RequestStatus,
         event: &AuditEvent,
     ) -> StoreResult<()> {
-        self.transition(request, from, to, Vec::new(), event).await
+        self.transition(request, from, to, Vec::new(), None, event)
+            .await
     }
 
     /// `from → failed` with the reason, audited.
@@ -463,20 +473,23 @@ impl SecureDb {
             certificate_requests::Column::FailureReason,
             Expr::value(Some(reason.to_string())),
         )];
-        self.transition(request, from, RequestStatus::Failed, why, event)
+        self.transition(request, from, RequestStatus::Failed, why, None, event)
             .await
     }
 
-    /// One audited compare-and-set of a request, in its own transaction.
+    /// One audited compare-and-set of a request, in its own transaction;
+    /// with `signer`, only while that CA is active.
     async fn transition(
         &self,
         request: RequestId,
         from: RequestStatus,
         to: RequestStatus,
         also: Vec<(certificate_requests::Column, Expr)>,
+        signer: Option<CaId>,
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
+        require_active_cas(&txn, signer).await?;
         move_request(&txn, request, from, to, also).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
@@ -585,6 +598,36 @@ async fn insert_ca_rows<C: ConnectionTrait>(
 
 /// Compare-and-set of a request's status (and the columns in `also`): zero rows
 /// means somebody else moved it first, a [`StoreError::Conflict`].
+/// Refuses, inside the caller's transaction, to record an issuance (an
+/// intent or a certificate) under a CA that is not active. The CA rows are
+/// share-locked until commit on PostgreSQL, so a concurrent revocation of
+/// one of them either waits for this transaction or is seen committed by
+/// it; SQLite's single writer gives the same order. The issuing-CA cache
+/// cannot give this: another instance's change reaches it only after a
+/// second.
+pub(super) async fn require_active_cas<C: ConnectionTrait>(
+    db: &C,
+    cas: impl IntoIterator<Item = CaId>,
+) -> StoreResult<()> {
+    let wanted: std::collections::BTreeSet<uuid::Uuid> = cas.into_iter().map(|c| c.0).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let active: Vec<uuid::Uuid> = certificate_authorities::Entity::find()
+        .select_only()
+        .column(certificate_authorities::Column::Id)
+        .filter(certificate_authorities::Column::Id.is_in(wanted.iter().copied()))
+        .filter(certificate_authorities::Column::Status.eq(CA_ACTIVE))
+        .lock_shared()
+        .into_tuple()
+        .all(db)
+        .await?;
+    match wanted.into_iter().find(|id| !active.contains(id)) {
+        Some(inactive) => Err(StoreError::CaInactive(CaId(inactive))),
+        None => Ok(()),
+    }
+}
+
 async fn move_request<C: ConnectionTrait>(
     db: &C,
     id: RequestId,

@@ -75,7 +75,8 @@ pub fn postgres_available() -> bool {
     psql("postgres", "SELECT 1").is_ok()
 }
 
-fn psql(db: &str, sql: &str) -> Result<String, String> {
+/// Runs `sql` in `db` as the `postgres` superuser.
+pub fn psql(db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .args([
             "-h",
