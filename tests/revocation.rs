@@ -21,6 +21,7 @@ on_both_backends! {
     bad_relying_party_input_is_refused => bad_relying_party_input;
     status_changes_are_read_once_each_in_order => status_changes;
     a_ca_out_of_service_elsewhere_issues_nothing_more => ca_out_of_service_elsewhere;
+    a_ca_on_hold_issues_nothing_until_released => ca_on_hold;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1123,4 +1124,48 @@ async fn ca_out_of_service_elsewhere(app: &TestApp) {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "ca_inactive", "{body}");
     assert_eq!(requests(), before, "nothing is stored");
+}
+
+/// A CA whose own certificate is on hold (a key suspected, not yet known,
+/// to be compromised) issues nothing until the hold is released: a
+/// certificate issued meanwhile would chain through a suspended CA, and
+/// stay valid if the suspicion proved wrong or be signed by a compromised
+/// key if it proved right.
+async fn ca_on_hold(app: &TestApp) {
+    let token = app.admin_token().await;
+    let ca = app.intermediate_ca_id(&token).await;
+    let inter: Value = app
+        .get(&token, &format!("/api/v1/cas/{}", ca.as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ca_cert = inter["certificate_id"].as_str().unwrap();
+    issue(app, &token, &["before-hold.clm.test"]).await;
+    assert_eq!(
+        revoke(app, &token, ca_cert, "certificateHold")
+            .await
+            .status(),
+        200
+    );
+    let profile = app.default_profile_id(&token).await;
+    let r = app
+        .post(
+            &token,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["held.clm.test"]) }),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "ca_inactive", "{body}");
+    let r = app
+        .post(
+            &token,
+            &format!("/api/v1/certificates/{ca_cert}/release-hold"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    issue(app, &token, &["after-hold.clm.test"]).await;
 }

@@ -67,9 +67,13 @@ impl ServiceError {
         }
     }
 
-    /// The CA that would sign is revoked, retired or disabled.
+    /// The CA that would sign is retired or disabled, or its own
+    /// certificate is revoked or on hold.
     pub fn ca_inactive() -> Self {
-        Self::conflict("ca_inactive", "the profile's CA is not active")
+        Self::conflict(
+            "ca_inactive",
+            "the profile's CA is not issuing: it is retired or disabled, or its certificate is revoked or on hold",
+        )
     }
 
     /// The token is away (or recovering): 503, retry after `retry_after_secs`.

@@ -14,9 +14,10 @@ pub enum StoreError {
     /// A unique constraint refused the row.
     #[error("duplicate: {0}")]
     Duplicate(String),
-    /// The CA named is not active (revoked, retired or disabled) as this
-    /// transaction sees it: nothing may be issued under it.
-    #[error("CA {0} is not active")]
+    /// The CA named is not issuing as this transaction sees it (retired or
+    /// disabled, or its own certificate revoked or on hold): nothing may
+    /// be issued under it.
+    #[error("CA {0} is not issuing")]
     CaInactive(crate::domain::CaId),
     /// A stored value could not be read back into a domain type.
     #[error("corrupt row: {0}")]

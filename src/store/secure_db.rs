@@ -6,7 +6,7 @@
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
@@ -18,8 +18,8 @@ use crate::domain::model::{
     AuditEvent, CA_ACTIVE, Certificate, CertificateAuthority, CertificateRequest, KeyReference,
 };
 use crate::domain::{
-    CaId, CertificateId, KeyId, KeyPurpose, KeyStatus, OrganizationId, ProfileId, RequestId,
-    RequestStatus, San, Secret, UserId,
+    CaId, CertificateId, CertificateStatus, KeyId, KeyPurpose, KeyStatus, OrganizationId,
+    ProfileId, RequestId, RequestStatus, San, Secret, UserId,
 };
 
 /// Handle on clm_secure.
@@ -596,13 +596,13 @@ async fn insert_ca_rows<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Compare-and-set of a request's status (and the columns in `also`): zero rows
-/// means somebody else moved it first, a [`StoreError::Conflict`].
 /// Refuses, inside the caller's transaction, to record an issuance (an
-/// intent or a certificate) under a CA that is not active. The CA rows are
-/// share-locked until commit on PostgreSQL, so a concurrent revocation of
-/// one of them either waits for this transaction or is seen committed by
-/// it; SQLite's single writer gives the same order. The issuing-CA cache
+/// intent or a certificate) under a CA that is not issuing: one that is not
+/// `active` (retired, disabled) or whose own certificate is not `valid`
+/// (revoked, on hold, expired). The CA rows and their certificates' rows
+/// are share-locked until commit on PostgreSQL, so a concurrent revocation
+/// or hold either waits for this transaction or is seen committed by it;
+/// SQLite's single writer gives the same order. The issuing-CA cache
 /// cannot give this: another instance's change reaches it only after a
 /// second.
 pub(super) async fn require_active_cas<C: ConnectionTrait>(
@@ -613,21 +613,29 @@ pub(super) async fn require_active_cas<C: ConnectionTrait>(
     if wanted.is_empty() {
         return Ok(());
     }
-    let active: Vec<uuid::Uuid> = certificate_authorities::Entity::find()
+    let own_certificate = certificate_authorities::Entity::belongs_to(certificates::Entity)
+        .from(certificate_authorities::Column::CertificateId)
+        .to(certificates::Column::Id)
+        .into();
+    let issuing: Vec<uuid::Uuid> = certificate_authorities::Entity::find()
         .select_only()
         .column(certificate_authorities::Column::Id)
+        .join(JoinType::InnerJoin, own_certificate)
         .filter(certificate_authorities::Column::Id.is_in(wanted.iter().copied()))
         .filter(certificate_authorities::Column::Status.eq(CA_ACTIVE))
+        .filter(certificates::Column::Status.eq(CertificateStatus::Valid.as_str()))
         .lock_shared()
         .into_tuple()
         .all(db)
         .await?;
-    match wanted.into_iter().find(|id| !active.contains(id)) {
+    match wanted.into_iter().find(|id| !issuing.contains(id)) {
         Some(inactive) => Err(StoreError::CaInactive(CaId(inactive))),
         None => Ok(()),
     }
 }
 
+/// Compare-and-set of a request's status (and the columns in `also`): zero rows
+/// means somebody else moved it first, a [`StoreError::Conflict`].
 async fn move_request<C: ConnectionTrait>(
     db: &C,
     id: RequestId,
