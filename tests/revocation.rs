@@ -22,6 +22,7 @@ on_both_backends! {
     status_changes_are_read_once_each_in_order => status_changes;
     a_ca_out_of_service_elsewhere_issues_nothing_more => ca_out_of_service_elsewhere;
     a_ca_on_hold_issues_nothing_until_released => ca_on_hold;
+    an_inactive_ca_fails_none_of_its_neighbours => inactive_ca_beside_another;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1168,4 +1169,94 @@ async fn ca_on_hold(app: &TestApp) {
         .await;
     assert_eq!(r.status(), 200);
     issue(app, &token, &["after-hold.clm.test"]).await;
+}
+
+/// Requests through a CA out of service and through a working one arrive
+/// together, so that they share group commits: each gets its own answer
+/// (the shared transaction is refused as a whole, then each is written
+/// alone), and nothing of the refused ones is stored.
+async fn inactive_ca_beside_another(app: &TestApp) {
+    let token = app.admin_token().await;
+    let cas: Value = app.get(&token, "/api/v1/cas").await.json().await.unwrap();
+    let root = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "root")
+        .unwrap()["id"]
+        .clone();
+    let r = app
+        .post(
+            &token,
+            "/api/v1/cas",
+            &json!({ "name": "halted", "kind": "intermediate", "parent_id": root,
+                     "subject": "Halted CA", "key_algorithm": "ecdsa-p256", "validity_days": 365 }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let halted = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let halted_profile = app
+        .create_profile(
+            &token,
+            &json!({
+                "name": "halted", "ca_id": halted, "key_algorithms": ["ecdsa-p256"],
+                "allowed_dns_suffixes": ["halted.test"], "allow_ip_sans": false,
+                "max_validity_days": 30, "extended_key_usages": ["serverAuth"],
+                "required_approvals": 0, "allow_server_keygen": false
+            }),
+        )
+        .await;
+    let working_profile = app.default_profile_id(&token).await;
+    // Both CAs sign once, so this instance holds both as active.
+    app.request_certificate(
+        &token,
+        &json!({ "profile_id": halted_profile, "csr_pem": ec_csr(&["first.halted.test"]) }),
+    )
+    .await;
+    issue(app, &token, &["first.clm.test"]).await;
+    let requests = || app.sql("secure", "SELECT count(*) FROM certificate_requests");
+    let before: usize = requests().parse().unwrap();
+    app.sql(
+        "secure",
+        &format!(
+            "UPDATE certificate_authorities SET status = 'disabled' WHERE id = {}",
+            app.uuid_literal(halted.parse().unwrap())
+        ),
+    );
+    const EACH: usize = 24;
+    let token = &token;
+    let answers = futures_util::future::join_all((0..2 * EACH).map(|i| {
+        let (profile, name) = if i % 2 == 0 {
+            (&working_profile, format!("n{i}.clm.test"))
+        } else {
+            (&halted_profile, format!("n{i}.halted.test"))
+        };
+        let body = json!({ "profile_id": profile, "csr_pem": ec_csr(&[&name]) });
+        async move {
+            let r = app.post(token, "/api/v1/certificate-requests", &body).await;
+            (i, r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    for (i, status, body) in answers {
+        if i % 2 == 0 {
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(body["status"], "issued", "{body}");
+        } else {
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (409, Some("ca_inactive")),
+                "{body}"
+            );
+        }
+    }
+    let after: usize = requests().parse().unwrap();
+    assert_eq!(
+        after,
+        before + EACH,
+        "only the working CA's requests are stored"
+    );
 }
