@@ -106,14 +106,7 @@ async fn missing_ca_key(app: &mut TestApp) {
     }
 
     let admin = app.admin_token().await;
-    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
-    let root = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "root")
-        .unwrap()["id"]
-        .clone();
+    let root = app.root_ca_id(&admin).await;
     let r = app
         .post(
             &admin,

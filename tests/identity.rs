@@ -119,14 +119,7 @@ async fn status(r: reqwest::Response) -> u16 {
 async fn role_matrix(app: &TestApp) {
     let admin = app.admin_token().await;
     let org = app.create_org(&admin, "Matrix Org").await;
-    let cas: Value = app.get(&admin, "/api/v1/cas").await.json().await.unwrap();
-    let root = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "root")
-        .unwrap()["id"]
-        .clone();
+    let root = app.root_ca_id(&admin).await;
     let profile = app.default_profile_id(&admin).await;
 
     let roles = [
@@ -264,14 +257,7 @@ async fn tenant_isolation(app: &TestApp) {
         .await;
 
     // Beta owns a CA, a profile, a request, a certificate and an API key.
-    let cas: Value = app.get(&b_admin, "/api/v1/cas").await.json().await.unwrap();
-    let root = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "root")
-        .unwrap()["id"]
-        .clone();
+    let root = app.root_ca_id(&b_admin).await;
     let ca: Value = app
         .post(
             &b_admin,

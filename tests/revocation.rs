@@ -420,20 +420,7 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
     );
 
     // The root's CRL is served too (and verifies against the root).
-    let root_id = app
-        .get(&token, "/api/v1/cas")
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "root")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let root_id = app.root_ca_id(&token).await.as_str().unwrap().to_string();
     let root_crl = fetch_crl(app, &root_id, dir.path()).await;
     let root_file = write(dir.path(), "root.pem", &app.root_pem());
     crl_text(&root_crl, &root_file);
@@ -1105,26 +1092,33 @@ async fn bad_relying_party_input(app: &TestApp) {
 /// CA themselves instead of trusting the one-second copy issuance reads.
 async fn ca_out_of_service_elsewhere(app: &TestApp) {
     let token = app.admin_token().await;
-    let profile = app.default_profile_id(&token).await;
     let first = issue(app, &token, &["before.clm.test"]).await;
-    let ca = app.uuid_literal(first["ca_id"].as_str().unwrap().parse().unwrap());
-    let requests = || app.sql("secure", "SELECT count(*) FROM certificate_requests");
-    let before = requests();
-    app.sql(
-        "secure",
-        &format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {ca}"),
-    );
+    let before = stored_requests(app);
+    app.disable_ca_elsewhere(first["ca_id"].as_str().unwrap());
+    refused_as_inactive(app, &token, "after.clm.test").await;
+    assert_eq!(stored_requests(app), before, "nothing is stored");
+}
+
+/// A request through the default profile, which must be refused with
+/// `409 ca_inactive`.
+async fn refused_as_inactive(app: &TestApp, token: &str, name: &str) {
+    let profile = app.default_profile_id(token).await;
     let r = app
         .post(
-            &token,
+            token,
             "/api/v1/certificate-requests",
-            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["after.clm.test"]) }),
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]) }),
         )
         .await;
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "ca_inactive", "{body}");
-    assert_eq!(requests(), before, "nothing is stored");
+}
+
+fn stored_requests(app: &TestApp) -> usize {
+    app.sql("secure", "SELECT count(*) FROM certificate_requests")
+        .parse()
+        .unwrap()
 }
 
 /// A CA whose own certificate is on hold (a key suspected, not yet known,
@@ -1149,17 +1143,7 @@ async fn ca_on_hold(app: &TestApp) {
             .status(),
         200
     );
-    let profile = app.default_profile_id(&token).await;
-    let r = app
-        .post(
-            &token,
-            "/api/v1/certificate-requests",
-            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["held.clm.test"]) }),
-        )
-        .await;
-    assert_eq!(r.status(), 409);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "ca_inactive", "{body}");
+    refused_as_inactive(app, &token, "held.clm.test").await;
     let r = app
         .post(
             &token,
@@ -1177,14 +1161,7 @@ async fn ca_on_hold(app: &TestApp) {
 /// alone), and nothing of the refused ones is stored.
 async fn inactive_ca_beside_another(app: &TestApp) {
     let token = app.admin_token().await;
-    let cas: Value = app.get(&token, "/api/v1/cas").await.json().await.unwrap();
-    let root = cas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "root")
-        .unwrap()["id"]
-        .clone();
+    let root = app.root_ca_id(&token).await;
     let r = app
         .post(
             &token,
@@ -1217,15 +1194,8 @@ async fn inactive_ca_beside_another(app: &TestApp) {
     )
     .await;
     issue(app, &token, &["first.clm.test"]).await;
-    let requests = || app.sql("secure", "SELECT count(*) FROM certificate_requests");
-    let before: usize = requests().parse().unwrap();
-    app.sql(
-        "secure",
-        &format!(
-            "UPDATE certificate_authorities SET status = 'disabled' WHERE id = {}",
-            app.uuid_literal(halted.parse().unwrap())
-        ),
-    );
+    let before = stored_requests(app);
+    app.disable_ca_elsewhere(&halted);
     const EACH: usize = 24;
     let token = &token;
     let answers = futures_util::future::join_all((0..2 * EACH).map(|i| {
@@ -1253,9 +1223,8 @@ async fn inactive_ca_beside_another(app: &TestApp) {
             );
         }
     }
-    let after: usize = requests().parse().unwrap();
     assert_eq!(
-        after,
+        stored_requests(app),
         before + EACH,
         "only the working CA's requests are stored"
     );

@@ -700,11 +700,7 @@ async fn ca_out_of_service(app: &TestApp) {
     let ca = app.intermediate_ca_id(&o.admin).await;
     let root = app.admin_token().await;
     app.issue(&root, &["warm.clm.test"]).await;
-    let ca = app.uuid_literal(ca.as_str().unwrap().parse().unwrap());
-    app.sql(
-        "secure",
-        &format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {ca}"),
-    );
+    app.disable_ca_elsewhere(ca.as_str().unwrap());
     let (s, v) = decide(app, &o.approvers[0], id, "approve", json!({})).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("ca_inactive")), "{v}");
     let v: Value = app

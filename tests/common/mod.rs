@@ -586,13 +586,32 @@ impl TestApp {
 
     /// The id of the intermediate CA `clm init` created.
     pub async fn intermediate_ca_id(&self, token: &str) -> Value {
+        self.first_ca_of_kind(token, "intermediate").await
+    }
+
+    /// The id of the root CA `clm init` created.
+    pub async fn root_ca_id(&self, token: &str) -> Value {
+        self.first_ca_of_kind(token, "root").await
+    }
+
+    async fn first_ca_of_kind(&self, token: &str, kind: &str) -> Value {
         let cas: Value = self.get(token, "/api/v1/cas").await.json().await.unwrap();
         cas.as_array()
             .unwrap()
             .iter()
-            .find(|c| c["kind"] == "intermediate")
-            .expect("an intermediate CA")["id"]
+            .find(|c| c["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} CA in {cas}"))["id"]
             .clone()
+    }
+
+    /// Takes CA `id` out of service behind the server's back, as another
+    /// instance's revocation of its certificate would.
+    pub fn disable_ca_elsewhere(&self, id: &str) {
+        let id = self.uuid_literal(id.parse().unwrap());
+        self.sql(
+            "secure",
+            &format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {id}"),
+        );
     }
 
     /// Creates an organisation (as the bootstrap admin) and returns its id.
