@@ -93,6 +93,15 @@ async fn decide(app: &TestApp, token: &str, id: &str, verb: &str, body: Value) -
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /api/v1/certificate-requests/{id}` as `token` sees it.
+async fn request(app: &TestApp, token: &str, id: &str) -> Value {
+    app.get(token, &format!("/api/v1/certificate-requests/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn kinds(app: &TestApp, token: &str) -> Vec<String> {
     let v: Value = app
         .get(token, "/api/v1/notifications")
@@ -248,12 +257,7 @@ async fn separation_of_duties(app: &TestApp) {
         409,
         "double vote"
     );
-    let v: Value = app
-        .get(&both, &format!("/api/v1/certificate-requests/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = request(app, &both, id).await;
     assert_eq!(v["approvals"].as_array().unwrap().len(), 1);
 
     // A profile may name which roles approve: here ca_admin, not approver.
@@ -411,12 +415,7 @@ async fn race(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(certs["total"], 1, "exactly one certificate");
-    let v: Value = app
-        .get(&o.requester, &format!("/api/v1/certificate-requests/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = request(app, &o.requester, &id).await;
     assert_eq!(v["status"], "issued");
     assert_eq!(v["approvals"].as_array().unwrap().len(), 1);
 }
@@ -434,12 +433,7 @@ async fn expiry(backend: Backend) {
     let id = req["id"].as_str().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let v: Value = app
-            .get(&o.requester, &format!("/api/v1/certificate-requests/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = request(&app, &o.requester, id).await;
         if v["status"] == "expired" {
             break;
         }
@@ -703,12 +697,7 @@ async fn ca_out_of_service(app: &TestApp) {
     app.disable_ca_elsewhere(ca.as_str().unwrap());
     let (s, v) = decide(app, &o.approvers[0], id, "approve", json!({})).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("ca_inactive")), "{v}");
-    let v: Value = app
-        .get(&o.requester, &format!("/api/v1/certificate-requests/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = request(app, &o.requester, id).await;
     assert_eq!(v["status"], "failed", "{v}");
     assert!(v["certificate_id"].is_null());
     assert_eq!(kinds(app, &o.requester).await, ["request.failed"]);
