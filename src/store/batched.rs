@@ -13,7 +13,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use super::entity::core::certificate_metadata;
 use super::entity::secure::{certificate_requests, certificates};
 use super::group::{Batcher, Job};
-use super::secure_db::{certificate_active_model, request_active_model, require_active_cas};
+use super::secure_db::{certificate_active_model, request_active_model, require_issuing_cas};
 use super::{CoreDb, SecureDb, StoreError, StoreResult, audit, webhooks};
 use crate::domain::audit::AuditLog;
 use crate::domain::model::{AuditEvent, Certificate, CertificateRequest, WebhookEvent};
@@ -106,7 +106,7 @@ impl SecureDb {
         }
         let txn = super::begin_write(&self.db).await?;
         let signers = requests.iter().map(|r| r.ca_id);
-        require_active_cas(&txn, signers.chain(issued.iter().map(|(_, c)| c.ca_id))).await?;
+        require_issuing_cas(&txn, signers.chain(issued.iter().map(|(_, c)| c.ca_id))).await?;
         if !requests.is_empty() {
             certificate_requests::Entity::insert_many(
                 requests.into_iter().map(request_active_model),

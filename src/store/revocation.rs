@@ -91,7 +91,7 @@ impl SecureDb {
     /// final replaces the hold's row. A revoked CA certificate takes its
     /// CA out of service (`disabled`) in the same transaction, so no
     /// instance records an issuance under it once this commits
-    /// ([`super::secure_db::require_active_cas`]).
+    /// ([`super::secure_db::require_issuing_cas`]).
     pub async fn revoke(&self, r: &Revocation, event: &AuditEvent) -> StoreResult<Certificate> {
         let to = if r.reason.is_hold() {
             CertificateStatus::OnHold

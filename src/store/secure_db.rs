@@ -382,7 +382,7 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
-        require_active_cas(&txn, [r.ca_id]).await?;
+        require_issuing_cas(&txn, [r.ca_id]).await?;
         request_active_model(r).insert(&txn).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
@@ -397,7 +397,7 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
-        require_active_cas(&txn, [cert.ca_id]).await?;
+        require_issuing_cas(&txn, [cert.ca_id]).await?;
         certificate_active_model(cert).insert(&txn).await?;
         move_request(
             &txn,
@@ -478,7 +478,7 @@ impl SecureDb {
     }
 
     /// One audited compare-and-set of a request, in its own transaction;
-    /// with `signer`, only while that CA is active.
+    /// with `signer`, only while that CA issues.
     async fn transition(
         &self,
         request: RequestId,
@@ -489,7 +489,7 @@ impl SecureDb {
         event: &AuditEvent,
     ) -> StoreResult<()> {
         let txn = super::begin_write(&self.db).await?;
-        require_active_cas(&txn, signer).await?;
+        require_issuing_cas(&txn, signer).await?;
         move_request(&txn, request, from, to, also).await?;
         audit::insert_secure(&txn, &self.audit, event).await?;
         txn.commit().await?;
@@ -605,7 +605,7 @@ async fn insert_ca_rows<C: ConnectionTrait>(
 /// SQLite's single writer gives the same order. The issuing-CA cache
 /// cannot give this: another instance's change reaches it only after a
 /// second.
-pub(super) async fn require_active_cas<C: ConnectionTrait>(
+pub(super) async fn require_issuing_cas<C: ConnectionTrait>(
     db: &C,
     cas: impl IntoIterator<Item = CaId>,
 ) -> StoreResult<()> {
