@@ -789,7 +789,7 @@ pub async fn list_certificates(
     responses(
         (status = 200, description = "Approved, and issued if this was the last approval", body = RequestView),
         (status = 403, description = "Not an approver of the profile, or the requester"),
-        (status = 409, description = "Not pending, or this approver has decided"),
+        (status = 409, description = "Not pending, or this approver has decided; or, as the last approval, the profile's CA is not issuing (`ca_inactive`: the request is now `failed`)"),
     ),
 )]
 #[post("/api/v1/certificate-requests/{id}/approve")]
@@ -855,7 +855,7 @@ pub async fn cancel_request(
     responses(
         (status = 200, description = "Issued, or failed again", body = RequestView),
         (status = 403, description = "Not allowed to decide the request"),
-        (status = 409, description = "Not failed"),
+        (status = 409, description = "Not failed, or the profile's CA is not issuing (`ca_inactive`)"),
     ),
 )]
 #[post("/api/v1/certificate-requests/{id}/retry")]
