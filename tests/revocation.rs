@@ -51,16 +51,13 @@ async fn an_issuance_racing_its_cas_revocation_is_refused() {
     };
     let token = app.admin_token().await;
     let profile = app.default_profile_id(&token).await;
-    let first = issue(&app, &token, &["before.clm.test"]).await;
-    let ca = app.uuid_literal(first["ca_id"].as_str().unwrap().parse().unwrap());
+    let first = app.issue(&token, &["before.clm.test"]).await;
+    let disable = app.disable_ca_statement(first["ca_id"].as_str().unwrap());
     let db = app.pg_databases()[1].clone();
     let revocation = tokio::task::spawn_blocking(move || {
         common::psql(
             &db,
-            &format!(
-                "BEGIN; UPDATE certificate_authorities SET status = 'disabled' WHERE id = {ca}; \
-                 SELECT pg_sleep(1.5); COMMIT;"
-            ),
+            &format!("BEGIN; {disable}; SELECT pg_sleep(1.5); COMMIT;"),
         )
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -97,8 +94,8 @@ async fn a_revocation_committed_late_reaches_the_ocsp_cache() {
         return;
     };
     let token = app.admin_token().await;
-    let late = issue(&app, &token, &["late.clm.test"]).await;
-    let early = issue(&app, &token, &["early.clm.test"]).await;
+    let late = app.issue(&token, &["late.clm.test"]).await;
+    let early = app.issue(&token, &["early.clm.test"]).await;
     let dir = tempfile::tempdir().unwrap();
     let f = files(&app, dir.path(), &late);
     let report = openssl_ocsp(&app, dir.path(), &f, false);
@@ -144,10 +141,12 @@ async fn a_revocation_committed_late_reaches_the_ocsp_cache() {
 async fn status_changes(app: &TestApp) {
     let token = app.admin_token().await;
     let start = chrono::Utc::now() - chrono::Duration::minutes(1);
-    let fresh = issue(app, &token, &["fresh.changes.clm.test"]).await;
+    let fresh = app.issue(&token, &["fresh.changes.clm.test"]).await;
     let mut revoked = Vec::new();
     for name in ["a", "b", "c"] {
-        let cert = issue(app, &token, &[&format!("{name}.changes.clm.test")]).await;
+        let cert = app
+            .issue(&token, &[&format!("{name}.changes.clm.test")])
+            .await;
         let id = cert["id"].as_str().unwrap().to_string();
         assert_eq!(revoke(app, &token, &id, "superseded").await.status(), 200);
         revoked.push(id);
@@ -192,10 +191,6 @@ async fn status_changes(app: &TestApp) {
     ids.sort();
     revoked.sort();
     assert_eq!(ids, revoked, "each revocation once; not {}", fresh["id"]);
-}
-
-async fn issue(app: &TestApp, token: &str, names: &[&str]) -> Value {
-    app.issue(token, names).await
 }
 
 /// `POST /api/v1/certificates/{id}/revoke` with `reason`.
@@ -341,7 +336,7 @@ async fn crl_until(app: &TestApp, ca: &str, serial: &str, listed: bool, f: &File
 
 async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
     let token = app.admin_token().await;
-    let cert = issue(app, &token, &["revoke.clm.test"]).await;
+    let cert = app.issue(&token, &["revoke.clm.test"]).await;
     let (id, ca, serial) = (
         cert["id"].as_str().unwrap(),
         cert["ca_id"].as_str().unwrap(),
@@ -476,7 +471,7 @@ async fn revocation_reaches_crl_and_ocsp(app: &TestApp) {
 async fn crl_of_several_parts(app: &mut TestApp) {
     const BULK: usize = 30_000;
     let token = app.admin_token().await;
-    let template = issue(app, &token, &["template.clm.test"]).await;
+    let template = app.issue(&token, &["template.clm.test"]).await;
     let ca = template["ca_id"].as_str().unwrap().to_string();
     app.copy_certificate(
         "template.clm.test",
@@ -502,7 +497,7 @@ async fn crl_of_several_parts(app: &mut TestApp) {
         ),
     );
     // One more through the API re-signs the CRL with all of them.
-    let last = issue(app, &token, &["last.clm.test"]).await;
+    let last = app.issue(&token, &["last.clm.test"]).await;
     let r = revoke(app, &token, last["id"].as_str().unwrap(), "keyCompromise").await;
     assert_eq!(r.status(), 200);
 
@@ -546,7 +541,7 @@ fn crl_number(text: &str) -> u64 {
 
 async fn holds(app: &TestApp) {
     let token = app.admin_token().await;
-    let cert = issue(app, &token, &["hold.clm.test"]).await;
+    let cert = app.issue(&token, &["hold.clm.test"]).await;
     let id = cert["id"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f = files(app, dir.path(), &cert);
@@ -614,8 +609,8 @@ async fn who_may_revoke(app: &TestApp) {
     let (_, ca_admin) = app
         .create_user(&admin, &org, "ca@revokers.test", &["ca_admin"])
         .await;
-    let mine = issue(app, &owner, &["mine.clm.test"]).await;
-    let theirs = issue(app, &owner, &["theirs.clm.test"]).await;
+    let mine = app.issue(&owner, &["mine.clm.test"]).await;
+    let theirs = app.issue(&owner, &["theirs.clm.test"]).await;
     let path = |c: &Value| format!("/api/v1/certificates/{}/revoke", c["id"].as_str().unwrap());
     let body = json!({ "reason": "affiliationChanged" });
 
@@ -663,7 +658,7 @@ async fn who_may_revoke(app: &TestApp) {
         200
     );
     // Only a CA admin releases holds.
-    let held = issue(app, &owner, &["held.clm.test"]).await;
+    let held = app.issue(&owner, &["held.clm.test"]).await;
     let hold = json!({ "reason": "certificateHold" });
     assert_eq!(app.post(&owner, &path(&held), &hold).await.status(), 200);
     let release = format!(
@@ -696,7 +691,9 @@ async fn who_may_revoke(app: &TestApp) {
 
 async fn renewal(app: &TestApp) {
     let admin = app.admin_token().await;
-    let old = issue(app, &admin, &["renew.clm.test", "www.renew.clm.test"]).await;
+    let old = app
+        .issue(&admin, &["renew.clm.test", "www.renew.clm.test"])
+        .await;
     let old_id = old["id"].as_str().unwrap();
     let renew = format!("/api/v1/certificates/{old_id}/renew");
 
@@ -877,7 +874,7 @@ async fn expiry_notices(app: &TestApp) {
         .as_str()
         .unwrap()
         .to_string();
-    let long = issue(app, &owner, &["later.clm.test"]).await;
+    let long = app.issue(&owner, &["later.clm.test"]).await;
 
     // The filter finds the short one only.
     let list: Value = app
@@ -955,7 +952,7 @@ async fn bad_relying_party_input(app: &TestApp) {
 
     // Garbage, truncations and bit flips of a real request never give a 5xx.
     let token = app.admin_token().await;
-    let cert = issue(app, &token, &["ocsp-bad.clm.test"]).await;
+    let cert = app.issue(&token, &["ocsp-bad.clm.test"]).await;
     let dir = tempfile::tempdir().unwrap();
     let f = files(app, dir.path(), &cert);
     let req = dir.path().join("req.der");
@@ -1092,7 +1089,7 @@ async fn bad_relying_party_input(app: &TestApp) {
 /// CA themselves instead of trusting the one-second copy issuance reads.
 async fn ca_out_of_service_elsewhere(app: &TestApp) {
     let token = app.admin_token().await;
-    let first = issue(app, &token, &["before.clm.test"]).await;
+    let first = app.issue(&token, &["before.clm.test"]).await;
     let before = stored_requests(app);
     app.disable_ca_elsewhere(first["ca_id"].as_str().unwrap());
     refused_as_inactive(app, &token, "after.clm.test").await;
@@ -1136,7 +1133,7 @@ async fn ca_on_hold(app: &TestApp) {
         .await
         .unwrap();
     let ca_cert = inter["certificate_id"].as_str().unwrap();
-    issue(app, &token, &["before-hold.clm.test"]).await;
+    app.issue(&token, &["before-hold.clm.test"]).await;
     assert_eq!(
         revoke(app, &token, ca_cert, "certificateHold")
             .await
@@ -1152,7 +1149,7 @@ async fn ca_on_hold(app: &TestApp) {
         )
         .await;
     assert_eq!(r.status(), 200);
-    issue(app, &token, &["after-hold.clm.test"]).await;
+    app.issue(&token, &["after-hold.clm.test"]).await;
 }
 
 /// Requests through a CA out of service and through a working one arrive
@@ -1193,7 +1190,7 @@ async fn inactive_ca_beside_another(app: &TestApp) {
         &json!({ "profile_id": halted_profile, "csr_pem": ec_csr(&["first.halted.test"]) }),
     )
     .await;
-    issue(app, &token, &["first.clm.test"]).await;
+    app.issue(&token, &["first.clm.test"]).await;
     let before = stored_requests(app);
     app.disable_ca_elsewhere(&halted);
     const EACH: usize = 24;

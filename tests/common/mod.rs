@@ -607,11 +607,14 @@ impl TestApp {
     /// Takes CA `id` out of service behind the server's back, as another
     /// instance's revocation of its certificate would.
     pub fn disable_ca_elsewhere(&self, id: &str) {
+        self.sql("secure", &self.disable_ca_statement(id));
+    }
+
+    /// The statement of [`TestApp::disable_ca_elsewhere`], for a test that
+    /// runs it in a transaction of its own.
+    pub fn disable_ca_statement(&self, id: &str) -> String {
         let id = self.uuid_literal(id.parse().unwrap());
-        self.sql(
-            "secure",
-            &format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {id}"),
-        );
+        format!("UPDATE certificate_authorities SET status = 'disabled' WHERE id = {id}")
     }
 
     /// Creates an organisation (as the bootstrap admin) and returns its id.
