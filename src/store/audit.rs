@@ -19,6 +19,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::audit_packed as packed;
 use super::entity::{core::audit_log, secure::secure_audit_log};
 use super::{StoreError, StoreResult};
 use crate::domain::audit::{
@@ -511,6 +512,21 @@ impl AuditStore {
         up_to: Option<i64>,
         limit: u64,
     ) -> StoreResult<Vec<AuditEntry>> {
+        if !self.is_postgres()
+            && let Some(page) = packed::page(db, self.t().log, after, up_to, limit).await
+        {
+            return Ok(page);
+        }
+        self.entries_row_by_row(db, after, up_to, limit).await
+    }
+
+    async fn entries_row_by_row(
+        &self,
+        db: &DatabaseConnection,
+        after: i64,
+        up_to: Option<i64>,
+        limit: u64,
+    ) -> StoreResult<Vec<AuditEntry>> {
         let mut q = select(self.t().log, ENTRY_COLUMNS);
         q.and_where(Expr::col(Alias::new("seq")).gt(after));
         if let Some(hi) = up_to {
@@ -720,5 +736,110 @@ impl AuditStore {
             txn.commit().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn row(seq: i64, all: bool) -> secure_audit_log::ActiveModel {
+        let some = |s: &str| all.then(|| s.to_string());
+        secure_audit_log::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            seq: Set(seq),
+            occurred_at: Set(Utc.timestamp_micros(1_796_662_137_118_502 + seq).unwrap()),
+            actor_id: Set(all.then(Uuid::new_v4)),
+            actor_kind: Set("user".into()),
+            organization_id: Set(all.then(Uuid::new_v4)),
+            action: Set(format!("certificate.revoked \"{seq}\"")),
+            target_type: Set(some("certificate")),
+            target_id: Set(some("ä\\\u{0}\t\u{1f512}")),
+            outcome: Set("success".into()),
+            request_id: Set(some("req-\u{7f}")),
+            source_ip: Set(some("::1")),
+            user_agent: Set(some("curl/8 \"quoted\" \n")),
+            details: Set(if all {
+                serde_json::json!({ "z": [1.5e300, -0, 18446744073709551615u64], "ä": { "k": null }, "a": "\u{0}" })
+            } else {
+                serde_json::json!({})
+            }),
+            entry_hash: Set(all.then(|| vec![0, 255, 7, 0])),
+            mac: Set(all.then(|| vec![0xab; 32])),
+            mac_key_version: Set(all.then_some(i32::MAX)),
+        }
+    }
+
+    async fn store_with(
+        rows: Vec<secure_audit_log::ActiveModel>,
+    ) -> (tempfile::TempDir, AuditStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite_secure_for_plans(dir.path())
+            .await
+            .audit_store();
+        secure_audit_log::Entity::insert_many(rows)
+            .exec_without_returning(&store.db)
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    /// The verifier judges what the packed read returns: it must be what
+    /// the row-by-row read decodes, value for value.
+    #[tokio::test]
+    async fn a_packed_page_reads_as_its_rows_do() {
+        let (_dir, store) = store_with(vec![
+            row(1, true),
+            row(2, false),
+            row(3, true),
+            row(7, true),
+        ])
+        .await;
+        let table = store.t().log;
+        let by_row = store
+            .entries_row_by_row(&store.read, 0, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(by_row.len(), 4);
+        let packed = packed::page(&store.read, table, 0, None, 100).await;
+        assert_eq!(packed.as_deref(), Some(&by_row[..]));
+        // The bounds and the limit.
+        let packed = packed::page(&store.read, table, 1, Some(7), 2).await;
+        assert_eq!(packed.as_deref(), Some(&by_row[1..3]));
+        let packed = packed::page(&store.read, table, 7, None, 100).await;
+        assert_eq!(packed.as_deref(), Some(&[][..]));
+    }
+
+    /// A value clm does not write — here a time in another format that the
+    /// row-by-row read still accepts — is not guessed at: the page is read
+    /// row by row.
+    #[tokio::test]
+    async fn a_page_the_packed_read_cannot_decode_is_read_row_by_row() {
+        let (_dir, store) = store_with(vec![row(1, true)]).await;
+        let columns = ENTRY_COLUMNS[3..].join(", ");
+        store
+            .db
+            .execute_unprepared(&format!(
+                "INSERT INTO secure_audit_log (seq, id, occurred_at, {columns}) \
+                 SELECT 2, randomblob(16), '2026-12-07 16:49:16.753428', {columns} \
+                 FROM secure_audit_log WHERE seq = 1"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            packed::page(&store.read, store.t().log, 0, None, 10).await,
+            None
+        );
+        let entries = store.read_entries(0, None, 10).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[1].occurred_at,
+            Utc.with_ymd_and_hms(2026, 12, 7, 16, 49, 16).unwrap()
+                + chrono::Duration::microseconds(753_428)
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! [`StoreError::Conflict`].
 
 mod audit;
+mod audit_packed;
 mod batched;
 mod cache;
 mod certificate_list;
