@@ -97,6 +97,11 @@ pub(super) async fn page(
     let row = db.query_one_raw(statement).await.ok()??;
     let text: String = row.try_get("", "page").ok()?;
     let packed: Vec<Packed> = serde_json::from_str(&text).ok()?;
+    // SQLite aggregates the ordered subquery in its order; that is how it
+    // works, not what it promises.
+    if !packed.is_sorted_by_key(|p| p.seq) {
+        return None;
+    }
     packed.into_iter().map(unpack).collect()
 }
 
