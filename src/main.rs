@@ -465,6 +465,15 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
         clm::memory::release_freed_in_background().await;
         Ok(0)
     });
+    // A log that readers keep from starting over grows by every
+    // transaction (store::wal); every 2 s it grows by at most some 100 MB.
+    every(Duration::from_secs(2), "SQLite log checkpoint", {
+        let c = clm.clone();
+        move || {
+            let c = c.clone();
+            async move { c.checkpoint_long_logs().await }
+        }
+    });
     // Other instances' revocations reach this cache through this poll.
     every(Duration::from_secs(2), "OCSP cache refresh", move || {
         let c = clm.clone();

@@ -98,4 +98,26 @@ impl Clm {
     pub async fn job_leases(&self) -> ServiceResult<Vec<JobLease>> {
         Ok(self.core.list_leases().await?)
     }
+
+    /// The SQLite log job (`store::wal`): checkpoints each database whose
+    /// log readers kept from starting over. Returns how many it emptied.
+    /// Every instance may run it: a checkpoint is SQLite's own to order.
+    pub async fn checkpoint_long_logs(&self) -> ServiceResult<usize> {
+        let mut emptied = 0;
+        for (database, checkpoint) in [
+            ("clm_core", self.core.checkpoint_long_log().await?),
+            ("clm_secure", self.secure.checkpoint_long_log().await?),
+        ] {
+            match checkpoint {
+                Some(c) if c.emptied => emptied += 1,
+                Some(c) => tracing::warn!(
+                    database,
+                    frames = c.frames,
+                    "SQLite log not emptied: a reader or writer outlasted the busy timeout"
+                ),
+                None => {}
+            }
+        }
+        Ok(emptied)
+    }
 }

@@ -81,6 +81,12 @@ impl CoreDb {
         }
     }
 
+    /// Checkpoints this database's SQLite log if readers kept it from
+    /// starting over (`store::wal`).
+    pub async fn checkpoint_long_log(&self) -> StoreResult<Option<super::LogCheckpoint>> {
+        super::wal::checkpoint_if_long(&self.db).await
+    }
+
     /// Seals, checkpoints and entries of this database's audit log.
     pub fn audit_store(&self) -> audit::AuditStore {
         audit::AuditStore {

@@ -28,6 +28,7 @@ mod reconcile;
 mod revocation;
 mod rotation;
 mod secure_db;
+mod wal;
 mod webhooks;
 mod workflow;
 // Last, apart from the rest: `clm bench run` only.
@@ -51,6 +52,7 @@ pub use lease::JobLease;
 pub use revocation::{Revocation, RevokedSerial, SerialStatus, StatusChange, StoredCrl};
 pub use rotation::ArchivedRow;
 pub use secure_db::SecureDb;
+pub use wal::Checkpoint as LogCheckpoint;
 pub use webhooks::AttemptResult;
 pub use workflow::Approval;
 
