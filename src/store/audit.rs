@@ -512,6 +512,8 @@ impl AuditStore {
         up_to: Option<i64>,
         limit: u64,
     ) -> StoreResult<Vec<AuditEntry>> {
+        // On SQLite the page crosses from the connection's thread as one
+        // row (`store::audit_packed`).
         if !self.is_postgres()
             && let Some(page) = packed::page(db, self.t().log, after, up_to, limit).await
         {

@@ -296,7 +296,7 @@ fn parse_one<T: std::str::FromStr>(s: &str) -> StoreResult<T> {
         .map_err(|_| error::corrupt(format!("unknown value `{s}`")))
 }
 
-/// For plan tests: a fresh, migrated clm_secure on SQLite in `dir`.
+/// For plan and store tests: a fresh, migrated clm_secure on SQLite in `dir`.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) async fn sqlite_secure_for_plans(dir: &std::path::Path) -> SecureDb {
