@@ -5,8 +5,8 @@
 //! automatic checkpoint, past 1,000 pages) and writes the log from its
 //! beginning again once every frame is copied and no reader still reads
 //! one. A reader that began before the last commit stops the copy at what
-//! it sees, so readers that overlap without pause — the OCSP poll
-//! following a mass revocation, a busy API — keep the log from ever
+//! it sees, so readers that overlap without pause — a busy API, the
+//! server's pollers and jobs beside a bulk writer — keep the log from ever
 //! starting over, and it grows by every transaction. In the benchmark's
 //! fill of 900,000 revocations it reached 7 GB, and the wal-index that
 //! every process with the database open maps (32 KiB per 4,096 frames)
