@@ -465,8 +465,8 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
         clm::memory::release_freed_in_background().await;
         Ok(0)
     });
-    // A log that readers keep from starting over grows by every
-    // transaction (store::wal); every 2 s it grows by at most some 100 MB.
+    // A SQLite log that readers keep from starting over grows by every
+    // transaction until this empties it (store::wal).
     every(Duration::from_secs(2), "SQLite log checkpoint", {
         let c = clm.clone();
         move || {

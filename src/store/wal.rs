@@ -30,7 +30,7 @@ use super::error::corrupt;
 /// About 64 MiB of log at SQLite's 4 KiB pages: far above what the
 /// automatic checkpoint leaves when it can work (1,000 pages and the
 /// transaction in flight), so a healthy log is never touched.
-pub(crate) const LONG_LOG_FRAMES: i64 = 16_384;
+const LONG_LOG_FRAMES: i64 = 16_384;
 
 /// A TRUNCATE checkpoint the log's length called for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
