@@ -107,16 +107,9 @@ async fn missing_ca_key(app: &mut TestApp) {
 
     let admin = app.admin_token().await;
     let root = app.root_ca_id(&admin).await;
-    let r = app
-        .post(
-            &admin,
-            "/api/v1/cas",
-            &json!({ "name": "doomed", "kind": "intermediate", "parent_id": root,
-                     "subject": "Doomed CA", "key_algorithm": "ecdsa-p256", "validity_days": 365 }),
-        )
+    let doomed = app
+        .create_intermediate(&admin, &root, "doomed", "Doomed CA")
         .await;
-    assert_eq!(r.status(), 201);
-    let doomed: Value = r.json().await.unwrap();
     let doomed_id = doomed["id"].as_str().unwrap().to_string();
     let doomed_profile = profile(app, &admin, &doomed_id, 0).await;
     let default_profile = app.default_profile_id(&admin).await;

@@ -258,17 +258,9 @@ async fn tenant_isolation(app: &TestApp) {
 
     // Beta owns a CA, a profile, a request, a certificate and an API key.
     let root = app.root_ca_id(&b_admin).await;
-    let ca: Value = app
-        .post(
-            &b_admin,
-            "/api/v1/cas",
-            &json!({ "name": "beta-ca", "kind": "intermediate", "parent_id": root, "subject": "Beta CA",
-                     "key_algorithm": "ecdsa-p256", "validity_days": 365 }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ca = app
+        .create_intermediate(&b_admin, &root, "beta-ca", "Beta CA")
+        .await;
     let profile: Value = app
         .post(
             &b_admin,

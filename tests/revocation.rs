@@ -1159,16 +1159,9 @@ async fn ca_on_hold(app: &TestApp) {
 async fn inactive_ca_beside_another(app: &TestApp) {
     let token = app.admin_token().await;
     let root = app.root_ca_id(&token).await;
-    let r = app
-        .post(
-            &token,
-            "/api/v1/cas",
-            &json!({ "name": "halted", "kind": "intermediate", "parent_id": root,
-                     "subject": "Halted CA", "key_algorithm": "ecdsa-p256", "validity_days": 365 }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let halted = r.json::<Value>().await.unwrap()["id"]
+    let halted = app
+        .create_intermediate(&token, &root, "halted", "Halted CA")
+        .await["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -27,19 +27,12 @@ async fn issue_with(app: &TestApp, token: &str, profile: &str, name: &str) -> Va
             &json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]) }),
         )
         .await;
-    app.get(token, &format!("/api/v1/certificates/{id}"))
+    app.get_json(token, &format!("/api/v1/certificates/{id}"))
         .await
-        .json()
-        .await
-        .unwrap()
 }
 
 async fn ca(app: &TestApp, token: &str, id: &str) -> Value {
-    app.get(token, &format!("/api/v1/cas/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap()
+    app.get_json(token, &format!("/api/v1/cas/{id}")).await
 }
 
 async fn ca_of_kind(app: &TestApp, token: &str, kind: &str) -> Value {
@@ -268,22 +261,14 @@ async fn root_rollover(app: &TestApp) {
     let link = pem(&rolled, "link_certificate_pem");
 
     // A new intermediate under the new root, and a leaf under it.
-    let r = app
-        .post(
+    let inter = app
+        .create_intermediate(
             &token,
-            "/api/v1/cas",
-            &json!({
-                "name": "after-root-rollover",
-                "kind": "intermediate",
-                "parent_id": new_root["id"],
-                "subject": "clm Intermediate G2",
-                "key_algorithm": "ecdsa-p256",
-                "validity_days": 365
-            }),
+            &new_root["id"],
+            "after-root-rollover",
+            "clm Intermediate G2",
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let inter: Value = r.json().await.unwrap();
     let profile = app
         .create_profile(
             &token,

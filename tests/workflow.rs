@@ -95,11 +95,8 @@ async fn decide(app: &TestApp, token: &str, id: &str, verb: &str, body: Value) -
 
 /// `GET /api/v1/certificate-requests/{id}` as `token` sees it.
 async fn request(app: &TestApp, token: &str, id: &str) -> Value {
-    app.get(token, &format!("/api/v1/certificate-requests/{id}"))
+    app.get_json(token, &format!("/api/v1/certificate-requests/{id}"))
         .await
-        .json()
-        .await
-        .unwrap()
 }
 
 async fn kinds(app: &TestApp, token: &str) -> Vec<String> {

@@ -479,6 +479,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET path` as `token`, its body as JSON.
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        self.get(token, path).await.json().await.unwrap()
+    }
+
     pub async fn post(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -595,13 +600,29 @@ impl TestApp {
     }
 
     async fn first_ca_of_kind(&self, token: &str, kind: &str) -> Value {
-        let cas: Value = self.get(token, "/api/v1/cas").await.json().await.unwrap();
+        let cas = self.get_json(token, "/api/v1/cas").await;
         cas.as_array()
             .unwrap()
             .iter()
             .find(|c| c["kind"] == kind)
             .unwrap_or_else(|| panic!("a {kind} CA in {cas}"))["id"]
             .clone()
+    }
+
+    /// Creates a P-256 intermediate CA under `parent` (201 expected); the
+    /// answer.
+    pub async fn create_intermediate(
+        &self,
+        token: &str,
+        parent: &Value,
+        name: &str,
+        subject: &str,
+    ) -> Value {
+        let body = json!({ "name": name, "kind": "intermediate", "parent_id": parent,
+                           "subject": subject, "key_algorithm": "ecdsa-p256", "validity_days": 365 });
+        let r = self.post(token, "/api/v1/cas", &body).await;
+        assert_eq!(r.status(), 201, "create CA {body}");
+        r.json().await.unwrap()
     }
 
     /// Takes CA `id` out of service behind the server's back, as another
