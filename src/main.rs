@@ -61,6 +61,11 @@ enum Command {
         /// A request still in `approved` after this long was interrupted.
         #[arg(long, default_value_t = clm::service::DEFAULT_GRACE_SECONDS)]
         grace_seconds: i64,
+        /// Compare only certificates created, or whose status changed, at
+        /// this moment (RFC 3339) or later, instead of every certificate:
+        /// after a crash at a known time, on databases too large to walk.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -271,8 +276,16 @@ fn run(command: Command, config_path: Option<&std::path::Path>) -> ExitCode {
             Command::Reconcile {
                 dry_run,
                 grace_seconds,
+                since,
                 json,
-            } => reconcile(&cfg, dry_run, grace_seconds, json).await,
+            } => {
+                let opts = clm::service::ReconcileOptions {
+                    dry_run,
+                    grace_seconds,
+                    since,
+                };
+                reconcile(&cfg, opts, json).await
+            }
             Command::Jobs => jobs(&cfg).await,
             Command::Hsm {
                 command: HsmCommand::Check,
@@ -434,23 +447,23 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
     leased(&clm, period, "CRL refresh", |c| async move {
         c.refresh_due_crls().await
     });
+    let schedule = std::rc::Rc::new(clm::service::ReconcileSchedule::default());
     leased(
         &clm,
         Duration::from_secs(cfg.reconcile_interval_seconds.unsigned_abs()),
         "reconciliation",
-        |c| async move {
-            let opts = clm::service::ReconcileOptions {
-                dry_run: false,
-                grace_seconds: clm::service::DEFAULT_GRACE_SECONDS,
-            };
-            let report = c.reconcile(opts).await?;
-            if !report.consistent() {
-                tracing::error!(
-                    orphan_mirrors = report.orphan_mirrors.found,
-                    "reconciliation found what it cannot repair; run clm reconcile"
-                );
+        move |c| {
+            let schedule = schedule.clone();
+            async move {
+                let report = c.reconcile_scheduled(&schedule).await?;
+                if !report.consistent() {
+                    tracing::error!(
+                        orphan_mirrors = report.orphan_mirrors.found,
+                        "reconciliation found what it cannot repair; run clm reconcile"
+                    );
+                }
+                Ok(usize::try_from(report.repairs()).unwrap_or(usize::MAX))
             }
-            Ok(usize::try_from(report.repairs()).unwrap_or(usize::MAX))
         },
     );
     leased(
@@ -583,15 +596,11 @@ fn spawn_audit_jobs(clm: Clm, seal_seconds: i64, retention_days: i64) {
 /// trails verified; exit 0 only if everything is consistent.
 async fn reconcile(
     cfg: &Config,
-    dry_run: bool,
-    grace_seconds: i64,
+    opts: clm::service::ReconcileOptions,
     json: bool,
 ) -> CliResult<ExitCode> {
+    let dry_run = opts.dry_run;
     let clm = open(cfg).await?;
-    let opts = clm::service::ReconcileOptions {
-        dry_run,
-        grace_seconds,
-    };
     let report = clm.reconcile(opts).await.map_err(|e| e.log_message())?;
     let audit = clm.verify_audit().await.map_err(|e| e.log_message())?;
     if json {
@@ -599,8 +608,12 @@ async fn reconcile(
         println!("{}", serde_json::to_string_pretty(&both)?);
     } else {
         let verb = if dry_run { "would repair" } else { "repaired" };
+        let scope = match report.since {
+            Some(t) => format!(" (created or changed since {})", t.to_rfc3339()),
+            None => String::new(),
+        };
         println!(
-            "reconcile: {} certificates compared with clm_core's mirror",
+            "reconcile: {} certificates compared with clm_core's mirror{scope}",
             report.certificates_checked
         );
         for (what, f) in [

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 on_both_backends! {
     reconcile_repairs_what_a_crash_leaves => reconcile_repairs;
+    reconcile_since_a_moment_compares_what_changed_since => reconcile_since;
 }
 
 /// Submits a CSR for `cn` through `profile`; the response body, or why
@@ -42,6 +43,17 @@ async fn certificate(app: &TestApp, token: &str, id: &str) -> Value {
     let r = app.get(token, &format!("/api/v1/certificates/{id}")).await;
     assert_eq!(r.status(), 200, "certificate {id}");
     r.json().await.unwrap()
+}
+
+async fn revoke(app: &TestApp, token: &str, id: &str) {
+    let r = app
+        .post(
+            token,
+            &format!("/api/v1/certificates/{id}/revoke"),
+            &json!({ "reason": "keyCompromise" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "revoking {id}");
 }
 
 /// `clm reconcile ARGS --json`: exit success and the parsed report.
@@ -110,14 +122,7 @@ async fn reconcile_repairs(app: &TestApp) {
     let kept = app.issue(&admin, &["kept.clm.test"]).await;
     let revoked = app.issue(&admin, &["revoked.clm.test"]).await;
     let revoked_id = revoked["id"].as_str().unwrap();
-    let r = app
-        .post(
-            &admin,
-            &format!("/api/v1/certificates/{revoked_id}/revoke"),
-            &json!({ "reason": "keyCompromise" }),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    revoke(app, &admin, revoked_id).await;
     let revoked = certificate(app, &admin, revoked_id).await;
     let kept_id = kept["id"].as_str().unwrap();
     let mut both = vec![kept_id.to_string(), revoked_id.to_string()];
@@ -160,19 +165,8 @@ async fn reconcile_repairs(app: &TestApp) {
         ),
     );
     assert_eq!(announced(app, &admin, &hook).await, [revoked_id]);
-    // The mirror as it was before the revocation's step in clm_core (the
-    // trigger that keeps revoked rows revoked would refuse the rewind).
-    let on_table = match app.backend {
-        Backend::Sqlite => "",
-        Backend::Postgres => " ON certificate_metadata",
-    };
-    app.sql(
-        "core",
-        &format!(
-            "DROP TRIGGER certificate_metadata_no_unrevoke{on_table}; \
-             UPDATE certificate_metadata SET status = 'valid' WHERE serial_hex = '{revoked_serial}'"
-        ),
-    );
+    // The mirror as it was before the revocation's step in clm_core.
+    rewind_mirror(app, revoked_serial);
     app.sql(
         "secure",
         "UPDATE certificate_requests SET status = 'approved', reserved_serial_hex = '7a11ed0ff5e7' \
@@ -272,6 +266,133 @@ async fn reconcile_repairs(app: &TestApp) {
         text.contains("FAILED: 1 mirrored certificates unknown to clm_secure"),
         "{text}"
     );
+}
+
+/// Rewinds the mirror of the certificate with `serial` to `valid`, as if
+/// its revocation's step in clm_core had been cut off (the trigger that
+/// keeps revoked rows revoked would refuse the rewind, so it goes first).
+fn rewind_mirror(app: &TestApp, serial: &str) {
+    let on_table = match app.backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " ON certificate_metadata",
+    };
+    app.sql(
+        "core",
+        &format!(
+            "DROP TRIGGER IF EXISTS certificate_metadata_no_unrevoke{on_table}; \
+             UPDATE certificate_metadata SET status = 'valid' WHERE serial_hex = '{serial}'"
+        ),
+    );
+}
+
+fn drop_mirror(app: &TestApp, serial: &str) {
+    app.sql(
+        "core",
+        &format!("DELETE FROM certificate_metadata WHERE serial_hex = '{serial}'"),
+    );
+}
+
+fn examples(report: &Value, what: &str) -> Value {
+    report["reconcile"][what]["examples"].clone()
+}
+
+/// `--since` (and the background job's passes after its first) compares
+/// the certificates created since the moment, found by their time-ordered
+/// ids, and the older ones whose status changed since, found by the index
+/// of status changes; an older certificate nothing touched is left to the
+/// full pass.
+async fn reconcile_since(app: &TestApp) {
+    let admin = app.admin_token().await;
+    let old_revoked = app.issue(&admin, &["old-revoked.clm.test"]).await;
+    let old_untouched = app.issue(&admin, &["old-untouched.clm.test"]).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let new = app.issue(&admin, &["new.clm.test"]).await;
+    let old_revoked_id = old_revoked["id"].as_str().unwrap();
+    revoke(app, &admin, old_revoked_id).await;
+
+    // Each kind of damage a crash leaves, on each kind of certificate.
+    let serial = |c: &Value| c["serial"].as_str().unwrap().to_string();
+    rewind_mirror(app, &serial(&old_revoked));
+    drop_mirror(app, &serial(&new));
+    drop_mirror(app, &serial(&old_untouched));
+
+    let (ok, dry) = reconcile(app, &["--dry-run", "--since", &since]);
+    assert!(!ok, "{dry}");
+    assert!(dry["reconcile"]["since"].is_string(), "{dry}");
+    assert_eq!(
+        dry["reconcile"]["certificates_checked"], 2,
+        "the new certificate and the old one revoked since: {dry}"
+    );
+    assert_eq!(
+        examples(&dry, "missing_mirrors"),
+        json!([new["id"]]),
+        "{dry}"
+    );
+    assert_eq!(
+        examples(&dry, "stale_statuses"),
+        json!([old_revoked_id]),
+        "{dry}"
+    );
+
+    let (ok, done) = reconcile(app, &["--since", &since]);
+    assert!(ok, "{done}");
+    assert_eq!(found(&done, "missing_mirrors"), (1, 1), "{done}");
+    assert_eq!(found(&done, "stale_statuses"), (1, 1), "{done}");
+
+    // The full pass finds what lies before the moment.
+    let (ok, full) = reconcile(app, &["--dry-run"]);
+    assert!(!ok, "{full}");
+    assert_eq!(full["reconcile"]["since"], Value::Null);
+    assert_eq!(
+        examples(&full, "missing_mirrors"),
+        json!([old_untouched["id"]]),
+        "{full}"
+    );
+    assert_eq!(found(&full, "stale_statuses"), (0, 0), "{full}");
+}
+
+/// The background job's first pass walks everything, its later ones what
+/// changed since the pass before: damage done after the first is repaired
+/// by the later ones.
+async fn reconciliation_job_repairs(backend: Backend) {
+    let Some(app) = TestApp::start_with(backend, &[("CLM_RECONCILE_INTERVAL_SECONDS", "1")]).await
+    else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runs_of(&app, "reconciliation") < 2 {
+        assert!(Instant::now() < deadline, "the job did not run twice");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cert = app.issue(&admin, &["job.clm.test"]).await;
+    let serial = cert["serial"].as_str().unwrap();
+    drop_mirror(&app, serial);
+    let mirrored = || {
+        app.sql(
+            "core",
+            &format!("SELECT count(*) FROM certificate_metadata WHERE serial_hex = '{serial}'"),
+        )
+    };
+    while mirrored() != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not repair the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciliation_job_repairs_what_changed_since_its_last_pass_sqlite() {
+    reconciliation_job_repairs(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciliation_job_repairs_what_changed_since_its_last_pass_postgres() {
+    reconciliation_job_repairs(Backend::Postgres).await;
 }
 
 /// Runs of each job so far, by name.

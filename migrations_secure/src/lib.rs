@@ -18,6 +18,7 @@ mod m20261206_000003_crl_index;
 mod m20261206_000004_search_scan;
 mod m20261206_000005_folded_subject;
 mod m20261207_000001_status_changes;
+mod m20261207_000002_approved_requests;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000004_search_scan::Migration),
             Box::new(m20261206_000005_folded_subject::Migration),
             Box::new(m20261207_000001_status_changes::Migration),
+            Box::new(m20261207_000002_approved_requests::Migration),
         ]
     }
 

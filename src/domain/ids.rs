@@ -20,6 +20,16 @@ pub fn new_row_id() -> Uuid {
     Uuid::now_v7()
 }
 
+/// The greatest id [`new_row_id`] can have returned before `at`: every
+/// id greater is of a row created at `at` or later (by a clock that agreed
+/// with the caller's), so `id > last_row_id_before(t)` is a range of the
+/// primary key.
+pub fn last_row_id_before(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    // UUIDv7 keeps the Unix millisecond in its first 48 bits.
+    let ms = u128::try_from(at.timestamp_millis()).unwrap_or(0);
+    Uuid::from_u128((ms.min((1 << 48) - 1) << 80).saturating_sub(1))
+}
+
 macro_rules! id_type {
     ($($(#[$meta:meta])* $name:ident),* $(,)?) => {$(
         $(#[$meta])*
@@ -109,11 +119,19 @@ mod tests {
         assert!("not-a-uuid".parse::<CaId>().is_err());
     }
 
-    /// Ids made one after another sort in that order: what keeps the id
-    /// indexes growing at one edge.
     #[test]
-    fn row_ids_sort_in_creation_order() {
-        let ids: Vec<CertificateId> = (0..10_000).map(|_| CertificateId::new()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
+    fn rows_created_since_a_moment_sort_after_the_last_id_before_it() {
+        let before = new_row_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let at = chrono::Utc::now();
+        let bound = last_row_id_before(at);
+        let after: Vec<Uuid> = (0..1_000).map(|_| new_row_id()).collect();
+        assert!(before <= bound, "{before} was created before {at}");
+        assert!(after.iter().all(|id| *id > bound));
+        let epoch = chrono::DateTime::UNIX_EPOCH;
+        assert_eq!(
+            last_row_id_before(epoch - chrono::Duration::days(1)),
+            Uuid::nil()
+        );
     }
 }

@@ -59,7 +59,9 @@ pub use ocsp::OcspAnswer;
 pub use organizations::NewOrganization;
 pub use principal::Principal;
 pub use profiles::{NewProfile, ProfileView};
-pub use reconcile::{DEFAULT_GRACE_SECONDS, Finding, ReconcileOptions, ReconcileReport};
+pub use reconcile::{
+    DEFAULT_GRACE_SECONDS, Finding, ReconcileOptions, ReconcileReport, ReconcileSchedule,
+};
 pub use recovery::{RecoveryBody, RecoveryView};
 pub use renewal::RenewBody;
 pub use revocation::RevokeBody;

@@ -17,15 +17,28 @@
 //! of certificates holds one page in memory. Every repair is idempotent and
 //! goes through the same compare-and-set writes as the normal path, so a
 //! pass may run beside live traffic and on two instances at once.
+//!
+//! A pass may look only at what changed since a moment (the background
+//! job's passes after its first, [`ReconcileSchedule`]): certificates and
+//! mirrors created since then — ids are UUIDv7, so that is a range of each
+//! primary key — and certificates whose status changed since then, from
+//! the index the OCSP caches poll. A crash leaves its inconsistency on rows
+//! it was writing, all stamped at that moment, so these passes find what
+//! the full walk finds at a cost that follows the traffic, not the size of
+//! the databases. What they cannot see is a database put back in time (a
+//! restore, a failover that lost commits), which the full passes — at
+//! start-up, once a day and `clm reconcile` — are for.
 
-use chrono::Utc;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::Clm;
 use super::error::ServiceResult;
 use crate::domain::model::{Actor, AuditEvent, Outcome, RequestContext};
-use crate::domain::{CertificateId, RequestStatus};
-use crate::store::StoreError;
+use crate::domain::{CertificateId, CertificateStatus, RequestStatus, last_row_id_before};
+use crate::store::{StatusChange, StoreError};
 
 /// Rows read per round trip.
 const PAGE: u64 = 1_000;
@@ -44,6 +57,9 @@ pub struct ReconcileOptions {
     /// A request in `approved` is interrupted only after this long: an
     /// issuance in progress on another instance takes well under a second.
     pub grace_seconds: i64,
+    /// Compare only certificates created, or whose status changed, at this
+    /// moment or later; `None` compares every certificate.
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// One kind of inconsistency: how many were found, how many repaired.
@@ -68,6 +84,8 @@ impl Finding {
 #[derive(Debug, Default, Serialize)]
 pub struct ReconcileReport {
     pub dry_run: bool,
+    /// Only what was created or changed since then (`null`: everything).
+    pub since: Option<DateTime<Utc>>,
     /// End-entity certificates of clm_secure compared with the mirror.
     pub certificates_checked: u64,
     /// Certificates clm_core's mirror lacks.
@@ -101,20 +119,93 @@ impl ReconcileReport {
     }
 }
 
+/// How far before the previous pass's start the next looks again. Ids and
+/// `updated_at` are stamped by the instance that writes the row, before
+/// its transaction commits: this covers the clocks of the instances
+/// disagreeing and a commit that lands after the previous pass read past
+/// its stamp.
+const OVERLAP_SECONDS: i64 = 300;
+/// How often the background job walks everything anyway.
+const FULL_PASS_HOURS: i64 = 24;
+
+/// Where the background job's passes stand on this instance. Kept in
+/// memory: a restarted instance, or one that takes the job over from
+/// another, begins with a full pass.
+#[derive(Debug, Default)]
+pub struct ReconcileSchedule(Mutex<Option<Passes>>);
+
+#[derive(Clone, Copy, Debug)]
+struct Passes {
+    last_started: DateTime<Utc>,
+    last_full_started: DateTime<Utc>,
+}
+
+impl ReconcileSchedule {
+    /// What a pass starting at `now` must cover: changes since the moment
+    /// returned, or everything (`None`).
+    fn since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let passes = (*self.0.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (now - passes.last_full_started < Duration::hours(FULL_PASS_HOURS))
+            .then(|| passes.last_started - Duration::seconds(OVERLAP_SECONDS))
+    }
+
+    /// A pass that started at `started` finished.
+    fn done(&self, started: DateTime<Utc>, full: bool) {
+        let mut passes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let last_full_started = match *passes {
+            Some(p) if !full => p.last_full_started,
+            _ => started,
+        };
+        *passes = Some(Passes {
+            last_started: started,
+            last_full_started,
+        });
+    }
+}
+
 impl Clm {
     /// One reconciliation pass over both databases.
     pub async fn reconcile(&self, opts: ReconcileOptions) -> ServiceResult<ReconcileReport> {
         let mut report = ReconcileReport {
             dry_run: opts.dry_run,
+            since: opts.since,
             ..Default::default()
         };
         let ctx = RequestContext {
             request_id: Some(format!("reconcile-{}", uuid::Uuid::new_v4())),
             ..Default::default()
         };
+        // Rows created since then have greater ids.
+        let before = opts.since.map(|t| CertificateId(last_row_id_before(t)));
         self.reconcile_interrupted(opts, &ctx, &mut report).await?;
-        self.reconcile_mirrors(opts, &ctx, &mut report).await?;
-        self.find_orphan_mirrors(&mut report).await?;
+        self.reconcile_mirrors(before, opts, &ctx, &mut report)
+            .await?;
+        if let (Some(since), Some(before)) = (opts.since, before) {
+            self.reconcile_status_changes(since, before, opts, &ctx, &mut report)
+                .await?;
+        }
+        self.find_orphan_mirrors(before, &mut report).await?;
+        Ok(report)
+    }
+
+    /// The background job's pass: everything on its first run on this
+    /// instance and once a day, otherwise what changed since the previous
+    /// pass began.
+    pub async fn reconcile_scheduled(
+        &self,
+        schedule: &ReconcileSchedule,
+    ) -> ServiceResult<ReconcileReport> {
+        let started = Utc::now();
+        let since = schedule.since(started);
+        let opts = ReconcileOptions {
+            dry_run: false,
+            grace_seconds: DEFAULT_GRACE_SECONDS,
+            since,
+        };
+        let report = self.reconcile(opts).await?;
+        // Only a pass that finished moves the schedule on: one cut off by
+        // an error leaves its span to the next.
+        schedule.done(started, since.is_none());
         Ok(report)
     }
 
@@ -163,40 +254,84 @@ impl Clm {
         }
     }
 
+    /// Certificates with an id after `after` (all when `None`), in id
+    /// order.
     async fn reconcile_mirrors(
         &self,
+        mut after: Option<CertificateId>,
         opts: ReconcileOptions,
         ctx: &RequestContext,
         report: &mut ReconcileReport,
     ) -> ServiceResult<()> {
-        let mut after: Option<CertificateId> = None;
         loop {
             let page = self.secure.certificate_states_after(after, PAGE).await?;
-            let Some(&(last, _)) = page.last() else {
+            let Some(last) = page.last else {
                 return Ok(());
             };
             after = Some(last);
-            report.certificates_checked += page.len() as u64;
-            let ids: Vec<CertificateId> = page.iter().map(|(id, _)| *id).collect();
-            let mirrored = self.core.mirror_states(&ids).await?;
-            for (id, status) in page {
-                match mirrored.get(&id) {
-                    None => {
-                        report.missing_mirrors.saw(id);
-                        if !opts.dry_run && self.copy_mirror(id, ctx).await? {
-                            report.missing_mirrors.repaired += 1;
-                        }
+            self.compare_with_mirrors(page.states, opts, ctx, report)
+                .await?;
+        }
+    }
+
+    /// Certificates created before `since` (ids up to `before`) whose
+    /// status changed at `since` or later; those created since were
+    /// compared in id order.
+    async fn reconcile_status_changes(
+        &self,
+        since: DateTime<Utc>,
+        before: CertificateId,
+        opts: ReconcileOptions,
+        ctx: &RequestContext,
+        report: &mut ReconcileReport,
+    ) -> ServiceResult<()> {
+        let mut after = StatusChange::from(since);
+        loop {
+            let changes = self.secure.status_changes_after(&after, PAGE).await?;
+            let Some(last) = changes.last() else {
+                return Ok(());
+            };
+            after = last.clone();
+            let older: Vec<CertificateId> = changes
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| *id <= before)
+                .collect();
+            let page = self.secure.certificate_states(&older).await?;
+            self.compare_with_mirrors(page, opts, ctx, report).await?;
+        }
+    }
+
+    /// Compares each certificate's status with its mirror, repairing what
+    /// differs unless this is a dry run.
+    async fn compare_with_mirrors(
+        &self,
+        page: Vec<(CertificateId, CertificateStatus)>,
+        opts: ReconcileOptions,
+        ctx: &RequestContext,
+        report: &mut ReconcileReport,
+    ) -> ServiceResult<()> {
+        report.certificates_checked += page.len() as u64;
+        let ids: Vec<CertificateId> = page.iter().map(|(id, _)| *id).collect();
+        let mirrored = self.core.mirror_states(&ids).await?;
+        for (id, status) in page {
+            match mirrored.get(&id) {
+                None => {
+                    report.missing_mirrors.saw(id);
+                    if !opts.dry_run && self.copy_mirror(id, ctx).await? {
+                        report.missing_mirrors.repaired += 1;
                     }
-                    Some(m) if m != status.as_str() => {
-                        report.stale_statuses.saw(id);
-                        if !opts.dry_run && self.repair_status(id, m).await? {
-                            report.stale_statuses.repaired += 1;
-                        }
-                    }
-                    Some(_) => {}
                 }
+                Some(m) if m != status.as_str() => {
+                    report.stale_statuses.saw(id);
+                    if !opts.dry_run && self.repair_status(id, m).await? {
+                        report.stale_statuses.repaired += 1;
+                    }
+                }
+                Some(_) => {}
             }
         }
+        Ok(())
     }
 
     /// Copies one certificate's metadata, with its current status, into
@@ -247,8 +382,14 @@ impl Clm {
         Ok(true)
     }
 
-    async fn find_orphan_mirrors(&self, report: &mut ReconcileReport) -> ServiceResult<()> {
-        let mut after = None;
+    /// Mirrors with an id after `after` (all when `None`) that clm_secure
+    /// lacks.
+    async fn find_orphan_mirrors(
+        &self,
+        after: Option<CertificateId>,
+        report: &mut ReconcileReport,
+    ) -> ServiceResult<()> {
+        let mut after = after.map(|a| a.0);
         loop {
             let ids = self.core.mirror_ids_after(after, PAGE).await?;
             let Some(&last) = ids.last() else {
@@ -260,5 +401,30 @@ impl Clm {
                 report.orphan_mirrors.saw(id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_walks_everything_first_and_daily_and_otherwise_what_changed() {
+        let schedule = ReconcileSchedule::default();
+        let t0 = Utc::now();
+        assert_eq!(schedule.since(t0), None, "the first pass is full");
+        schedule.done(t0, true);
+        let t1 = t0 + Duration::minutes(10);
+        let overlap = Duration::seconds(OVERLAP_SECONDS);
+        assert_eq!(schedule.since(t1), Some(t0 - overlap));
+        schedule.done(t1, false);
+        let t2 = t1 + Duration::minutes(10);
+        assert_eq!(schedule.since(t2), Some(t1 - overlap));
+        // A pass cut off by an error does not move the schedule on.
+        assert_eq!(
+            schedule.since(t2 + Duration::minutes(10)),
+            Some(t1 - overlap)
+        );
+        assert_eq!(schedule.since(t0 + Duration::hours(FULL_PASS_HOURS)), None);
     }
 }
