@@ -433,8 +433,10 @@ fn spawn_jobs(clm: Clm, cfg: &Config) {
     leased(&clm, period, "request expiry", |c| async move {
         c.expire_overdue_requests().await
     });
-    leased(&clm, period, "certificate expiry", |c| async move {
-        c.expiry_sweep().await.map(|r| r.notices + r.expired)
+    let expiry = std::rc::Rc::new(clm::service::ExpirySchedule::default());
+    leased(&clm, period, "certificate expiry", move |c| {
+        let expiry = expiry.clone();
+        async move { c.expiry_sweep(&expiry).await.map(|r| r.notices + r.expired) }
     });
     // Resumes an interrupted KEK rotation, destroys KEKs past their
     // rollback window, rotates on schedule.

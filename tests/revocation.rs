@@ -940,6 +940,114 @@ async fn expiry_notices(app: &TestApp) {
     );
 }
 
+/// More certificates come due than one query reads: each sweep goes on
+/// where the last stopped, among new certificates and in the bands alike.
+mod every_certificate_due_a_notice_gets_it {
+    use common::{Backend, TestApp};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = TestApp::start_with(Backend::Sqlite, &[("CLM_JOB_INTERVAL_SECONDS", "1")])
+            .await
+            .unwrap();
+        many_expiry_notices(app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(app) =
+            TestApp::start_with(Backend::Postgres, &[("CLM_JOB_INTERVAL_SECONDS", "1")]).await
+        else {
+            return;
+        };
+        many_expiry_notices(app).await;
+    }
+}
+
+/// Stores `n` copies of the mirror of `cert` under fresh ids, as if that
+/// many certificates with its notAfter had been issued `ago`.
+fn copy_mirror(app: &TestApp, cert: &str, n: usize, ago: Duration) {
+    let issued = std::time::SystemTime::now() - ago;
+    let since_epoch = issued.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let stamp = uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                since_epoch.as_secs(),
+                since_epoch.subsec_nanos(),
+            );
+            format!("({}, '{i:x}')", app.uuid_literal(uuid::Uuid::new_v7(stamp)))
+        })
+        .collect();
+    app.sql(
+        "core",
+        &format!(
+            "WITH copies (id, suffix) AS (VALUES {}) \
+             INSERT INTO certificate_metadata (id, organization_id, ca_id, profile_id, \
+             request_id, owner_id, common_name, sans, serial_hex, not_before, not_after, status, \
+             created_at, updated_at) SELECT copies.id, organization_id, ca_id, profile_id, NULL, \
+             owner_id, common_name, sans, serial_hex || copies.suffix, not_before, not_after, \
+             status, created_at, updated_at FROM copies, certificate_metadata WHERE certificate_metadata.id = {}",
+            rows.join(", "),
+            app.uuid_literal(cert.parse().unwrap()),
+        ),
+    );
+}
+
+/// Waits until `n` 7-day notices have been sent.
+async fn notices_sent(app: &TestApp, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent: usize = app
+            .sql(
+                "core",
+                "SELECT count(*) FROM certificate_expiry_notices WHERE days_before = 7",
+            )
+            .parse()
+            .unwrap();
+        if sent == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sent} of {n} notices sent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn many_expiry_notices(mut app: TestApp) {
+    let admin = app.admin_token().await;
+    let profile = app.default_profile_id(&admin).await;
+    let r = app
+        .post(
+            &admin,
+            "/api/v1/certificate-requests",
+            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["many.clm.test"]), "validity_days": 5 }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let cert = r.json::<Value>().await.unwrap()["certificate_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    notices_sent(&app, 1).await;
+
+    // Issued while the server runs: found among the new certificates.
+    copy_mirror(&app, &cert, 1_200, Duration::ZERO);
+    notices_sent(&app, 1_201).await;
+
+    // Issued an hour before the server starts: its first sweep reads the
+    // bands from their near edge, the next ones go on a page at a time
+    // (the copies share one notAfter).
+    app.terminate(Duration::from_secs(30)).await;
+    copy_mirror(&app, &cert, 1_200, Duration::from_secs(3_600));
+    app.restart().await;
+    notices_sent(&app, 2_401).await;
+}
+
 async fn bad_relying_party_input(app: &TestApp) {
     let ocsp = format!("{}/ocsp", app.public);
     let post = |body: Vec<u8>| {

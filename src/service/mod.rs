@@ -52,7 +52,7 @@ pub use certificates::{CertificateQuery, CertificateSummary, CertificateView, pa
 pub use client_cert::{BindingView, ConnectionAudit};
 pub use crl::ServedCrl;
 pub use error::{ServiceError, ServiceResult};
-pub use expiry::ExpiryReport;
+pub use expiry::{ExpiryReport, ExpirySchedule};
 pub use issuance::{RequestView, SubjectBody, SubmitRequest};
 pub use jobs::KEK_MAINTENANCE;
 pub use ocsp::OcspAnswer;

@@ -462,7 +462,7 @@ mod tests {
             q.column((certificates::Entity, certificates::Column::Id))
                 .limit(50);
             let db = db.clone();
-            async move { crate::store::sqlite_plan(&db, &q).await }
+            async move { crate::store::sqlite_plan(&db.read, &q).await }
         };
         let newest = CertificateOrder::Newest;
         let org = Some(OrganizationId::new());
@@ -481,7 +481,7 @@ mod tests {
         let mut count = index_matches(&Search::new("team-07."));
         count.expr(Expr::val(1));
         assert_eq!(
-            crate::store::sqlite_plan(&db, &count).await,
+            crate::store::sqlite_plan(&db.read, &count).await,
             ["SCAN certificate_search VIRTUAL TABLE INDEX 0:M2"]
         );
         // The walk reads the subject from the list index, in its order

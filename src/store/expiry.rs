@@ -2,7 +2,7 @@
 //! `certificate_metadata` and the expiry notices sent to owners.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
@@ -42,29 +42,41 @@ impl CoreDb {
         Ok(())
     }
 
-    /// Valid certificates whose notAfter falls before `horizon`, soonest
-    /// first.
-    pub async fn certificates_expiring_before(
+    /// Valid certificates with notAfter in `[from, to]`, soonest first, that
+    /// have had no notice of `days` days or fewer: those due the notice of
+    /// `days` when `[from, to]` lies within `days` of now.
+    pub async fn certificates_due_notice(
         &self,
-        horizon: DateTime<Utc>,
+        days: u32,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
         limit: u64,
     ) -> StoreResult<Vec<ExpiringCertificate>> {
-        Ok(certificate_metadata::Entity::find()
-            .filter(certificate_metadata::Column::Status.eq(CertificateStatus::Valid.as_str()))
-            .filter(certificate_metadata::Column::NotAfter.lte(horizon))
-            .filter(certificate_metadata::Column::NotAfter.gt(Utc::now()))
-            .order_by_asc(certificate_metadata::Column::NotAfter)
-            .limit(limit)
+        Ok(due_notice(days, from, to, limit)
             .all(&self.read)
             .await?
             .into_iter()
-            .map(|r| ExpiringCertificate {
-                id: CertificateId(r.id),
-                organization_id: r.organization_id.map(OrganizationId),
-                owner_id: r.owner_id.map(UserId),
-                common_name: r.common_name,
-                serial_hex: r.serial_hex,
-                not_after: r.not_after,
+            .map(expiring)
+            .collect())
+    }
+
+    /// Up to `limit` mirrored certificates with an id after `after` and
+    /// notAfter in `(from, to]`, in id order, with their status: among the
+    /// certificates created since a moment, those that may be due a notice.
+    pub async fn certificates_created_after(
+        &self,
+        after: CertificateId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<(ExpiringCertificate, String)>> {
+        Ok(created_after(after, from, to, limit)
+            .all(&self.read)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let status = r.status.clone();
+                (expiring(r), status)
             })
             .collect())
     }
@@ -110,5 +122,105 @@ impl CoreDb {
         audit::insert_core(&txn, &self.audit, event).await?;
         txn.commit().await?;
         Ok(())
+    }
+}
+
+fn expiring(r: certificate_metadata::Model) -> ExpiringCertificate {
+    ExpiringCertificate {
+        id: CertificateId(r.id),
+        organization_id: r.organization_id.map(OrganizationId),
+        owner_id: r.owner_id.map(UserId),
+        common_name: r.common_name,
+        serial_hex: r.serial_hex,
+        not_after: r.not_after,
+    }
+}
+
+/// The query of [`CoreDb::certificates_due_notice`]: a range of the
+/// status-and-notAfter index, each entry checked against the notices'
+/// primary key.
+fn due_notice(
+    days: u32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u64,
+) -> sea_orm::Select<certificate_metadata::Entity> {
+    let notices = certificate_expiry_notices::Entity;
+    let sent = Query::select()
+        .expr(Expr::val(1))
+        .from(notices)
+        .and_where(
+            Expr::col((notices, certificate_expiry_notices::Column::CertificateId)).equals((
+                certificate_metadata::Entity,
+                certificate_metadata::Column::Id,
+            )),
+        )
+        .and_where(
+            Expr::col((notices, certificate_expiry_notices::Column::DaysBefore))
+                .lte(i64::from(days)),
+        )
+        .to_owned();
+    certificate_metadata::Entity::find()
+        .filter(certificate_metadata::Column::Status.eq(CertificateStatus::Valid.as_str()))
+        .filter(certificate_metadata::Column::NotAfter.gte(from))
+        .filter(certificate_metadata::Column::NotAfter.lte(to))
+        .filter(Expr::exists(sent).not())
+        .order_by_asc(certificate_metadata::Column::NotAfter)
+        .limit(limit)
+}
+
+/// The query of [`CoreDb::certificates_created_after`]. No condition on
+/// the status: with one, the status-and-notAfter index would be read
+/// instead of the primary key's range of new rows.
+fn created_after(
+    after: CertificateId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u64,
+) -> sea_orm::Select<certificate_metadata::Entity> {
+    certificate_metadata::Entity::find()
+        .filter(certificate_metadata::Column::Id.gt(after.0))
+        .filter(certificate_metadata::Column::NotAfter.gt(from))
+        .filter(certificate_metadata::Column::NotAfter.lte(to))
+        .order_by_asc(certificate_metadata::Column::Id)
+        .limit(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use sea_orm::QueryTrait;
+
+    use super::*;
+
+    /// Each sweep reads the certificates due a notice from the expiry
+    /// index, stepping over those that had it by the notices' primary key,
+    /// and the new ones from the primary key.
+    #[tokio::test]
+    async fn certificates_due_a_notice_are_read_from_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::sqlite_core_for_plans(dir.path()).await;
+        let now = Utc::now();
+        let q = due_notice(7, now, now + chrono::Duration::days(7), 500).into_query();
+        let plan = crate::store::sqlite_plan(&db.read, &q).await;
+        assert_eq!(
+            plan,
+            [
+                "SEARCH certificate_metadata USING INDEX idx_certificate_metadata_status_not_after (status=? AND not_after>? AND not_after<?)",
+                "CORRELATED SCALAR SUBQUERY 1",
+                "SEARCH certificate_expiry_notices USING COVERING INDEX sqlite_autoindex_certificate_expiry_notices_1 (certificate_id=? AND days_before<?)",
+            ],
+            "{plan:?}"
+        );
+        let q = created_after(CertificateId::new(), now, now, 500).into_query();
+        let plan = crate::store::sqlite_plan(&db.read, &q).await;
+        assert_eq!(
+            plan,
+            [
+                "SEARCH certificate_metadata USING INDEX sqlite_autoindex_certificate_metadata_1 (id>?)"
+            ],
+            "{plan:?}"
+        );
     }
 }

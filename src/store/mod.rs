@@ -308,18 +308,33 @@ pub(crate) async fn sqlite_secure_for_plans(dir: &std::path::Path) -> SecureDb {
     db
 }
 
-/// For plan tests: SQLite's `EXPLAIN QUERY PLAN` of `q`, one line per step.
+/// For plan tests: a fresh, migrated clm_core on SQLite in `dir`.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) async fn sqlite_plan(db: &SecureDb, q: &impl sea_orm::StatementBuilder) -> Vec<String> {
+pub(crate) async fn sqlite_core_for_plans(dir: &std::path::Path) -> CoreDb {
+    let url = format!("sqlite://{}/core.db?mode=rwc", dir.display());
+    let db = CoreDb::connect(&crate::domain::Secret::new(url))
+        .await
+        .unwrap();
+    db.migrate().await.unwrap();
+    db
+}
+
+/// For plan tests: SQLite's `EXPLAIN QUERY PLAN` of `q` on `read` (a
+/// database's read connections), one line per step.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn sqlite_plan(
+    read: &sea_orm::DatabaseConnection,
+    q: &impl sea_orm::StatementBuilder,
+) -> Vec<String> {
     let q = sea_orm::DbBackend::Sqlite.build(q);
     let explain = sea_orm::Statement::from_sql_and_values(
         sea_orm::DbBackend::Sqlite,
         format!("EXPLAIN QUERY PLAN {}", q.sql),
         q.values.map(|v| v.0).unwrap_or_default(),
     );
-    db.read
-        .query_all_raw(explain)
+    read.query_all_raw(explain)
         .await
         .unwrap()
         .iter()

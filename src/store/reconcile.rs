@@ -119,10 +119,10 @@ fn end_entities(
 const APPROVED: &str = "status = 'approved'";
 
 /// The query of [`SecureDb::requests_approved_before`]. Its status is
-/// written into the SQL, not bound, so that both backends can use the
-/// partial index of requests in `approved` (migration
-/// m20261207_000002_approved_requests) whatever the value bound: a plan
-/// is made once per statement, and a bound status might be any.
+/// written into the SQL rather than bound: a statement's plan is made
+/// before any value is bound, and only a literal lets it use the partial
+/// index of requests in `approved` (migration
+/// m20261207_000002_approved_requests).
 fn approved_before(
     before: DateTime<Utc>,
     limit: u64,
@@ -208,7 +208,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::sqlite_secure_for_plans(dir.path()).await;
         let q = states_after(Some(CertificateId::new()), 1_000).into_query();
-        let plan = crate::store::sqlite_plan(&db, &q).await;
+        let plan = crate::store::sqlite_plan(&db.read, &q).await;
         assert_eq!(
             plan,
             ["SEARCH certificates USING INDEX sqlite_autoindex_certificates_1 (id>?)"],
@@ -228,7 +228,7 @@ mod tests {
             format!("status = '{}'", RequestStatus::Approved.as_str())
         );
         let q = approved_before(Utc::now(), 100).into_query();
-        let plan = crate::store::sqlite_plan(&db, &q).await;
+        let plan = crate::store::sqlite_plan(&db.read, &q).await;
         assert_eq!(
             plan,
             ["SEARCH certificate_requests USING INDEX idx_requests_approved (updated_at<?)"],

@@ -548,7 +548,8 @@ mod tests {
     async fn a_crl_is_read_from_the_covering_index_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::sqlite_secure_for_plans(dir.path()).await;
-        let plan = crate::store::sqlite_plan(&db, &revoked_serials(CaId::new()).into_query()).await;
+        let plan =
+            crate::store::sqlite_plan(&db.read, &revoked_serials(CaId::new()).into_query()).await;
         assert_eq!(
             plan,
             ["SEARCH certificate_revocations USING COVERING INDEX idx_revocations_crl (ca_id=?)"]
@@ -562,7 +563,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::sqlite_secure_for_plans(dir.path()).await;
         let after = StatusChange::from(Utc::now());
-        let plan = crate::store::sqlite_plan(&db, &status_changes(&after, 100).into_query()).await;
+        let plan =
+            crate::store::sqlite_plan(&db.read, &status_changes(&after, 100).into_query()).await;
         assert_eq!(
             plan,
             ["SEARCH certificates USING INDEX idx_certificates_status_changed (updated_at>?)"],
