@@ -7,10 +7,11 @@
 //! forward with the clock, and certificates enter it at its far edge, so a
 //! sweep reads each band from where the previous sweep left it
 //! ([`ExpirySchedule`]): the cost follows the certificates that come due,
-//! not how many have had their notice. What can appear inside a band
-//! behind that mark — a certificate issued for less than a threshold, one
-//! released from hold — is found among the certificates created since the
-//! previous sweep and by a sweep of the whole bands once an hour.
+//! not how many have had their notice. What appears inside a band behind
+//! that mark is found another way: a certificate issued for less than a
+//! threshold among those created since the previous sweep; one released
+//! from hold, or mirrored late by reconciliation, by the sweep of the whole
+//! bands once an hour.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -37,7 +38,7 @@ const CREATED_OVERLAP_SECONDS: i64 = 10;
 #[derive(Debug, Default)]
 pub struct ExpirySchedule(Mutex<Option<Sweeps>>);
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Sweeps {
     last_started: DateTime<Utc>,
     full_started: DateTime<Utc>,
