@@ -183,7 +183,7 @@ impl Clm {
                 due.extend(
                     created
                         .into_iter()
-                        .filter(|(_, status)| status == CertificateStatus::Valid.as_str())
+                        .filter(|(_, status)| *status == CertificateStatus::Valid)
                         .map(|(c, _)| c),
                 );
             }

@@ -69,16 +69,16 @@ impl CoreDb {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u64,
-    ) -> StoreResult<Vec<(ExpiringCertificate, String)>> {
-        Ok(created_after(after, from, to, limit)
+    ) -> StoreResult<Vec<(ExpiringCertificate, CertificateStatus)>> {
+        created_after(after, from, to, limit)
             .all(&self.read)
             .await?
             .into_iter()
             .map(|r| {
-                let status = r.status.clone();
-                (expiring(r), status)
+                let status = super::parse_one(&r.status)?;
+                Ok((expiring(r), status))
             })
-            .collect())
+            .collect()
     }
 
     /// The notices already sent for `id` (days before notAfter).
