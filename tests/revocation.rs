@@ -855,25 +855,26 @@ mod owners_hear_before_expiry_once {
     }
 }
 
+/// Issues a certificate for `name` valid five days, through the default
+/// profile; its id.
+async fn issue_for_five_days(app: &TestApp, token: &str, name: &str) -> String {
+    let profile = app.default_profile_id(token).await;
+    let body = json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]), "validity_days": 5 });
+    let r = app.post(token, "/api/v1/certificate-requests", &body).await;
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["certificate_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn expiry_notices(app: &TestApp) {
     let admin = app.admin_token().await;
     let org = app.create_org(&admin, "Expiring").await;
     let (_, owner) = app
         .create_user(&admin, &org, "owner@expiring.test", &["requester"])
         .await;
-    let profile = app.default_profile_id(&owner).await;
-    let r = app
-        .post(
-            &owner,
-            "/api/v1/certificate-requests",
-            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["soon.clm.test"]), "validity_days": 5 }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let cert_id = r.json::<Value>().await.unwrap()["certificate_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cert_id = issue_for_five_days(app, &owner, "soon.clm.test").await;
     let long = app.issue(&owner, &["later.clm.test"]).await;
 
     // The filter finds the short one only.
@@ -1020,19 +1021,7 @@ async fn notices_sent(app: &TestApp, n: usize) {
 
 async fn many_expiry_notices(mut app: TestApp) {
     let admin = app.admin_token().await;
-    let profile = app.default_profile_id(&admin).await;
-    let r = app
-        .post(
-            &admin,
-            "/api/v1/certificate-requests",
-            &json!({ "profile_id": profile, "csr_pem": ec_csr(&["many.clm.test"]), "validity_days": 5 }),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let cert = r.json::<Value>().await.unwrap()["certificate_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cert = issue_for_five_days(&app, &admin, "many.clm.test").await;
     notices_sent(&app, 1).await;
 
     // Issued while the server runs: found among the new certificates.
