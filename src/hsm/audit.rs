@@ -130,9 +130,9 @@ impl AuditKeyring {
 
     pub async fn mac_many(&self, version: i32, items: Vec<Vec<u8>>) -> HsmResult<Vec<[u8; 32]>> {
         let ring = self.clone();
-        crate::logging::spawn_blocking_in_span(move || ring.mac_many_blocking(version, &items))
-            .await
-            .map_err(|e| HsmError::Pkcs11(format!("HSM task failed: {e}")))?
+        self.hsm
+            .run_on_token_threads(move || ring.mac_many_blocking(version, &items))
+            .await?
     }
 
     /// The head of `log` as stored in the token, `None` before the first

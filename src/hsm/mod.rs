@@ -44,7 +44,9 @@
 //! under the KEK (`wrap`). The rest of clm sees keys only as [`HsmKey`] (a
 //! [`crate::domain::Signer`]) and [`SecretKeyRef`], never PKCS#11 types.
 //! Every `*_blocking` method blocks; the `async` twins move it onto tokio's
-//! blocking pool so no runtime worker waits on the token.
+//! blocking pool so no runtime worker waits on the token, except the work
+//! of the issuance path, which runs on the token's own threads
+//! (`workers`, [`Hsm::run_on_token_threads`]).
 
 mod audit;
 mod error;
@@ -52,6 +54,7 @@ mod keys;
 mod pool;
 mod recovery;
 mod secret;
+mod workers;
 mod wrap;
 
 use std::collections::HashMap;
@@ -186,6 +189,8 @@ struct Inner {
     anchor_epoch: std::sync::atomic::AtomicU64,
     pool: pool::Pool,
     breaker: Breaker,
+    /// One thread per pooled session, for the issuance path's token work.
+    workers: workers::Workers,
 }
 
 impl Drop for Inner {
@@ -213,7 +218,8 @@ impl Hsm {
     /// `module` and logs in as the user with `pin`. Blocking.
     ///
     /// `pool_size` bounds the sessions used for operations (the anchor
-    /// session comes on top); 0 is taken as 1.
+    /// session comes on top) and is the number of the token's threads; 0 is
+    /// taken as 1.
     pub fn open(
         module: &Path,
         token_label: &str,
@@ -230,6 +236,7 @@ impl Hsm {
                 anchor_epoch: std::sync::atomic::AtomicU64::new(0),
                 pool: pool::Pool::new(pool_size),
                 breaker: Breaker::new(),
+                workers: workers::Workers::start(pool_size)?,
             }),
         };
         let live = hsm.live()?;
@@ -427,6 +434,17 @@ impl Hsm {
 
     pub async fn health_check(&self) -> HsmResult<()> {
         self.run(|h| h.health_check_blocking()).await
+    }
+
+    /// Runs `f`, blocking work that calls the token many times a second
+    /// (signing certificates, MACing audit entries), on the token's own
+    /// threads ([`workers`]).
+    pub async fn run_on_token_threads<T, F>(&self, f: F) -> HsmResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.inner.workers.run(f).await
     }
 
     /// Runs a blocking HSM operation on tokio's blocking pool.

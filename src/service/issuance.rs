@@ -371,7 +371,7 @@ impl Clm {
         timer.phase_done(Phase::Reserve);
 
         // Step 2: sign. rcgen's signing callback is synchronous and the HSM
-        // call blocks, so the whole build runs on the blocking pool.
+        // call blocks, so the whole build runs on the token's threads.
         let issuer_der = ca
             .certificate_der
             .clone()
@@ -381,12 +381,13 @@ impl Clm {
         let spki = spki_der.to_vec();
         let serial_c = serial.clone();
         let now = Utc::now();
-        let built = crate::logging::spawn_blocking_in_span(move || {
-            let issuer = pki::Issuer::new(key.as_ref(), &issuer_der)?;
-            pki::build_leaf(&approved_c, &spki, &issuer, &serial_c, now, &urls)
-        })
-        .await
-        .map_err(ServiceError::internal)?;
+        let built = self
+            .hsm
+            .run_on_token_threads(move || {
+                let issuer = pki::Issuer::new(key.as_ref(), &issuer_der)?;
+                pki::build_leaf(&approved_c, &spki, &issuer, &serial_c, now, &urls)
+            })
+            .await?;
         let der = match built {
             Ok(der) => der,
             Err(e) => {
