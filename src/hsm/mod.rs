@@ -45,8 +45,8 @@
 //! [`crate::domain::Signer`]) and [`SecretKeyRef`], never PKCS#11 types.
 //! Every `*_blocking` method blocks; the `async` twins move it onto tokio's
 //! blocking pool so no runtime worker waits on the token, except the work
-//! of the issuance path, which runs on the token's own threads
-//! (`workers`, [`Hsm::run_on_token_threads`]).
+//! done many times a second (issuance, audit MACs, OCSP signatures), which
+//! runs on the token's own threads (`workers`, [`Hsm::run_on_token_threads`]).
 
 mod audit;
 mod error;
@@ -189,7 +189,8 @@ struct Inner {
     anchor_epoch: std::sync::atomic::AtomicU64,
     pool: pool::Pool,
     breaker: Breaker,
-    /// One thread per pooled session, for the issuance path's token work.
+    /// One thread per pooled session, for the token work done many times a
+    /// second.
     workers: workers::Workers,
 }
 

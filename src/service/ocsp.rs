@@ -250,12 +250,12 @@ impl Clm {
         let key = responder.key.clone();
         let cert = responder.certificate_der.clone();
         let nonce = nonce.map(<[u8]>::to_vec);
-        crate::logging::spawn_blocking_in_span(move || {
-            ocsp::sign_response(key.as_ref(), &cert, now, &singles, nonce.as_deref())
-        })
-        .await
-        .map_err(ServiceError::internal)?
-        .map_err(Into::into)
+        self.hsm
+            .run_on_token_threads(move || {
+                ocsp::sign_response(key.as_ref(), &cert, now, &singles, nonce.as_deref())
+            })
+            .await?
+            .map_err(Into::into)
     }
 
     /// Drops the cached answers about every certificate whose status
