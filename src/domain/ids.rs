@@ -20,6 +20,18 @@ pub fn new_row_id() -> Uuid {
     Uuid::now_v7()
 }
 
+/// The id a row created at `at` would have had: for rows that stand for
+/// the past (the benchmark's fills), which the jobs that read new rows by
+/// id ([`last_row_id_before`]) must not take for new.
+pub fn row_id_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let secs = u64::try_from(at.timestamp()).unwrap_or(0);
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        secs,
+        at.timestamp_subsec_nanos(),
+    ))
+}
+
 /// The greatest id [`new_row_id`] can have returned before `at`: every
 /// id greater is of a row created at `at` or later (by a clock that agreed
 /// with the caller's), so `id > last_row_id_before(t)` is a range of the
@@ -129,6 +141,11 @@ mod tests {
         assert!(before <= bound, "{before} was created before {at}");
         assert!(after.iter().all(|id| *id > bound));
         let epoch = chrono::DateTime::UNIX_EPOCH;
+        let an_hour_ago = at - chrono::Duration::hours(1);
+        let then = row_id_at(an_hour_ago);
+        assert!(then > last_row_id_before(an_hour_ago));
+        assert!(then <= last_row_id_before(an_hour_ago + chrono::Duration::milliseconds(1)));
+        assert!(then < bound, "a row of an hour ago is not new");
         assert_eq!(
             last_row_id_before(epoch - chrono::Duration::days(1)),
             Uuid::nil()
