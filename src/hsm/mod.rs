@@ -438,8 +438,8 @@ impl Hsm {
     }
 
     /// Runs `f`, blocking work that calls the token many times a second
-    /// (signing certificates, MACing audit entries), on the token's own
-    /// threads ([`workers`]).
+    /// (signing certificates and OCSP responses, MACing audit entries), on
+    /// the token's own threads ([`workers`]).
     pub async fn run_on_token_threads<T, F>(&self, f: F) -> HsmResult<T>
     where
         T: Send + 'static,

@@ -9,9 +9,9 @@
 //! scheduling. Threads that take their next job from a queue run back to
 //! back while there is work: a P-256 issuance cost 7 % less server CPU and
 //! OCSP answers signed one by one came 17 % faster (docs/performance.md,
-//! "The token's threads"). More threads than
-//! sessions would only wait for a session; fewer would leave sessions of a
-//! network HSM idle while its signatures travel.
+//! "The token's threads"). More threads than sessions would only wait for
+//! a session; fewer would leave sessions of a network HSM idle while its
+//! signatures travel.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread::JoinHandle;
@@ -22,9 +22,7 @@ use super::{HsmError, HsmResult};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The queue in front of the threads. The threads end when the last handle
-/// is dropped (their queue closes).
-#[derive(Clone)]
+/// The queue in front of the threads, which end when it is dropped.
 pub(super) struct Workers {
     queue: flume::Sender<Job>,
 }
