@@ -860,12 +860,7 @@ mod owners_hear_before_expiry_once {
 async fn issue_for_five_days(app: &TestApp, token: &str, name: &str) -> String {
     let profile = app.default_profile_id(token).await;
     let body = json!({ "profile_id": profile, "csr_pem": ec_csr(&[name]), "validity_days": 5 });
-    let r = app.post(token, "/api/v1/certificate-requests", &body).await;
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["certificate_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    app.request_certificate(token, &body).await
 }
 
 async fn expiry_notices(app: &TestApp) {
@@ -970,16 +965,11 @@ mod every_certificate_due_a_notice_gets_it {
 /// Stores `n` copies of the mirror of `cert` under fresh ids, as if that
 /// many certificates with its notAfter had been issued `ago`.
 fn copy_mirror(app: &TestApp, cert: &str, n: usize, ago: Duration) {
-    let issued = std::time::SystemTime::now() - ago;
-    let since_epoch = issued.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let issued = chrono::Utc::now() - ago;
     let rows: Vec<String> = (0..n)
         .map(|i| {
-            let stamp = uuid::Timestamp::from_unix(
-                uuid::NoContext,
-                since_epoch.as_secs(),
-                since_epoch.subsec_nanos(),
-            );
-            format!("({}, '{i:x}')", app.uuid_literal(uuid::Uuid::new_v7(stamp)))
+            let id = clm::domain::row_id_at(issued);
+            format!("({}, '{i:x}')", app.uuid_literal(id))
         })
         .collect();
     app.sql(

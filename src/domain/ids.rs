@@ -21,8 +21,8 @@ pub fn new_row_id() -> Uuid {
 }
 
 /// The id a row created at `at` would have had: for rows that stand for
-/// the past (the benchmark's fills), which the jobs that read new rows by
-/// id ([`last_row_id_before`]) must not take for new.
+/// the past (the benchmark's fills, tests' copies), which the jobs that
+/// read new rows by id ([`last_row_id_before`]) must not take for new.
 pub fn row_id_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
     let secs = u64::try_from(at.timestamp()).unwrap_or(0);
     Uuid::new_v7(uuid::Timestamp::from_unix(
