@@ -107,7 +107,7 @@ pub async fn list(run: &mut Run<'_>) -> BenchResult<()> {
     let (secure, core) = run.stores().await?;
     let n = run.opts.sizes.list;
     let started = Instant::now();
-    let samples = fill::fill(&secure, &core, &fill_ca, 0, n, Mix::Inventory).await?;
+    let samples = fill::fill(&secure, &core, &fill_ca, (0, n, n), Mix::Inventory).await?;
     run.row(
         Stage::List,
         format!("fill: certificates stored ({})", thousands(n as f64)),

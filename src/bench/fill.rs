@@ -3,7 +3,11 @@
 //! realistic names, serials and validity, stored in both databases the way
 //! issuance stores them — but many thousand rows per transaction instead of
 //! one API call each. They stand for certificates issued in the past, so
-//! their timestamps are in the past too.
+//! their timestamps are in the past too, and they are stored oldest first,
+//! in the order issuance would have stored them: PostgreSQL's index-only
+//! scans of the list consult the visibility map at each entry's heap page,
+//! and a heap in random time order made each of them switch pages
+//! (docs/performance.md, "The fill's order").
 
 use std::sync::Arc;
 
@@ -39,6 +43,17 @@ pub enum Mix {
     Inventory,
 }
 
+impl Mix {
+    /// How many of the first `of` certificates ran out long ago: the
+    /// oldest 5 % of an inventory.
+    fn expired(self, of: usize) -> usize {
+        match self {
+            Mix::Revoked => 0,
+            Mix::Inventory => of / 20,
+        }
+    }
+}
+
 /// The CA certificates are filled for, with its key in the token.
 pub struct FillCa {
     pub ca_id: CaId,
@@ -64,14 +79,14 @@ pub fn team(i: usize) -> String {
     format!("team-{:02}", i % 50)
 }
 
-/// Builds and stores certificates `from..from + count` of `ca`. Returns
-/// the serial (hex) of every hundredth, for queries.
+/// Builds and stores certificates `from..from + count` of the `of` that
+/// `ca`'s fills will reach (so that the times of successive fills follow
+/// each other). Returns the serial (hex) of every hundredth, for queries.
 pub async fn fill(
     secure: &SecureDb,
     core: &CoreDb,
     ca: &Arc<FillCa>,
-    from: usize,
-    count: usize,
+    (from, count, of): (usize, usize, usize),
     mix: Mix,
 ) -> BenchResult<Vec<(usize, String)>> {
     // One subject key for all: its size is what matters here, and keys
@@ -97,7 +112,7 @@ pub async fn fill(
             let (ca, spki) = (ca.clone(), spki.clone());
             jobs.push(tokio::task::spawn_blocking(move || {
                 (lo..hi)
-                    .map(|i| certificate(&ca, &spki, i, now, mix))
+                    .map(|i| certificate(&ca, &spki, (i, of), now, mix))
                     .collect::<BenchResult<Vec<Certificate>>>()
             }));
         }
@@ -125,33 +140,44 @@ fn spread(i: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// When certificate `i` of `of` was issued, for how many days, and its
+/// status. Times grow with `i`: the expired ones first (issued 490 to 400
+/// days ago for 90 days), then the rest over the last 360 days for 397
+/// days, so none is due for an expiry notice.
+fn issued(
+    (i, of): (usize, usize),
+    h: u64,
+    now: DateTime<Utc>,
+    mix: Mix,
+) -> (DateTime<Utc>, u32, CertificateStatus) {
+    // `done` of `n` evenly over `span` days ending `end` days ago.
+    let at = |done: usize, n: usize, span: i64, end: i64| {
+        let span = Duration::days(span).num_seconds();
+        let back = span - span * done as i64 / n.max(1) as i64;
+        now - Duration::days(end) - Duration::seconds(back)
+    };
+    let expired = mix.expired(of);
+    if i < expired {
+        return (at(i, expired, 90, 400), 90, CertificateStatus::Expired);
+    }
+    let status = match mix {
+        Mix::Revoked => CertificateStatus::Revoked,
+        // 2 % of the whole inventory.
+        Mix::Inventory if h % 95 < 2 => CertificateStatus::Revoked,
+        Mix::Inventory => CertificateStatus::Valid,
+    };
+    (at(i - expired, of - expired, 360, 0), 397, status)
+}
+
 fn certificate(
     ca: &FillCa,
     spki: &[u8],
-    i: usize,
+    (i, of): (usize, usize),
     now: DateTime<Utc>,
     mix: Mix,
 ) -> BenchResult<Certificate> {
     let h = spread(i);
-    let pick = h % 100;
-    let status = match mix {
-        Mix::Revoked => CertificateStatus::Revoked,
-        Mix::Inventory if pick < 2 => CertificateStatus::Revoked,
-        Mix::Inventory if pick < 7 => CertificateStatus::Expired,
-        Mix::Inventory => CertificateStatus::Valid,
-    };
-    // Valid (and revoked) ones were issued up to 360 days ago for 397
-    // days, so none is due for an expiry notice; expired ones ran out
-    // long ago.
-    let age_minutes = ((h >> 8) % (360 * 24 * 60)) as i64;
-    let (not_before, validity_days) = if status == CertificateStatus::Expired {
-        (
-            now - Duration::days(400) - Duration::minutes(age_minutes),
-            90,
-        )
-    } else {
-        (now - Duration::minutes(age_minutes), 397)
-    };
+    let (not_before, validity_days, status) = issued((i, of), h, now, mix);
     let cn = common_name(i, mix);
     let approved = ApprovedCertificate {
         common_name: Some(cn.clone()),
@@ -203,4 +229,47 @@ fn certificate(
         replaces_certificate_id: None,
         created_at: info.not_before,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_are_issued_oldest_first_with_the_inventorys_mix() {
+        let now = Utc::now();
+        let of = 10_000;
+        let times: Vec<_> = (0..of)
+            .map(|i| issued((i, of), spread(i), now, Mix::Inventory))
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0].0 < w[1].0),
+            "issue times must grow with the index, as issuance stores them"
+        );
+        let share = |s: CertificateStatus| {
+            times.iter().filter(|t| t.2 == s).count() as f64 / of as f64 * 100.0
+        };
+        assert!((share(CertificateStatus::Expired) - 5.0).abs() < 0.01);
+        assert!((share(CertificateStatus::Revoked) - 2.0).abs() < 0.5);
+        for (not_before, days, status) in &times {
+            let not_after = *not_before + Duration::days(i64::from(*days));
+            match status {
+                CertificateStatus::Expired => assert!(not_after < now - Duration::days(300)),
+                // None due for an expiry notice.
+                _ => assert!(not_after > now + Duration::days(36) && *not_before < now),
+            }
+        }
+    }
+
+    #[test]
+    fn successive_fills_of_one_ca_follow_each_other() {
+        let now = Utc::now();
+        let of = 1_000;
+        let at = |i| issued((i, of), spread(i), now, Mix::Revoked);
+        // The first fill ends at 100, the next begins there.
+        assert!(at(99).0 < at(100).0);
+        assert!((0..of).all(|i| at(i).2 == CertificateStatus::Revoked));
+        assert!(at(of - 1).0 > now - Duration::days(1));
+        assert!(at(0).0 < now - Duration::days(359));
+    }
 }

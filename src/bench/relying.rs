@@ -286,6 +286,7 @@ pub async fn crl(run: &mut Run<'_>) -> BenchResult<()> {
     let (secure, core) = run.stores().await?;
     let mut sizes = run.opts.sizes.crl.clone();
     sizes.sort_unstable();
+    let largest = sizes.last().copied().unwrap_or(0);
     let mut filled = 0;
     for size in sizes {
         let started = Instant::now();
@@ -293,8 +294,7 @@ pub async fn crl(run: &mut Run<'_>) -> BenchResult<()> {
             &secure,
             &core,
             &fill_ca,
-            filled,
-            size - filled,
+            (filled, size - filled, largest),
             Mix::Revoked,
         )
         .await?;

@@ -5,6 +5,7 @@
 //! creates for itself and drops afterwards. Nothing here writes audit
 //! entries: the rows stand for certificates issued before the benchmark.
 
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, Database, EntityTrait, Set};
 use uuid::Uuid;
 
@@ -116,6 +117,13 @@ impl CoreDb {
                         ..super::batched::metadata_model(c)
                     }
                 }))
+                // Reconciliation's daily full pass may copy a batch from
+                // clm_secure between the fill's two inserts: the same rows.
+                .on_conflict(
+                    OnConflict::column(certificate_metadata::Column::Id)
+                        .do_nothing()
+                        .to_owned(),
+                )
                 .exec_without_returning(&txn)
                 .await?;
             }
@@ -166,4 +174,61 @@ async fn admin_statement(admin_url: &Secret, sql: &str) -> StoreResult<()> {
     let _ = db.close().await;
     done?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::{Duration, Utc};
+    use sea_orm::PaginatorTrait;
+
+    use super::*;
+    use crate::domain::{CaId, CertificateId};
+
+    fn filled(at_days_ago: i64) -> Certificate {
+        let not_before = Utc::now() - Duration::days(at_days_ago);
+        Certificate {
+            id: CertificateId(crate::domain::row_id_at(not_before)),
+            organization_id: None,
+            ca_id: CaId::new(),
+            request_id: None,
+            profile_id: None,
+            owner_id: None,
+            serial_hex: format!("{at_days_ago:02x}"),
+            subject: "CN=filled".into(),
+            sans: vec![],
+            key_algorithm: "ecdsa-p256".into(),
+            not_before,
+            not_after: not_before + Duration::days(397),
+            status: CertificateStatus::Valid,
+            is_ca: false,
+            certificate_der: vec![0x30, 0x00],
+            fingerprint_sha256: format!("{at_days_ago:064x}"),
+            revoked_at: None,
+            revocation_reason: None,
+            replaces_certificate_id: None,
+            created_at: not_before,
+        }
+    }
+
+    /// A mirror that reconciliation copied first is left as it is, and
+    /// the rest of the batch is stored.
+    #[tokio::test]
+    async fn mirrors_already_copied_do_not_fail_the_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = crate::store::sqlite_core_for_plans(dir.path()).await;
+        let certs: Vec<Certificate> = (1..=3).map(filled).collect();
+        core.bench_insert_certificate_metadata(&certs[..1])
+            .await
+            .unwrap();
+        core.bench_insert_certificate_metadata(&certs)
+            .await
+            .unwrap();
+        let stored = certificate_metadata::Entity::find()
+            .count(&core.db)
+            .await
+            .unwrap();
+        assert_eq!(stored, 3);
+    }
 }
